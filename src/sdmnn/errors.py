@@ -1,0 +1,25 @@
+"""Exceptions of the package: each carries one sentence a person can act on."""
+
+
+class SdmnnError(ValueError):
+    """Base class: a bad input, reported as one clear sentence (the CLI prints it and exits 2)."""
+
+
+class ParameterError(SdmnnError):
+    """Shape parameters that are missing, unknown, NaN, of the wrong count or out of range."""
+
+
+class GridError(SdmnnError):
+    """A grid with a bad shape or spacing, or one larger than the memory budget."""
+
+
+class MeshError(SdmnnError):
+    """A mesh that is empty or has non-finite vertices."""
+
+
+class FileError(SdmnnError):
+    """A file that cannot be read, written, or is not in a format that is accepted."""
+
+
+class ModelError(SdmnnError):
+    """A checkpoint that does not match its weights, its family or its grid."""

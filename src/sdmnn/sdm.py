@@ -1,0 +1,361 @@
+"""Exact signed distance map of a closed triangle mesh on a regular grid.
+
+Method (chosen by measuring, see docs/benchmarks.md):
+
+* **Distance**: for every voxel, the exact Euclidean distance to the nearest triangle, found with a
+  bounding-volume hierarchy (BVH) over the triangles. Grid coherence prunes the search: voxels are
+  visited along scanlines and each query starts with the exact distance to the previous voxel's
+  nearest triangle as its upper bound, so only BVH nodes closer than that bound are opened. The
+  point-triangle distance is Ericson's closed form (Real-Time Collision Detection, 5.1.5) in float64.
+  Written with numba because no maintained library offers exact, grid-coherent nearest-triangle
+  queries that run on both cores: libigl's AABB tree starts every query from scratch and pysdf checks
+  only the faces around the nearest vertex (not exact).
+* **Sign** (negative inside): on a watertight, consistently oriented mesh without degenerate faces,
+  the sign of (p - c) . n where c is the closest point and n the angle-weighted pseudonormal of the
+  closest feature (face, edge or vertex; Baerentzen & Aanaes 2005), which is exact there. Any other
+  mesh (open, non-manifold, inconsistently oriented, degenerate faces) gets a warning and the robust
+  sign of the generalised winding number (libigl's fast winding number): |w| > 1/2 is inside, so a few
+  missing, flipped or duplicated faces do not flip signs. An inverted closed mesh is flipped first.
+
+Memory: voxel centres are generated on the fly; the winding numbers are evaluated in chunks.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numba
+import numpy as np
+import trimesh
+from numba import njit, prange
+
+from .errors import MeshError
+from .grid import Grid
+
+LEAF_SIZE = 4
+WINDING_CHUNK = 1 << 18  # voxels per fast-winding-number call
+
+
+class MeshWarning(UserWarning):
+    """A mesh that is open, inconsistently oriented or inverted: the SDM uses the robust sign."""
+
+
+# ---------------------------------------------------------------------------------------------
+# point-triangle distance
+# ---------------------------------------------------------------------------------------------
+# Features: 0 face interior, 1/2/3 vertex a/b/c, 4/5/6 edge ab/bc/ca.
+
+@njit(cache=True, inline="always")
+def _closest_on_triangle(px, py, pz, T, t):
+    """Squared distance from p to triangle t of T (F, 3, 3), its closest point and feature code."""
+    ax, ay, az = T[t, 0, 0], T[t, 0, 1], T[t, 0, 2]
+    bx, by, bz = T[t, 1, 0], T[t, 1, 1], T[t, 1, 2]
+    cx, cy, cz = T[t, 2, 0], T[t, 2, 1], T[t, 2, 2]
+    abx, aby, abz = bx - ax, by - ay, bz - az
+    acx, acy, acz = cx - ax, cy - ay, cz - az
+    apx, apy, apz = px - ax, py - ay, pz - az
+    d1 = abx * apx + aby * apy + abz * apz
+    d2 = acx * apx + acy * apy + acz * apz
+    if d1 <= 0.0 and d2 <= 0.0:
+        qx, qy, qz, f = ax, ay, az, 1
+    else:
+        bpx, bpy, bpz = px - bx, py - by, pz - bz
+        d3 = abx * bpx + aby * bpy + abz * bpz
+        d4 = acx * bpx + acy * bpy + acz * bpz
+        if d3 >= 0.0 and d4 <= d3:
+            qx, qy, qz, f = bx, by, bz, 2
+        else:
+            vc = d1 * d4 - d3 * d2
+            if vc <= 0.0 and d1 >= 0.0 and d3 <= 0.0 and d1 - d3 > 0.0:
+                v = d1 / (d1 - d3)
+                qx, qy, qz, f = ax + v * abx, ay + v * aby, az + v * abz, 4
+            else:
+                cpx, cpy, cpz = px - cx, py - cy, pz - cz
+                d5 = abx * cpx + aby * cpy + abz * cpz
+                d6 = acx * cpx + acy * cpy + acz * cpz
+                if d6 >= 0.0 and d5 <= d6:
+                    qx, qy, qz, f = cx, cy, cz, 3
+                else:
+                    vb = d5 * d2 - d1 * d6
+                    if vb <= 0.0 and d2 >= 0.0 and d6 <= 0.0 and d2 - d6 > 0.0:
+                        w = d2 / (d2 - d6)
+                        qx, qy, qz, f = ax + w * acx, ay + w * acy, az + w * acz, 6
+                    else:
+                        va = d3 * d6 - d5 * d4
+                        e1, e2 = d4 - d3, d5 - d6
+                        if va <= 0.0 and e1 >= 0.0 and e2 >= 0.0 and e1 + e2 > 0.0:
+                            w = e1 / (e1 + e2)
+                            qx, qy, qz, f = bx + w * (cx - bx), by + w * (cy - by), bz + w * (cz - bz), 5
+                        elif va + vb + vc > 0.0:
+                            s = 1.0 / (va + vb + vc)
+                            v, w = vb * s, vc * s
+                            qx, qy, qz, f = ax + abx * v + acx * w, ay + aby * v + acy * w, az + abz * v + acz * w, 0
+                        else:  # degenerate (zero-area) triangle: its nearest vertex
+                            da = apx * apx + apy * apy + apz * apz
+                            db = bpx * bpx + bpy * bpy + bpz * bpz
+                            dc = cpx * cpx + cpy * cpy + cpz * cpz
+                            if da <= db and da <= dc:
+                                qx, qy, qz, f = ax, ay, az, 1
+                            elif db <= dc:
+                                qx, qy, qz, f = bx, by, bz, 2
+                            else:
+                                qx, qy, qz, f = cx, cy, cz, 3
+    dx, dy, dz = px - qx, py - qy, pz - qz
+    return dx * dx + dy * dy + dz * dz, qx, qy, qz, f
+
+
+# ---------------------------------------------------------------------------------------------
+# BVH
+# ---------------------------------------------------------------------------------------------
+
+@njit(cache=True)
+def _build_bvh(T, leaf_size):
+    """Median-split BVH over triangles T (F, 3, 3). Returns node boxes, children, ranges and the
+    triangle order (leaves hold contiguous ranges of it)."""
+    n = T.shape[0]
+    tlo = np.empty((n, 3))
+    thi = np.empty((n, 3))
+    cen = np.empty((n, 3))
+    for t in range(n):
+        for a in range(3):
+            lo = min(T[t, 0, a], T[t, 1, a], T[t, 2, a])
+            hi = max(T[t, 0, a], T[t, 1, a], T[t, 2, a])
+            tlo[t, a], thi[t, a], cen[t, a] = lo, hi, 0.5 * (lo + hi)
+    order = np.arange(n)
+    cap = 2 * n + 1
+    lo_n = np.empty((cap, 3))
+    hi_n = np.empty((cap, 3))
+    left = np.full(cap, -1, np.int64)
+    right = np.full(cap, -1, np.int64)
+    start = np.zeros(cap, np.int64)
+    count = np.zeros(cap, np.int64)
+    stack = np.empty((128, 3), np.int64)
+    stack[0, 0], stack[0, 1], stack[0, 2] = 0, 0, n
+    sp, nodes = 1, 1
+    while sp > 0:
+        sp -= 1
+        node, s, e = stack[sp, 0], stack[sp, 1], stack[sp, 2]
+        clo = np.full(3, np.inf)
+        chi = np.full(3, -np.inf)
+        for a in range(3):
+            lo_n[node, a], hi_n[node, a] = np.inf, -np.inf
+        for q in range(s, e):
+            t = order[q]
+            for a in range(3):
+                lo_n[node, a] = min(lo_n[node, a], tlo[t, a])
+                hi_n[node, a] = max(hi_n[node, a], thi[t, a])
+                clo[a] = min(clo[a], cen[t, a])
+                chi[a] = max(chi[a], cen[t, a])
+        ext = chi - clo
+        axis = np.argmax(ext)
+        if e - s <= leaf_size or ext[axis] <= 0.0:
+            start[node], count[node] = s, e - s
+            continue
+        seg = order[s:e].copy()
+        keys = np.empty(e - s)
+        for q in range(e - s):
+            keys[q] = cen[seg[q], axis]
+        order[s:e] = seg[np.argsort(keys)]
+        mid = (s + e) // 2
+        left[node], right[node] = nodes, nodes + 1
+        stack[sp, 0], stack[sp, 1], stack[sp, 2] = nodes, s, mid
+        stack[sp + 1, 0], stack[sp + 1, 1], stack[sp + 1, 2] = nodes + 1, mid, e
+        sp += 2
+        nodes += 2
+    return lo_n[:nodes], hi_n[:nodes], left[:nodes], right[:nodes], start[:nodes], count[:nodes], order
+
+
+@njit(cache=True, inline="always")
+def _box_d2(px, py, pz, lo, hi, node):
+    dx = max(lo[node, 0] - px, 0.0, px - hi[node, 0])
+    dy = max(lo[node, 1] - py, 0.0, py - hi[node, 1])
+    dz = max(lo[node, 2] - pz, 0.0, pz - hi[node, 2])
+    return dx * dx + dy * dy + dz * dz
+
+
+@njit(cache=True)
+def _nearest(px, py, pz, hint, T, lo, hi, left, right, start, count, stack_n, stack_d):
+    """Nearest triangle to p: (squared distance, index). ``hint`` (or -1) seeds the upper bound."""
+    best, best_t = np.inf, -1
+    if hint >= 0:
+        best, _, _, _, _ = _closest_on_triangle(px, py, pz, T, hint)
+        best_t = hint
+    stack_n[0], stack_d[0] = 0, _box_d2(px, py, pz, lo, hi, 0)
+    sp = 1
+    while sp > 0:
+        sp -= 1
+        node = stack_n[sp]
+        if stack_d[sp] >= best:
+            continue
+        if left[node] < 0:
+            for t in range(start[node], start[node] + count[node]):
+                d2, _, _, _, _ = _closest_on_triangle(px, py, pz, T, t)
+                if d2 < best:
+                    best, best_t = d2, t
+            continue
+        l, r = left[node], right[node]
+        dl = _box_d2(px, py, pz, lo, hi, l)
+        dr = _box_d2(px, py, pz, lo, hi, r)
+        if dl > dr:  # push the farther child first so the nearer one is opened first
+            l, r, dl, dr = r, l, dr, dl
+        if dr < best:
+            stack_n[sp], stack_d[sp] = r, dr
+            sp += 1
+        if dl < best:
+            stack_n[sp], stack_d[sp] = l, dl
+            sp += 1
+    return best, best_t
+
+
+@njit(cache=True, parallel=True)
+def _distance_kernel(origin, spacing, shape, T, lo, hi, left, right, start, count, FN, EN, VN, signed):
+    """Exact (signed) distance on the grid. Scanlines run along z; each starts from its neighbour's
+    nearest triangle. FN (F, 3), EN (F, 3, 3), VN (F, 3, 3): face, edge and corner pseudonormals."""
+    nx, ny, nz = shape
+    out = np.empty((nx, ny, nz), np.float32)
+    for row in prange(nx * ny):
+        i, j = row // ny, row % ny
+        px = origin[0] + i * spacing[0]
+        py = origin[1] + j * spacing[1]
+        stack_n = np.empty(256, np.int64)
+        stack_d = np.empty(256)
+        hint = -1
+        for k in range(nz):
+            pz = origin[2] + k * spacing[2]
+            d2, t = _nearest(px, py, pz, hint, T, lo, hi, left, right, start, count, stack_n, stack_d)
+            hint = t
+            d = math.sqrt(d2)
+            if signed:
+                _, qx, qy, qz, f = _closest_on_triangle(px, py, pz, T, t)
+                if f == 0:
+                    nxv, nyv, nzv = FN[t, 0], FN[t, 1], FN[t, 2]
+                elif f <= 3:
+                    nxv, nyv, nzv = VN[t, f - 1, 0], VN[t, f - 1, 1], VN[t, f - 1, 2]
+                else:
+                    nxv, nyv, nzv = EN[t, f - 4, 0], EN[t, f - 4, 1], EN[t, f - 4, 2]
+                if (px - qx) * nxv + (py - qy) * nyv + (pz - qz) * nzv < 0.0:
+                    d = -d
+            out[i, j, k] = d
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+# ---------------------------------------------------------------------------------------------
+
+def check_mesh(mesh: trimesh.Trimesh) -> None:
+    """Refuse a mesh that is empty or has non-finite vertices (MeshError)."""
+    if not isinstance(mesh, trimesh.Trimesh):
+        raise MeshError(f"expected a trimesh.Trimesh triangle mesh, got {type(mesh).__name__}")
+    if len(mesh.faces) == 0 or len(mesh.vertices) == 0:
+        raise MeshError("the mesh is empty: it has no triangles")
+    if not np.all(np.isfinite(mesh.vertices)):
+        raise MeshError("the mesh has NaN or infinite vertex coordinates")
+    if mesh.faces.min() < 0 or mesh.faces.max() >= len(mesh.vertices):
+        raise MeshError("the mesh has faces that index missing vertices")
+
+
+def mesh_is_clean(mesh: trimesh.Trimesh) -> tuple[bool, str]:
+    """Whether the pseudonormal sign is exact on this mesh, and if not, why."""
+    if not mesh.is_watertight:
+        return False, "the mesh is not watertight (open or non-manifold)"
+    if not mesh.is_winding_consistent:
+        return False, "the mesh's faces are not consistently oriented"
+    scale = max(float(np.ptp(mesh.vertices, axis=0).max()), 1e-300)
+    if np.any(mesh.area_faces <= 1e-12 * scale**2):
+        return False, "the mesh has degenerate (zero-area) faces"
+    return True, ""
+
+
+def _pseudonormals(V, F):
+    """Face normals (F, 3), edge normals per face edge ab/bc/ca (F, 3, 3), angle-weighted vertex
+    normals per face corner (F, 3, 3)."""
+    tri = V[F]
+    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    fn /= np.linalg.norm(fn, axis=1, keepdims=True)
+    # Edge normals: the sum of the two adjacent face normals; the key is the sorted vertex pair.
+    edges = np.stack([F[:, [0, 1]], F[:, [1, 2]], F[:, [2, 0]]], 1).reshape(-1, 2)
+    _, inverse = np.unique(np.sort(edges, axis=1), axis=0, return_inverse=True)
+    edge_sum = np.zeros((inverse.max() + 1, 3))
+    np.add.at(edge_sum, inverse, np.repeat(fn, 3, axis=0))
+    en = edge_sum[inverse].reshape(-1, 3, 3)
+    angles = trimesh.triangles.angles(tri)
+    vsum = np.zeros_like(V)
+    np.add.at(vsum, F.ravel(), (fn[:, None, :] * angles[:, :, None]).reshape(-1, 3))
+    vn = vsum[F]
+    return fn, en, vn
+
+
+def _prepare(mesh: trimesh.Trimesh):
+    V = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
+    F = np.ascontiguousarray(mesh.faces, dtype=np.int64)
+    lo, hi, left, right, start, count, order = _build_bvh(V[F], LEAF_SIZE)
+    F = F[order]  # leaves now hold contiguous triangle ranges
+    return V, F, np.ascontiguousarray(V[F]), (lo, hi, left, right, start, count)
+
+
+def unsigned_distance(mesh: trimesh.Trimesh, grid: Grid) -> np.ndarray:
+    """Exact distance (mm, >= 0) from every voxel centre of ``grid`` to ``mesh``, float32."""
+    check_mesh(mesh)
+    grid.check_memory()
+    _, F, T, bvh = _prepare(mesh)
+    z = np.zeros((1, 3, 3))
+    return _distance_kernel(np.array(grid.origin), np.array(grid.spacing), grid.shape, T, *bvh, z[:, 0], z, z, False)
+
+
+def winding_number(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
+    """Generalised winding number of ``mesh`` at ``points`` (libigl's fast winding number), chunked."""
+    V = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
+    F = np.ascontiguousarray(mesh.faces, dtype=np.int64)
+    import igl
+
+    out = np.empty(len(points))
+    for s in range(0, len(points), WINDING_CHUNK):
+        out[s : s + WINDING_CHUNK] = igl.fast_winding_number(V, F, np.ascontiguousarray(points[s : s + WINDING_CHUNK]))
+    return out
+
+
+def exact_sdm(mesh: trimesh.Trimesh, grid: Grid, sign: str = "auto") -> np.ndarray:
+    """Exact signed distance map of a closed triangle mesh, sampled at the voxel centres of ``grid``.
+
+    Parameters
+    ----------
+    mesh : trimesh.Trimesh
+        A closed triangle mesh in mm. Open, inconsistently oriented or inverted meshes are accepted
+        with a ``MeshWarning`` and get the robust (winding-number) sign.
+    grid : Grid
+        Where to sample.
+    sign : {"auto", "pseudonormal", "winding"}
+        "auto" uses the exact pseudonormal sign on clean meshes and the winding number otherwise.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 array of ``grid.shape``, millimetres, negative inside, indexed [i, j, k] = [x, y, z].
+    """
+    check_mesh(mesh)
+    grid.check_memory()
+    if sign not in ("auto", "pseudonormal", "winding"):
+        raise ValueError(f"sign must be 'auto', 'pseudonormal' or 'winding', got {sign!r}")
+    clean, why = mesh_is_clean(mesh)
+    if clean and mesh.volume < 0:
+        warnings.warn("the mesh is inverted (inward normals); it was flipped", MeshWarning, stacklevel=2)
+        mesh = trimesh.Trimesh(mesh.vertices, mesh.faces[:, ::-1], process=False)
+    if sign == "auto":
+        sign = "pseudonormal" if clean else "winding"
+        if not clean:
+            warnings.warn(f"{why}; using the robust winding-number sign", MeshWarning, stacklevel=2)
+    V, F, T, bvh = _prepare(mesh)
+    origin, spacing = np.array(grid.origin), np.array(grid.spacing)
+    if sign == "pseudonormal":
+        fn, en, vn = _pseudonormals(V, F)
+        return _distance_kernel(origin, spacing, grid.shape, T, *bvh, fn, en, vn, True)
+    z = np.zeros((1, 3, 3))
+    dist = _distance_kernel(origin, spacing, grid.shape, T, *bvh, z[:, 0], z, z, False)
+    w = winding_number(mesh, grid.points()).reshape(grid.shape)
+    return np.where(np.abs(w) > 0.5, -dist, dist).astype(np.float32)
+
+
+def set_threads(n: int | None) -> None:
+    """Use ``n`` threads for the SDM kernels (default: all cores)."""
+    numba.set_num_threads(n or numba.config.NUMBA_NUM_THREADS)
