@@ -159,6 +159,101 @@ def demo(output: Path = typer.Option(Path("out"), "-o", "--output", help="Folder
     run_demo(output, console)
 
 
+dataset_app = typer.Typer(no_args_is_help=True, help="Make and inspect datasets of (parameters, SDM) pairs.")
+app.add_typer(dataset_app, name="dataset")
+
+
+@dataset_app.command("make")
+def dataset_make(family: str = typer.Argument(..., help="Family name."),
+                 design: str = typer.Option(..., help="grid:K (K^d factorial), sobol:N, random:N or csv:PATH."),
+                 output: Path = typer.Option(..., "-o", "--output", help="Zarr store to create (or to finish, if it exists)."),
+                 seed: int = typer.Option(0, help="Seed of sobol and random designs."),
+                 workers: int = typer.Option(1, help="Local worker processes."),
+                 scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address (tcp://host:8786): run on that cluster."),
+                 exclude: Optional[Path] = typer.Option(None, help="A dataset whose points this design must not repeat (held-out splits).")):
+    """Compute exact SDMs for a design, in parallel; rerun the same command to resume."""
+    from .dataset import dataset_info, make_dataset
+    import numpy as np
+
+    excluded = None
+    if exclude is not None:
+        from .dataset import _open_group
+
+        excluded = np.asarray(_open_group(exclude)[0]["params"][:])
+    s = make_dataset(output, family, design, seed=seed, workers=workers, scheduler=scheduler, exclude=excluded)
+    info = dataset_info(output)
+    console.print(f"{output}: {info['complete']}/{info['count']} samples complete; this run wrote {s.written} "
+                  f"in {s.seconds:.1f} s ({s.rate:.2f} samples/s), {s.skipped} were already there")
+    if s.failed:
+        for i, msg in s.failed[:10]:
+            err.print(f"sample {i} failed: {msg}")
+        raise SdmnnError(f"{len(s.failed)} samples failed; the others are saved, rerun the command to retry")
+
+
+@dataset_app.command("info")
+def dataset_info_cmd(path: Path = typer.Argument(..., help="A dataset store.")):
+    """Family, parameter ranges, grid, design, count, completeness and versions of a dataset."""
+    from .dataset import dataset_info
+
+    info = dataset_info(path)
+    g = info["grid"]
+    console.print(f"[bold]{path}[/]: {info['family']} family, design {info['design']} (seed {info['seed']})")
+    console.print(f"  samples: {info['complete']}/{info['count']} complete" + (f", {info['missing']} missing" if info["missing"] else ""))
+    console.print(f"  grid: {'x'.join(map(str, g['shape']))} voxels, spacing {g['spacing']} mm, origin {g['origin']} mm")
+    for p in info["parameters"]:
+        console.print(f"  {p['name']}: [{p['low']:.4g}, {p['high']:.4g}] {p['unit']}")
+    console.print(f"  versions: {info['versions']}")
+
+
+@dataset_app.command("show")
+def dataset_show(path: Path = typer.Argument(..., help="A dataset store."),
+                 index: int = typer.Option(0, help="Sample index."),
+                 output: Path = typer.Option(..., "-o", "--output", help="PNG to write.")):
+    """Write three orthogonal slices of one sample as PNG."""
+    from .dataset import open_dataset
+    from .viz import save_slices
+
+    ds = open_dataset(path)
+    where = (ds.index == index).nonzero()[0]
+    if not len(where):
+        raise SdmnnError(f"sample {index} is not in {path} (or not computed yet); it has {ds.meta['count']} samples")
+    i = int(where[0])
+    params = ds.family.space.as_dict(ds.params[i])
+    save_slices(output, ds.sdm[i].numpy(), ds.grid, title=f"{path.name} #{index}: " + ", ".join(f"{k}={v:.3g}" for k, v in params.items()))
+    console.print(f"wrote {output}")
+
+
+@app.command()
+def train(family: str = typer.Argument("cochlea", help="Family name."),
+          data: Optional[list[Path]] = typer.Option(None, help="Static dataset store(s) (repeat)."),
+          val: Optional[Path] = typer.Option(None, help="Held-out dataset for validation."),
+          online: bool = typer.Option(False, help="Also train on fresh random SDMs computed in the background."),
+          online_workers: int = typer.Option(1, help="Processes computing online SDMs."),
+          minutes: Optional[float] = typer.Option(60.0, help="Training time budget; the learning-rate schedule follows it."),
+          steps: Optional[int] = typer.Option(None, help="Or a number of steps (whichever ends first)."),
+          batch: int = typer.Option(8, help="Batch size (per process under torchrun)."),
+          lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, warm-up then cosine)."),
+          near_weight: float = typer.Option(4.0, help="Loss weight near the surface: 1 + w*exp(-|d|/0.5 mm)."),
+          channels: str = typer.Option("32,32,24", help="Decoder channels per scale, coarse to half resolution."),
+          seed: int = typer.Option(0),
+          threads: Optional[int] = typer.Option(None, help="Torch threads (default: all cores)."),
+          eval_every: int = typer.Option(250, help="Validate and log every N steps."),
+          output: Path = typer.Option(Path("runs/cochlea"), "-o", "--output", help="Run folder: model, checkpoints, train.jsonl; rerun to resume.")):
+    """Train SDMNN (resumable: rerun the same command); under torchrun, with DDP."""
+    from .nn.train import TrainConfig, train as run
+
+    try:
+        ch = tuple(int(c) for c in channels.split(","))
+    except ValueError:
+        raise SdmnnError(f"channels is a comma-separated list of integers, got {channels!r}") from None
+    cfg = TrainConfig(family=family, data=[str(p) for p in data or []], val=str(val) if val else None, online=online,
+                      online_workers=online_workers, minutes=minutes, steps=steps, batch=batch, lr=lr, near_weight=near_weight,
+                      channels=ch, seed=seed, threads=threads, eval_every=eval_every, out=str(output))
+    result = run(cfg, command="sdmnn " + " ".join(sys.argv[1:]))
+    console.print(f"trained {result['steps']} steps in {result['seconds'] / 60:.1f} min -> {output}/model.json" +
+                  (f"; validation MAE {result['mae']:.4f} mm, within 1 mm {result['band_mae']:.4f} mm, wrong sign {100 * result['wrong_sign']:.2f} %" if "mae" in result else ""))
+
+
 def main():
     """Entry point: bad input -> one sentence on stderr and exit status 2, never a traceback."""
     with warnings.catch_warnings():

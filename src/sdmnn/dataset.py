@@ -1,0 +1,358 @@
+"""Datasets of (parameters, SDM) pairs: designs, a resumable Zarr store, parallel generation, and an
+online stream of fresh random pairs.
+
+Store layout (Zarr v3): ``params`` (N, d) float64 in the family's units; ``sdm`` (N, nx, ny, nz)
+float32 in mm, one compressed chunk per sample; ``done`` (N,) bool, chunked by task so that each task
+owns its chunk. Attributes under ``"sdmnn"`` say family, parameters, grid, design, seed and versions.
+Generation is split into idempotent tasks (index ranges); a sample whose ``done`` flag is set is never
+computed again, so a killed run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import multiprocessing as mp
+import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import FileError, ParameterError, SdmnnError
+from .grid import Grid
+from .shapes import Family, get_family
+
+FORMAT = 1
+TASK_SIZE = 16
+
+
+class DatasetError(SdmnnError):
+    """A dataset store that is corrupted, truncated, or does not match what was asked for."""
+
+
+# ---------------------------------------------------------------------------------------------
+# designs
+# ---------------------------------------------------------------------------------------------
+
+def design_points(spec: str, family: Family, seed: int = 0, exclude: np.ndarray | None = None) -> np.ndarray:
+    """Parameter vectors (N, d) of a design, in the family's units.
+
+    ``spec``: ``grid:K`` (full factorial, K levels per parameter, ends included), ``sobol:N``
+    (scrambled Sobol, scipy.stats.qmc), ``random:N`` (uniform), or ``csv:PATH`` (a header row of
+    parameter names, one vector per row). ``exclude``: drop points equal to any of these (held-out splits).
+    """
+    space = family.space
+    kind, _, arg = spec.partition(":")
+    if kind == "csv":
+        points = _read_csv(Path(arg), space)
+    else:
+        try:
+            n = int(arg)
+        except ValueError:
+            raise SdmnnError(f"design must be grid:K, sobol:N, random:N or csv:PATH, got {spec!r}") from None
+        if n < 1:
+            raise SdmnnError(f"the design size must be >= 1, got {spec!r}")
+        if kind == "grid":
+            if n < 2:
+                raise SdmnnError(f"a grid design needs at least 2 levels, got {spec!r}")
+            levels = [np.linspace(p.low, p.high, n) for p in space.parameters]
+            points = np.array(list(itertools.product(*levels)))
+        elif kind == "sobol":
+            from scipy.stats import qmc
+
+            unit = qmc.Sobol(len(space), scramble=True, seed=seed).random(n)
+            points = space.low + unit * (space.high - space.low)
+        elif kind == "random":
+            unit = np.random.default_rng(seed).random((n, len(space)))
+            points = space.low + unit * (space.high - space.low)
+        else:
+            raise SdmnnError(f"unknown design {kind!r}; the designs are grid:K, sobol:N, random:N and csv:PATH")
+    for i, row in enumerate(points):
+        try:
+            space.vector(row)
+        except ParameterError as e:
+            raise ParameterError(f"design point {i} is outside the {family.name} family's ranges: {e}") from None
+    if exclude is not None and len(exclude):
+        scale = space.high - space.low
+        d = np.abs((points[:, None, :] - np.asarray(exclude)[None]) / scale).max(-1).min(1)
+        points = points[d > 1e-9]
+    return points
+
+
+def _read_csv(path: Path, space) -> np.ndarray:
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except OSError as e:
+        raise FileError(f"cannot read the design file {path}: {e.strerror}") from None
+    if not rows or [c.strip() for c in rows[0]] != list(space.names):
+        raise SdmnnError(f"{path}: the first row must name the parameters {','.join(space.names)}")
+    try:
+        return np.array([[float(v) for v in r] for r in rows[1:] if r], dtype=float).reshape(-1, len(space))
+    except ValueError as e:
+        raise SdmnnError(f"{path}: every value must be a number ({e})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# the store
+# ---------------------------------------------------------------------------------------------
+
+def _metadata(family: Family, grid: Grid, design: str, seed: int, count: int, task_size: int) -> dict:
+    import numpy, trimesh, zarr
+
+    return {
+        "format": FORMAT, "family": family.name, "parameters": family.space.to_dict(), "grid": grid.to_dict(),
+        "mesh_resolution": list(family.resolution), "design": design, "seed": seed, "count": count,
+        "task_size": task_size, "units": "mm, negative inside",
+        "versions": {"sdmnn": __version__, "numpy": numpy.__version__, "trimesh": trimesh.__version__, "zarr": zarr.__version__},
+    }
+
+_IDENTITY = ("format", "family", "parameters", "grid", "mesh_resolution", "design", "seed", "count", "task_size")
+
+
+def _open_group(path, mode="r"):
+    import zarr
+
+    path = Path(path)
+    if mode == "r" and not path.exists():
+        raise FileError(f"{path}: no such dataset")
+    try:
+        group = zarr.open_group(str(path), mode=mode)
+        meta = dict(group.attrs).get("sdmnn")
+    except Exception as e:  # zarr raises several kinds on a damaged store
+        raise DatasetError(f"{path}: not a readable sdmnn dataset ({type(e).__name__}: {e})") from None
+    return group, meta
+
+
+def create_store(path, family: Family, grid: Grid, design: str, seed: int, points: np.ndarray, task_size: int = TASK_SIZE):
+    """Create the store, or reopen it when it exists with the same metadata (to resume)."""
+    import zarr
+
+    meta = _metadata(family, grid, design, seed, len(points), task_size)
+    path = Path(path)
+    if path.exists():
+        group, old = _open_group(path, "r+")
+        if old is None:
+            raise DatasetError(f"{path} exists and is not an sdmnn dataset; choose another output path")
+        diff = [k for k in _IDENTITY if old.get(k) != meta[k]]
+        if diff:
+            raise DatasetError(f"{path} exists with other metadata ({', '.join(diff)} differ); choose another output path or delete it")
+        return group
+    if not path.parent.exists():
+        raise FileError(f"cannot write {path}: the folder {path.parent} does not exist")
+    group = zarr.open_group(str(path), mode="w-")
+    n, shape = len(points), grid.shape
+    group.create_array("params", data=np.asarray(points, dtype=np.float64), chunks=(max(n, 1), len(family.space)))
+    group.create_array("sdm", shape=(n, *shape), chunks=(1, *shape), dtype="float32", fill_value=np.nan)
+    group.create_array("done", shape=(n,), chunks=(task_size,), dtype="bool", fill_value=False)
+    group.attrs["sdmnn"] = meta
+    return group
+
+
+def compute_sample(family: Family, grid: Grid, params) -> np.ndarray:
+    """The exact SDM of one parameter vector on ``grid`` (float32, mm)."""
+    from .sdm import exact_sdm
+
+    return exact_sdm(family.mesh(params), grid)
+
+
+def run_task(path: str, start: int, stop: int, threads: int | None = None) -> dict:
+    """Compute and write samples [start, stop) that are not done yet. Idempotent; safe to re-run.
+
+    Returns {"written": n, "failed": [(index, message), ...]}; one failing sample does not stop the others.
+    """
+    if threads:
+        from .sdm import set_threads
+
+        set_threads(threads)
+    group, meta = _open_group(path, "r+")
+    family, grid = get_family(meta["family"]), Grid.from_dict(meta["grid"])
+    done = group["done"][start:stop]
+    params = group["params"][start:stop]
+    written, failed = 0, []
+    for offset in np.flatnonzero(~done):
+        i = start + int(offset)
+        try:
+            sdm = compute_sample(family, grid, params[offset])
+        except Exception as e:  # report and go on: the rest of the task still lands
+            failed.append((i, f"{type(e).__name__}: {e}"))
+            continue
+        group["sdm"][i] = sdm
+        group["done"][i] = True  # after the data: a sample is never marked done before it is written
+        written += 1
+    return {"written": written, "failed": failed, "count": stop - start}
+
+
+@dataclass
+class MakeSummary:
+    path: str
+    count: int
+    written: int
+    skipped: int
+    failed: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else 0.0
+
+
+def make_dataset(path, family, design: str, seed: int = 0, workers: int = 1, scheduler: str | None = None,
+                 grid: Grid | None = None, task_size: int = TASK_SIZE, exclude=None, progress: bool = True) -> MakeSummary:
+    """Generate (or finish) a dataset of exact SDMs for a design, with a process pool or a Dask cluster."""
+    family = get_family(family)
+    grid = grid or family.grid
+    grid.check_memory()
+    points = design_points(design, family, seed, exclude)
+    group = create_store(path, family, grid, design, seed, points, task_size)
+    done = group["done"][:]
+    n = len(points)
+    tasks = [(s, min(s + task_size, n)) for s in range(0, n, task_size) if not done[s : s + task_size].all()]
+    summary = MakeSummary(str(path), n, 0, int(done.sum()))
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n, initial=int(done.sum()), unit="sample", disable=not progress, smoothing=0.1, desc=f"{family.name} {design}")
+    t0 = time.perf_counter()
+    for result in _execute(str(path), tasks, workers, scheduler):
+        summary.written += result["written"]
+        summary.failed += result["failed"]
+        bar.update(result["count"])
+    bar.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _execute(path, tasks, workers, scheduler):
+    """Run the tasks serially, on a local process pool, or on a Dask cluster; yield results as they finish."""
+    if scheduler:
+        from distributed import Client, as_completed as dask_completed
+
+        try:
+            client = Client(scheduler, timeout="10s")
+        except OSError as e:
+            raise SdmnnError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from None
+        with client:
+            futures = client.map(run_task, [path] * len(tasks), [s for s, _ in tasks], [e for _, e in tasks],
+                                 threads=1, pure=False)
+            for future in dask_completed(futures):
+                yield future.result()
+    elif workers <= 1:
+        for s, e in tasks:
+            yield run_task(path, s, e)
+    else:
+        # spawn, not fork: numba's thread pool must not be inherited half-initialised
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(run_task, path, s, e, 1) for s, e in tasks]
+            for future in as_completed(futures):
+                yield future.result()
+
+
+def dataset_info(path) -> dict:
+    """The store's metadata plus how many samples are written."""
+    group, meta = _open_group(path)
+    if meta is None:
+        raise DatasetError(f"{path}: not an sdmnn dataset (no metadata)")
+    done = group["done"][:]
+    return {**meta, "complete": int(done.sum()), "missing": int((~done).sum())}
+
+
+# ---------------------------------------------------------------------------------------------
+# torch-ready views
+# ---------------------------------------------------------------------------------------------
+
+def _torch_dataset_base():
+    from torch.utils.data import Dataset
+
+    return Dataset
+
+
+class SDMDataset:
+    """(normalised params (d,), SDM (nx, ny, nz) in mm) pairs of a store, as float32 torch tensors.
+
+    Only complete samples are served. Everything is read into memory at open (a 5^4 cochlea set at
+    64x56x32 is 290 MB), so training never waits on disk.
+    """
+
+    def __init__(self, path, family: str | None = None, grid: Grid | None = None):
+        import torch
+
+        group, meta = _open_group(path)
+        if meta is None:
+            raise DatasetError(f"{path}: not an sdmnn dataset (no metadata)")
+        if family is not None and meta["family"] != get_family(family).name:
+            raise DatasetError(f"{path} holds the {meta['family']} family, not {family}")
+        self.family = get_family(meta["family"])
+        self.grid = Grid.from_dict(meta["grid"])
+        if grid is not None and not grid.same_as(self.grid):
+            raise DatasetError(f"{path} is on grid {self.grid.to_dict()}, not the expected {grid.to_dict()}")
+        if meta["parameters"] != self.family.space.to_dict():
+            raise DatasetError(f"{path} was made with other parameter ranges than the {self.family.name} family has now")
+        self.meta = meta
+        done = group["done"][:]
+        self.index = np.flatnonzero(done)
+        self.params = group["params"][:][self.index]
+        try:
+            sdm = group["sdm"]
+            self.sdm = torch.from_numpy(np.stack([sdm[int(i)] for i in self.index])) if len(self.index) else torch.empty(0, *self.grid.shape)
+        except Exception as e:
+            raise DatasetError(f"{path}: a sample marked complete cannot be read ({type(e).__name__}: {e}); "
+                               "the store is corrupted or truncated") from None
+        if torch.isnan(self.sdm).any():
+            raise DatasetError(f"{path}: a sample marked complete holds NaN; the store is corrupted")
+        self.x = torch.from_numpy(self.family.space.normalise(self.params).astype(np.float32))
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        return self.x[i], self.sdm[i]
+
+
+def open_dataset(path, family: str | None = None, grid: Grid | None = None) -> SDMDataset:
+    """A torch-ready dataset: ``ds[i] -> (params normalised to [-1, 1], SDM in mm)``."""
+    return SDMDataset(path, family, grid)
+
+
+def _online_sample(family_name: str, grid: Grid, seed: int, index: int):
+    family = get_family(family_name)
+    rng = np.random.default_rng([seed, index])
+    vector = family.space.low + rng.random(len(family.space)) * (family.space.high - family.space.low)
+    return vector, compute_sample(family, grid, vector)
+
+
+def _online_init():
+    from .sdm import set_threads
+
+    set_threads(1)
+
+
+class OnlineSDMs:
+    """An endless, seeded stream of fresh random (normalised params, SDM) pairs computed in
+    ``workers`` background processes. Sample i depends only on (seed, i), so a stream is reproducible
+    whatever the number of workers. Iterate it directly or through a torch DataLoader (batch_size=...).
+    """
+
+    def __init__(self, family, grid: Grid | None = None, seed: int = 0, workers: int = 1, prefetch: int | None = None, start: int = 0):
+        self.family = get_family(family)
+        self.grid = grid or self.family.grid
+        self.seed, self.workers, self.start = seed, max(1, workers), start
+        self.prefetch = prefetch or 2 * self.workers
+
+    def __iter__(self):
+        import torch
+
+        with mp.get_context("spawn").Pool(self.workers, initializer=_online_init) as pool:
+            pending = deque()
+            counter = itertools.count(self.start)
+            for _ in range(self.prefetch):
+                pending.append(pool.apply_async(_online_sample, (self.family.name, self.grid, self.seed, next(counter))))
+            while True:
+                vector, sdm = pending.popleft().get()
+                pending.append(pool.apply_async(_online_sample, (self.family.name, self.grid, self.seed, next(counter))))
+                x = torch.from_numpy(self.family.space.normalise(vector).astype(np.float32))
+                yield x, torch.from_numpy(sdm)

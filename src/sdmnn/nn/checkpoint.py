@@ -1,0 +1,122 @@
+"""Checkpoints: a folder with ``model.safetensors`` (weights) and ``model.json`` (what they are).
+
+The JSON names the family, its parameters and ranges, the grid, the normalisation, the architecture,
+the training data and steps, the package version, the measured accuracy and the SHA-256 of the
+weights. Loading refuses a checkpoint whose JSON does not match its weights or the family. Never pickle.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..errors import FileError, ModelError, ParameterError
+from ..grid import Grid
+from ..io import atomic_path
+from ..shapes import Family, get_family
+
+FORMAT = 1
+NORMALISATION = "u = 2 * (x - low) / (high - low) - 1, per parameter, from the family's declared ranges"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save_checkpoint(folder, model: torch.nn.Module, meta: dict, extra_tensors: dict | None = None, name: str = "model") -> Path:
+    """Write ``{name}.safetensors`` and ``{name}.json`` (atomically) into ``folder``."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors.update({k: v.detach().contiguous().cpu() for k, v in (extra_tensors or {}).items()})
+    weights = folder / f"{name}.safetensors"
+    with atomic_path(weights) as tmp:
+        save_file(tensors, str(tmp))
+    meta = {**meta, "format": FORMAT, "sdmnn_version": __version__, "weights": weights.name, "weights_sha256": _sha256(weights)}
+    with atomic_path(folder / f"{name}.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    return folder
+
+
+def read_checkpoint(folder, name: str = "model") -> tuple[dict, dict]:
+    """(meta, tensors) of a checkpoint folder, after checking the weights against the JSON."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    js, weights = folder / f"{name}.json", folder / f"{name}.safetensors"
+    if not js.is_file() or not weights.is_file():
+        raise FileError(f"{folder}: not a model folder (needs {name}.json and {name}.safetensors)")
+    try:
+        meta = json.loads(js.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelError(f"{js}: not a readable model description ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise ModelError(f"{js}: unknown checkpoint format {meta.get('format')!r}")
+    if meta.get("weights_sha256") != _sha256(weights):
+        raise ModelError(f"{weights} does not match the checksum in {js.name}: the weights are truncated or were changed")
+    try:
+        tensors = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error kinds on a damaged file
+        raise ModelError(f"{weights}: cannot be read as safetensors ({e})") from None
+    return meta, tensors
+
+
+def model_meta(family: Family, grid: Grid, arch: str, config: dict, training: dict) -> dict:
+    return {
+        "arch": arch, "config": config, "family": family.name, "parameters": family.space.to_dict(),
+        "grid": grid.to_dict(), "normalisation": NORMALISATION, "training": training,
+    }
+
+
+def check_meta(meta: dict, folder) -> tuple[Family, Grid]:
+    """The family and grid a checkpoint was trained on; refuses one whose family no longer matches."""
+    try:
+        family = get_family(meta["family"])
+        grid = Grid.from_dict(meta["grid"])
+    except (KeyError, TypeError) as e:
+        raise ModelError(f"{folder}: the model description lacks {e}") from None
+    if meta.get("parameters") != family.space.to_dict():
+        raise ModelError(f"{folder}: the model was trained on other parameters or ranges than the {family.name} family declares")
+    return family, grid
+
+
+class Predictor:
+    """A trained forward model: ``predict(params)`` -> SDM(s) in mm on ``grid``; ``predict_torch``
+    is differentiable with respect to the (unnormalised) parameters."""
+
+    def __init__(self, net: torch.nn.Module, family: Family, grid: Grid, meta: dict, path=None):
+        self.net = net.eval()
+        self.family, self.grid, self.meta, self.path = family, grid, meta, path
+        space = family.space
+        self._low = torch.tensor(space.low, dtype=torch.float32)
+        self._span = torch.tensor(space.high - space.low, dtype=torch.float32)
+
+    @property
+    def arch(self) -> str:
+        return self.meta["arch"]
+
+    def normalise_torch(self, params: torch.Tensor) -> torch.Tensor:
+        return 2 * (params - self._low) / self._span - 1
+
+    def predict_torch(self, params: torch.Tensor) -> torch.Tensor:
+        """(B, d) parameters in the family's units (a differentiable tensor) -> (B, nx, ny, nz) SDMs (mm)."""
+        if params.ndim != 2 or params.shape[1] != len(self.family.space):
+            raise ParameterError(f"expected parameters of shape (B, {len(self.family.space)}), got {tuple(params.shape)}")
+        return self.net(self.normalise_torch(params.float()))
+
+    def predict(self, params, batch_size: int = 16) -> np.ndarray:
+        """A mapping or a (d,) vector -> one SDM; a (B, d) array or list of mappings -> (B, nx, ny, nz). float32, mm."""
+        single = isinstance(params, dict) or np.ndim(params) == 1
+        x = torch.from_numpy(self.family.space.matrix(params).astype(np.float32))
+        out = []
+        with torch.inference_mode():
+            for s in range(0, len(x), batch_size):
+                out.append(self.predict_torch(x[s : s + batch_size]).numpy())
+        sdm = np.concatenate(out)
+        return sdm[0] if single else sdm

@@ -1,0 +1,294 @@
+"""Training of SDMNN: static stores plus an optional online stream, a time-based cosine schedule,
+a near-surface-weighted MSE, validation, resumable checkpoints, a JSONL log, and DDP under torchrun.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import SdmnnError
+from ..grid import Grid
+from .checkpoint import Predictor, model_meta, read_checkpoint, save_checkpoint
+from .model import SDMNN, SDMNNConfig
+
+
+@dataclass
+class TrainConfig:
+    family: str = "cochlea"
+    data: list[str] = field(default_factory=list)  # static dataset stores
+    val: str | None = None  # a held-out store for validation
+    online: bool = False  # add fresh random SDMs computed in background processes
+    online_workers: int = 1
+    online_buffer: int = 512  # most recent online samples kept for sampling
+    minutes: float | None = 60.0  # wall-clock budget (the schedule follows it)
+    steps: int | None = None  # or a fixed number of steps (whichever ends first)
+    batch: int = 8
+    lr: float = 2e-3
+    warmup: int = 100
+    near_weight: float = 4.0  # loss weight 1 + near_weight * exp(-|d| / near_scale)
+    near_scale: float = 0.5  # mm
+    channels: tuple[int, ...] = (32, 32, 24)
+    hidden: int = 256
+    seed: int = 0
+    threads: int | None = None
+    eval_every: int = 250
+    out: str = "runs/cochlea"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sdm_errors(pred: np.ndarray, exact: np.ndarray, band: float = 1.0) -> dict:
+    """Accuracy of predicted SDMs against exact ones: mean |error| over the volume and within
+    ``band`` mm of the surface, max |error|, and the share of voxels with the wrong sign."""
+    pred, exact = np.asarray(pred, dtype=np.float64), np.asarray(exact, dtype=np.float64)
+    err = np.abs(pred - exact)
+    near = np.abs(exact) <= band
+    return {
+        "mae": float(err.mean()),
+        "band_mae": float(err[near].mean()) if near.any() else float("nan"),
+        "max_error": float(err.max()),
+        "wrong_sign": float(np.mean((pred < 0) != (exact < 0))),
+    }
+
+
+def weighted_mse(pred, target, near_weight, near_scale):
+    w = 1 + near_weight * torch.exp(-target.abs() / near_scale)
+    return (w * (pred - target) ** 2).sum() / w.sum()
+
+
+def _distributed():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+class _OnlineBuffer:
+    """A background thread fills a ring buffer from an OnlineSDMs stream; training samples from what
+    is there and never waits for it."""
+
+    def __init__(self, family, grid, seed, workers, capacity):
+        from ..dataset import OnlineSDMs
+
+        self.stream = OnlineSDMs(family, grid, seed=seed, workers=workers)
+        self.x, self.y, self.capacity, self.count = [], [], capacity, 0
+        self.lock, self.stop = threading.Lock(), threading.Event()
+        self.thread = threading.Thread(target=self._fill, daemon=True)
+        self.thread.start()
+
+    def _fill(self):
+        for x, y in self.stream:
+            with self.lock:
+                if len(self.x) < self.capacity:
+                    self.x.append(x), self.y.append(y)
+                else:
+                    self.x[self.count % self.capacity], self.y[self.count % self.capacity] = x, y
+                self.count += 1
+            if self.stop.is_set():
+                return
+
+    def sample(self, rng, n):
+        with self.lock:
+            if not self.x:
+                return None
+            idx = rng.integers(0, len(self.x), n)
+            return torch.stack([self.x[i] for i in idx]), torch.stack([self.y[i] for i in idx])
+
+
+def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -> dict:
+    """Train (or resume) an SDMNN model; writes ``cfg.out``/model.{json,safetensors}, a resumable
+    checkpoint and train.jsonl. Returns the final validation metrics."""
+    from ..dataset import open_dataset
+    from ..shapes import get_family
+
+    rank, world = _distributed()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    family = get_family(cfg.family)
+    if not cfg.data and not cfg.online:
+        raise SdmnnError("give at least one dataset (--data) or --online")
+    sets = [open_dataset(p, family=family.name) for p in cfg.data]
+    grid = sets[0].grid if sets else family.grid
+    for p, s in zip(cfg.data, sets):
+        if not s.grid.same_as(grid):
+            raise SdmnnError(f"{p} is on another grid than {cfg.data[0]}")
+    X = torch.cat([s.x for s in sets]) if sets else torch.empty(0, len(family.space))
+    Y = torch.cat([s.sdm for s in sets]) if sets else torch.empty(0, *grid.shape)
+    val = open_dataset(cfg.val, family=family.name, grid=grid) if cfg.val else None
+
+    torch.manual_seed(cfg.seed)
+    mcfg = SDMNNConfig(n_params=len(family.space), out_shape=grid.shape, channels=tuple(cfg.channels), hidden=cfg.hidden)
+    net = SDMNN(mcfg).to(memory_format=torch.channels_last_3d)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
+    out = Path(cfg.out)
+    if rank == 0:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SdmnnError(f"cannot create the run folder {out}: {e.strerror}") from None
+    state = {"step": 0, "seconds": 0.0, "samples_seen": 0}
+    if (out / "last.json").exists():  # resume
+        meta, tensors = read_checkpoint(out, "last")
+        if meta["config"] != json.loads(json.dumps(mcfg.to_dict())) or meta["family"] != family.name:
+            raise SdmnnError(f"{out} holds a run with another architecture or family; choose another --out")
+        net.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("opt.")})
+        _load_optimizer(opt, tensors, meta["optimizer"])
+        state = meta["state"]
+        if rank == 0:
+            print(f"resuming {out} at step {state['step']} ({state['seconds'] / 60:.1f} min trained)", flush=True)
+    model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
+    online = _OnlineBuffer(family.name, grid, cfg.seed * 1000 + rank, cfg.online_workers, cfg.online_buffer) if cfg.online else None
+
+    budget = (cfg.minutes or math.inf) * 60
+    total_steps = cfg.steps or math.inf
+    rng = np.random.default_rng([cfg.seed, rank, state["step"]])
+    log = open(out / "train.jsonl", "a") if rank == 0 else None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=1000, disable=not progress or rank != 0, bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+    t_start = time.perf_counter() - state["seconds"]
+    last_save, last_metrics = time.perf_counter(), {}
+    while True:
+        elapsed = time.perf_counter() - t_start
+        frac = max(state["step"] / total_steps, elapsed / budget)
+        stop = torch.tensor(float(frac >= 1.0))
+        if world > 1:
+            torch.distributed.all_reduce(stop, op=torch.distributed.ReduceOp.MAX)
+        if stop.item():
+            break
+        lr = cfg.lr * min(1.0, (state["step"] + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        xb, yb = _batch(X, Y, online, rng, cfg.batch)
+        loss = weighted_mse(model(xb), yb, cfg.near_weight, cfg.near_scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        state["step"] += 1
+        state["samples_seen"] += len(xb) * world
+        state["seconds"] = time.perf_counter() - t_start
+        bar.n = int(1000 * min(frac, 1.0))
+        bar.set_postfix_str(f"step {state['step']} loss {loss.item():.4g} lr {lr:.2g}" + (f" val MAE {last_metrics['mae']:.4f} mm" if last_metrics else ""))
+        if rank == 0 and (state["step"] % cfg.eval_every == 0):
+            last_metrics = validate(net, val) if val else {}
+            record = {"step": state["step"], "seconds": round(state["seconds"], 1), "loss": loss.item(), "lr": lr,
+                      "online_samples": online.count if online else 0, **{f"val_{k}": v for k, v in last_metrics.items()}}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+        if rank == 0 and time.perf_counter() - last_save > 300:
+            _save(out, net, opt, family, grid, mcfg, cfg, state, command, name="last")
+            last_save = time.perf_counter()
+    bar.close()
+    metrics = {}
+    if rank == 0:
+        metrics = validate(net, val) if val else {}
+        _save(out, net, opt, family, grid, mcfg, cfg, state, command, name="last")
+        _save(out, net, None, family, grid, mcfg, cfg, state, command, name="model", accuracy={"validation": metrics})
+        log.write(json.dumps({"step": state["step"], "seconds": round(state["seconds"], 1), "final": True,
+                              **{f"val_{k}": v for k, v in metrics.items()}}) + "\n")
+        log.close()
+    if online:
+        online.stop.set()
+    if world > 1:
+        torch.distributed.barrier()
+    return {"steps": state["step"], "seconds": state["seconds"], **metrics}
+
+
+def _batch(X, Y, online, rng, n):
+    """A training batch: from the static sets, with half from the online buffer when it has samples."""
+    n_online = n // 2 if online is not None and len(X) else (n if online is not None else 0)
+    parts = []
+    if n_online:
+        got = online.sample(rng, n_online)
+        if got is None:
+            n_online = 0
+            if not len(X):  # online only, nothing computed yet: wait for the first samples
+                while (got := online.sample(rng, n)) is None:
+                    time.sleep(0.2)
+                return got[0], got[1].contiguous()
+        else:
+            parts.append(got)
+    idx = torch.from_numpy(rng.integers(0, len(X), n - n_online))
+    parts.append((X[idx], Y[idx]))
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+@torch.no_grad()
+def validate(net, val, batch: int = 16) -> dict:
+    net.eval()
+    pred = torch.cat([net(val.x[s : s + batch]) for s in range(0, len(val), batch)]).numpy()
+    net.train()
+    return sdm_errors(pred, val.sdm.numpy())
+
+
+def _save(out, net, opt, family, grid, mcfg, cfg, state, command, name, accuracy=None):
+    training = {"config": cfg.to_dict(), "steps": state["step"], "seconds": round(state["seconds"], 1),
+                "samples_seen": state["samples_seen"], "command": command,
+                "threads": torch.get_num_threads(), "torch": torch.__version__}
+    meta = model_meta(family, grid, "sdmnn", mcfg.to_dict(), training)
+    meta["state"] = state
+    if accuracy is not None:
+        meta["accuracy"] = accuracy
+    extra = {}
+    if opt is not None:
+        extra, meta["optimizer"] = _optimizer_tensors(opt)
+    save_checkpoint(out, net, meta, extra, name=name)
+
+
+def _optimizer_tensors(opt):
+    """AdamW state as flat tensors (safetensors cannot hold nested dicts) plus its JSON-able rest."""
+    sd = opt.state_dict()
+    tensors = {f"opt.{i}.{k}": v for i, s in sd["state"].items() for k, v in s.items()}
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _load_optimizer(opt, tensors, meta):
+    state = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, i, k = key.split(".", 2)
+            state.setdefault(int(i), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def load_model(path=None, family: str = "cochlea", arch: str = "sdmnn") -> Predictor:
+    """A trained model: ``load_model()`` is the shipped cochlea SDMNN; ``load_model(folder)`` another."""
+    from . import shipped_model_path
+    from .checkpoint import check_meta
+
+    if path is None:
+        path = shipped_model_path(family, arch)
+        if path is None:
+            raise SdmnnError(f"no shipped {arch} model for the {family} family; train one with `sdmnn train`")
+    meta, tensors = read_checkpoint(path)
+    fam, grid = check_meta(meta, path)
+    if meta.get("arch") == "deepsdf":
+        from .deepsdf import build_deepsdf
+
+        net = build_deepsdf(meta, tensors, fam, grid, path)
+    else:
+        try:
+            net = SDMNN(SDMNNConfig(**meta["config"]))
+        except (TypeError, ValueError) as e:
+            raise SdmnnError(f"{path}: the architecture in model.json is not valid ({e})") from None
+        if tuple(net.config.out_shape) != grid.shape:
+            raise SdmnnError(f"{path}: the network's output shape {net.config.out_shape} does not match its grid {grid.shape}")
+        try:
+            net.load_state_dict(tensors)
+        except RuntimeError as e:
+            raise SdmnnError(f"{path}: the weights do not match the architecture in model.json ({str(e).splitlines()[0]})") from None
+        net = net.to(memory_format=torch.channels_last_3d)
+    return Predictor(net, fam, grid, meta, path)
