@@ -1,0 +1,81 @@
+"""The command line end to end, in a temporary folder, as a user runs it."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sdmnn
+
+SDMNN = [sys.executable, "-m", "sdmnn.cli"]
+
+
+def run(*args, cwd, ok=True):
+    r = subprocess.run([*SDMNN, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    if ok:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_families_lists_parameters_and_ranges(tmp_path):
+    out = run("families", cwd=tmp_path).stdout
+    assert "cochlea" in out and "alpha" in out and "torus" in out and "[2, 5]" in out
+
+
+def test_mesh_sdm_show_end_to_end(tmp_path):
+    run("mesh", "cochlea", "-p", "a=3.5", "-p", "alpha=0.6", "-p", "b=0.12", "-p", "phi=0.2", "-o", "c.stl", cwd=tmp_path)
+    run("sdm", "cochlea", "-p", "a=3.5", "-o", "c.nii.gz", "--png", "c.png", cwd=tmp_path)
+    sdm, grid = sdmnn.load_volume(tmp_path / "c.nii.gz")
+    fam = sdmnn.get_family("cochlea")
+    assert grid.same_as(fam.grid) and sdm.min() < 0 < sdm.max()
+    assert np.allclose(sdm, sdmnn.exact_sdm(fam.mesh(fam.defaults), fam.grid), atol=1e-6)
+    r = run("sdm", "--mesh", "c.stl", "--spacing", "0.25", "--margin", "1", "-o", "m.npy", cwd=tmp_path)
+    assert "warning" not in r.stderr  # the STL's shared vertices are joined again: watertight
+    m, g = sdmnn.load_volume(tmp_path / "m.npy")
+    assert g.spacing == (0.25, 0.25, 0.25) and m.min() < 0
+    run("show", "c.nii.gz", "-o", "s.png", cwd=tmp_path)
+    for f in ("c.png", "s.png"):
+        assert (tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sdm", "cochlea", "-p", "a=7.1", "-o", "x.nii.gz"], "a must lie in [2, 5] mm, got 7.1"),
+    (["sdm", "cochlea", "-p", "a=nan", "-o", "x.nii.gz"], "finite"),
+    (["sdm", "cochlea", "-p", "zeta=1", "-o", "x.nii.gz"], "unknown parameter"),
+    (["sdm", "cochlea", "-p", "a", "-o", "x.nii.gz"], "NAME=VALUE"),
+    (["sdm", "sphere", "-o", "x.nii.gz"], "unknown family"),
+    (["sdm", "--mesh", "missing.stl", "-o", "x.nii.gz"], "no such file"),
+    (["sdm", "--mesh", "empty.stl", "-o", "x.nii.gz"], "no triangles"),
+    (["sdm", "--mesh", "box.stl", "--spacing", "0", "-o", "x.nii.gz"], "spacing"),
+    (["sdm", "--mesh", "box.stl", "--spacing", "-1", "-o", "x.nii.gz"], "spacing"),
+    (["sdm", "--mesh", "box.stl", "--spacing", "0.0005", "-o", "x.nii.gz"], "over the budget"),
+    (["sdm", "cochlea", "-o", "x.txt"], "unsupported file type"),
+    (["sdm", "cochlea", "-o", "nofolder/x.nii.gz"], "does not exist"),
+    (["show", "garbage.nii.gz", "-o", "x.png"], "cannot be read"),
+])
+def test_bad_input_is_one_sentence_and_exit_2(tmp_path, args, message):
+    import trimesh
+
+    trimesh.creation.box().export(tmp_path / "box.stl")
+    (tmp_path / "empty.stl").write_text("solid empty\nendsolid empty\n")
+    (tmp_path / "garbage.nii.gz").write_bytes(b"garbage")
+    r = subprocess.run([*SDMNN, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "SDMNN_MAX_BYTES": str(2**30)})
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert message in " ".join(r.stderr.split()), r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "x.nii.gz").exists() and not (tmp_path / "x.txt").exists()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_open_mesh_warns_and_still_writes(tmp_path):
+    import trimesh
+
+    box = trimesh.creation.box()
+    trimesh.Trimesh(box.vertices, box.faces[1:]).export(tmp_path / "open.ply")
+    r = run("sdm", "--mesh", "open.ply", "--spacing", "0.2", "-o", "o.nii.gz", cwd=tmp_path)
+    assert "not watertight" in " ".join(r.stderr.split())
+    assert (tmp_path / "o.nii.gz").exists()
