@@ -1,0 +1,126 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import sdmnn
+from sdmnn import Grid, ModelError, ParameterError, SdmnnError
+from sdmnn.dataset import make_dataset
+from sdmnn.nn import load_model
+from sdmnn.nn.model import SDMNN, SDMNNConfig
+from sdmnn.nn.train import TrainConfig, train
+
+TINY = Grid((16, 16, 8), (0.8, 0.7, 0.8), (-5.4, -5.1, -1.7))
+TINY_CHANNELS = (8, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "tiny.zarr"
+    make_dataset(path, "cochlea", "random:6", seed=0, grid=TINY, progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "m"
+    train(TrainConfig(data=[str(tiny_data)], val=str(tiny_data), steps=3, batch=2, channels=TINY_CHANNELS,
+                      hidden=32, eval_every=2, out=str(out)), progress=False)
+    return out
+
+
+def test_network_maps_parameters_to_a_volume():
+    net = SDMNN(SDMNNConfig(out_shape=(16, 16, 8), channels=(8, 8, 8), hidden=16))
+    assert net(torch.zeros(3, 4)).shape == (3, 16, 16, 8)
+    with pytest.raises(ValueError, match="divisible"):
+        SDMNNConfig(out_shape=(15, 16, 8), channels=(8, 8, 8))
+
+
+def test_checkpoint_round_trip_predicts_the_same(tiny_model, cochlea):
+    m = load_model(tiny_model)
+    assert m.family.name == "cochlea" and m.grid.same_as(TINY)
+    one = m.predict(cochlea.defaults)
+    assert one.shape == TINY.shape and one.dtype == np.float32
+    batch = m.predict(np.array([list(cochlea.defaults.values())] * 2))
+    assert batch.shape == (2, *TINY.shape) and np.allclose(batch[0], one, atol=1e-5)
+    meta = json.loads((tiny_model / "model.json").read_text())
+    for key in ("family", "parameters", "grid", "normalisation", "arch", "config", "training", "sdmnn_version", "accuracy"):
+        assert key in meta
+    assert meta["training"]["steps"] == 3
+
+
+def test_prediction_is_differentiable_in_the_parameters(tiny_model, cochlea):
+    m = load_model(tiny_model)
+    p = torch.tensor([list(cochlea.defaults.values())], requires_grad=True)
+    m.predict_torch(p).square().mean().backward()
+    assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"a": 9.0, "alpha": 0.5, "b": 0.1, "phi": 0.0}, "a must lie in"),
+    ([3.0, 0.5, 0.1], "expected"),
+    ([3.0, float("nan"), 0.1, 0.0], "finite"),
+])
+def test_bad_parameters_are_refused(tiny_model, params, message):
+    with pytest.raises(ParameterError, match=message):
+        load_model(tiny_model).predict(params)
+
+
+def test_tampered_or_truncated_weights_are_refused(tiny_model, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model, bad)
+    w = bad / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-5] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="truncated or were changed"):
+        load_model(bad)
+    w.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(ModelError, match="truncated or were changed"):
+        load_model(bad)
+
+
+def test_checkpoint_for_other_ranges_or_architecture_is_refused(tiny_model, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model, bad)
+    meta = json.loads((bad / "model.json").read_text())
+    meta["parameters"][0]["high"] = 9.0
+    (bad / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="other parameters or ranges"):
+        load_model(bad)
+    meta = json.loads((tiny_model / "model.json").read_text())
+    meta["config"]["channels"] = [8, 8, 16]
+    (bad / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(SdmnnError, match="do not match the architecture"):
+        load_model(bad)
+
+
+def test_training_resumes_where_it_stopped(tiny_data, tmp_path):
+    cfg = TrainConfig(data=[str(tiny_data)], steps=2, batch=2, channels=TINY_CHANNELS, hidden=32, out=str(tmp_path / "r"))
+    train(cfg, progress=False)
+    cfg.steps = 4
+    result = train(cfg, progress=False)
+    assert result["steps"] == 4
+    log = [json.loads(line) for line in (tmp_path / "r" / "train.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r.get("final")] == [2, 4]
+
+
+def test_ddp_training_with_two_gloo_processes(tiny_data, tmp_path):
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    r = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port=29517", "-m", "sdmnn.train", "cochlea",
+                        "--data", str(tiny_data), "--steps", "2", "--batch", "2", "--channels", "8,8,8",
+                        "--threads", "1", "-o", str(tmp_path / "ddp")],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta = json.loads((tmp_path / "ddp" / "model.json").read_text())
+    assert meta["training"]["steps"] == 2 and meta["training"]["samples_seen"] == 2 * 2 * 2
+
+
+def test_training_without_data_is_refused(tmp_path):
+    with pytest.raises(SdmnnError, match="at least one dataset"):
+        train(TrainConfig(data=[], out=str(tmp_path / "x")), progress=False)
