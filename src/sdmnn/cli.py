@@ -254,6 +254,33 @@ def train(family: str = typer.Argument("cochlea", help="Family name."),
                   (f"; validation MAE {result['mae']:.4f} mm, within 1 mm {result['band_mae']:.4f} mm, wrong sign {100 * result['wrong_sign']:.2f} %" if "mae" in result else ""))
 
 
+@app.command()
+def evaluate(model: Optional[Path] = typer.Argument(None, help="Model folder (default: the shipped cochlea model)."),
+             n: int = typer.Option(200, "--n", help="Number of held-out random parameter vectors."),
+             seed: int = typer.Option(1, help="Seed of the held-out design."),
+             json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full result as JSON.")):
+    """Accuracy of a trained model against the exact SDM on held-out parameters, and the time of both."""
+    from .io import write_json
+    from .nn import load_model
+    from .nn.evaluate import evaluate as run
+
+    if n < 1:
+        raise SdmnnError(f"--n must be at least 1, got {n}")
+    net = load_model(model)
+    r = run(net, n=n, seed=seed)
+    table = Table(title=f"{net.family.name} model vs exact SDM on {n} held-out cases (seed {seed})", title_justify="left")
+    for col in ("metric", "mean over cases", "worst case"):
+        table.add_column(col)
+    for key, label, scale, unit in (("mae", "mean |error| over the volume", 1, "mm"), ("band_mae", "mean |error| within 1 mm of the surface", 1, "mm"),
+                                    ("max_error", "max |error|", 1, "mm"), ("wrong_sign", "voxels with the wrong sign", 100, "%")):
+        table.add_row(label, f"{scale * r['mean'][key]:.4f} {unit}", f"{scale * r['worst'][key]:.4f} {unit}")
+    console.print(table)
+    console.print(f"time per SDM (median): exact {1e3 * r['exact_seconds']:.0f} ms (mesh + SDM), model {1e3 * r['model_seconds']:.1f} ms "
+                  f"-> {r['exact_seconds'] / r['model_seconds']:.0f}x faster")
+    if json_out:
+        write_json(json_out, r)
+
+
 def main():
     """Entry point: bad input -> one sentence on stderr and exit status 2, never a traceback."""
     with warnings.catch_warnings():

@@ -1,0 +1,107 @@
+"""SDMNN: inference time (batch 1 and batched) against params -> mesh -> exact SDM, training throughput,
+accuracy on held-out parameters, and a PNG of predicted vs exact zero contours."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import sdmnn
+from sdmnn.dataset import design_points
+from sdmnn.nn import load_model, shipped_model_path
+from sdmnn.nn.evaluate import evaluate
+from sdmnn.nn.model import SDMNN, SDMNNConfig
+from sdmnn.nn.train import weighted_mse
+
+from common import table, timeit
+
+FIGURE = Path("docs/sdmnn_contours.png")
+
+
+def contour_figure(model, points, exacts, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = model.grid
+    x, y, z = grid.axes()
+    fig, axes = plt.subplots(1, len(points), figsize=(4.2 * len(points), 4), constrained_layout=True)
+    for ax, vector, exact in zip(axes, points, exacts):
+        pred = model.predict(vector)
+        k = int(np.argmax((exact < 0).sum(axis=(0, 1))))
+        ax.contour(x, y, exact[:, :, k].T, levels=[0], colors="black", linewidths=1.5)
+        ax.contour(x, y, pred[:, :, k].T, levels=[0], colors="tab:orange", linewidths=1.0, linestyles="--")
+        ax.set_aspect("equal")
+        ax.set_title(", ".join(f"{n}={v:.2f}" for n, v in zip(model.family.names, vector)) + f"\nz = {z[k]:.1f} mm", fontsize=8)
+    axes[0].legend([plt.Line2D([], [], color="black"), plt.Line2D([], [], color="tab:orange", ls="--")], ["exact", "SDMNN"])
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def run(quick: bool = False) -> str:
+    torch.set_num_threads(2)
+    if shipped_model_path() is None:
+        return "## SDMNN\n\nNo shipped model: train one (README) and rerun."
+    model = load_model()
+    fam, grid = model.family, model.grid
+    params = fam.defaults
+    t_mesh, mesh = timeit(lambda: fam.mesh(params), repeat=5)
+    t_sdm, exact = timeit(lambda: sdmnn.exact_sdm(mesh, grid), repeat=5)
+    t1, _ = timeit(lambda: model.predict(params), repeat=20 if quick else 100, warmup=5)
+    batch = design_points("random:16", fam, seed=5)
+    t16, _ = timeit(lambda: model.predict(batch, batch_size=16), repeat=3 if quick else 10)
+    steps = 3 if quick else 10
+    net = SDMNN(SDMNNConfig(**model.meta["config"])).to(memory_format=torch.channels_last_3d)
+    opt = torch.optim.AdamW(net.parameters())
+    xb, yb = torch.rand(8, len(fam.space)) * 2 - 1, torch.from_numpy(np.stack([exact] * 8))
+
+    def step():
+        loss = weighted_mse(net(xb), yb, 4.0, 0.5)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    t_step, _ = timeit(step, repeat=steps, warmup=2)
+    speed = table(["what", "time", "per SDM"], [
+        ["params -> mesh (trimesh)", f"{1e3 * t_mesh:.1f} ms", f"{1e3 * t_mesh:.1f} ms"],
+        ["mesh -> exact SDM (sdmnn, 2 threads)", f"{1e3 * t_sdm:.0f} ms", f"{1e3 * t_sdm:.0f} ms"],
+        ["SDMNN, batch 1", f"{1e3 * t1:.1f} ms", f"{1e3 * t1:.1f} ms"],
+        ["SDMNN, batch 16", f"{1e3 * t16:.0f} ms", f"{1e3 * t16 / 16:.1f} ms"],
+        ["training step, batch 8 (forward + backward + AdamW)", f"{t_step:.2f} s", f"{8 / t_step:.1f} samples/s"],
+    ])
+    n = 20 if quick else 200
+    r = evaluate(model, n=n, seed=1, progress=False)
+    acc = table(["metric", "mean over cases", "worst case", "target"], [
+        ["mean abs error over the volume", f"{r['mean']['mae']:.4f} mm", f"{r['worst']['mae']:.4f} mm", "<= 0.05 mm"],
+        ["mean abs error within 1 mm of the surface", f"{r['mean']['band_mae']:.4f} mm", f"{r['worst']['band_mae']:.4f} mm", "<= 0.05 mm"],
+        ["max abs error", f"{r['mean']['max_error']:.3f} mm", f"{r['worst']['max_error']:.3f} mm", "-"],
+        ["voxels with the wrong sign", f"{100 * r['mean']['wrong_sign']:.3f} %", f"{100 * r['worst']['wrong_sign']:.3f} %", "<= 0.5 %"],
+    ])
+    pts = design_points("random:4", fam, seed=11)
+    contour_figure(model, pts, [sdmnn.exact_sdm(fam.mesh(p), grid) for p in pts], FIGURE)
+    training = model.meta["training"]
+    return "\n".join([
+        "## SDMNN (issue: the network)",
+        "",
+        f"The shipped cochlea model ({sum(p.numel() for p in model.net.parameters()):,} weights), trained with "
+        f"`{training.get('command')}` ({training['steps']} steps, {training['seconds'] / 60:.0f} min on this machine's 2 cores).",
+        "",
+        "### Time, in one run (torch and numba on 2 threads; median of repeats after warm-up)",
+        "",
+        speed,
+        "",
+        f"params -> mesh -> exact SDM takes {1e3 * (t_mesh + t_sdm):.0f} ms; SDMNN at batch 1 is "
+        f"**{(t_mesh + t_sdm) / t1:.0f}x faster** (target: >= 10x, and <= 15 ms per SDM).",
+        "",
+        f"### Accuracy against the exact SDM on {n} held-out uniform random parameter vectors (seed 1)",
+        "",
+        acc,
+        "",
+        f"Reproduce: `sdmnn evaluate --n {n} --seed 1`. Zero contours of four held-out cases (black: exact, orange: SDMNN), "
+        f"axial slice through the most of each shape: `{FIGURE}`.",
+        "",
+        f"![contours]({FIGURE.name})",
+    ])
