@@ -9,9 +9,13 @@ from .grid import Grid
 from .io import load_mesh, load_volume, save_mesh, save_volume
 from .sdm import MeshWarning, exact_sdm, unsigned_distance, winding_number
 from .shapes import Family, families, get_family
+from .dataset import OnlineSDMs, make_dataset, open_dataset
+from .nn import load_model
+from .fit import FitResult, fit
 
 __all__ = [
     "Grid", "Family", "get_family", "families", "exact_sdm", "unsigned_distance", "winding_number",
+    "open_dataset", "make_dataset", "OnlineSDMs", "load_model", "fit", "FitResult",
     "save_volume", "load_volume", "load_mesh", "save_mesh", "MeshWarning",
     "SdmnnError", "ParameterError", "GridError", "MeshError", "FileError", "ModelError",
 ]

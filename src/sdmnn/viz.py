@@ -64,3 +64,33 @@ def save_slices(path, sdm: np.ndarray, grid: Grid, others: dict | None = None, t
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path
+
+
+def save_corner(path, samples: np.ndarray, names, truth=None, map_point=None):
+    """A corner plot of posterior samples: histograms on the diagonal, pairwise scatter below."""
+    plt = _figure()
+    d = len(names)
+    fig, axes = plt.subplots(d, d, figsize=(2.2 * d, 2.2 * d), constrained_layout=True)
+    for i in range(d):
+        for j in range(d):
+            ax = axes[i, j]
+            if j > i:
+                ax.axis("off")
+                continue
+            if i == j:
+                ax.hist(samples[:, i], bins=40, color="tab:blue", alpha=0.8)
+            else:
+                ax.scatter(samples[:, j], samples[:, i], s=1, alpha=0.3, color="tab:blue")
+            for point, colour in ((truth, "black"), (map_point, "tab:red")):
+                if point is not None:
+                    ax.axvline(point[j], color=colour, lw=1)
+                    if i != j:
+                        ax.axhline(point[i], color=colour, lw=1)
+            if i == d - 1:
+                ax.set_xlabel(names[j])
+            if j == 0 and i > 0:
+                ax.set_ylabel(names[i])
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+    return path
