@@ -234,7 +234,9 @@ def train(family: str = typer.Argument("cochlea", help="Family name."),
           batch: int = typer.Option(8, help="Batch size (per process under torchrun)."),
           lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, warm-up then cosine)."),
           near_weight: float = typer.Option(4.0, help="Loss weight near the surface: 1 + w*exp(-|d|/0.5 mm)."),
-          channels: str = typer.Option("32,32,24", help="Decoder channels per scale, coarse to half resolution."),
+          arch: str = typer.Option("sdmnn", help="sdmnn (the network) or deepsdf (the DeepSDF-style baseline)."),
+          channels: str = typer.Option("32,32,24", help="SDMNN decoder channels per scale, coarse to half resolution."),
+          hidden: int = typer.Option(256, help="Width of the MLP (SDMNN) or of the decoder layers (DeepSDF)."),
           seed: int = typer.Option(0),
           threads: Optional[int] = typer.Option(None, help="Torch threads (default: all cores)."),
           eval_every: int = typer.Option(250, help="Validate and log every N steps."),
@@ -248,7 +250,7 @@ def train(family: str = typer.Argument("cochlea", help="Family name."),
         raise SdmnnError(f"channels is a comma-separated list of integers, got {channels!r}") from None
     cfg = TrainConfig(family=family, data=[str(p) for p in data or []], val=str(val) if val else None, online=online,
                       online_workers=online_workers, minutes=minutes, steps=steps, batch=batch, lr=lr, near_weight=near_weight,
-                      channels=ch, seed=seed, threads=threads, eval_every=eval_every, out=str(output))
+                      arch=arch, channels=ch, hidden=hidden, seed=seed, threads=threads, eval_every=eval_every, out=str(output))
     result = run(cfg, command="sdmnn " + " ".join(sys.argv[1:]))
     console.print(f"trained {result['steps']} steps in {result['seconds'] / 60:.1f} min -> {output}/model.json" +
                   (f"; validation MAE {result['mae']:.4f} mm, within 1 mm {result['band_mae']:.4f} mm, wrong sign {100 * result['wrong_sign']:.2f} %" if "mae" in result else ""))

@@ -190,6 +190,8 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
     span = high - low
     if final_is_exact:
         theta = _exact_polish(lambda th: nll_np(exact_sdm_of(th)), theta, low, high, max_exact, budget_first=forward == "exact")
+        if (tau if observed_kind == "labels" else sigma) is None:  # the noise at the exact MAP, for the posterior's width
+            noise_value = noise_eff = max(_estimate_noise(observed_kind, exact_sdm_of(theta), y, mask), 1e-3)
         hessian_u = _fd_hessian(lambda u: nll_np(exact_sdm_of(low + u * span)), (theta - low) / span, low, high)
         log_post = -nll_np(exact_sdm_of(theta))
     else:

@@ -19,6 +19,7 @@ import torch
 from ..errors import SdmnnError
 from ..grid import Grid
 from .checkpoint import Predictor, model_meta, read_checkpoint, save_checkpoint
+from .deepsdf import DeepSDF, DeepSDFConfig, sample_points
 from .model import SDMNN, SDMNNConfig
 
 
@@ -37,8 +38,11 @@ class TrainConfig:
     warmup: int = 100
     near_weight: float = 4.0  # loss weight 1 + near_weight * exp(-|d| / near_scale)
     near_scale: float = 0.5  # mm
+    arch: str = "sdmnn"  # or "deepsdf", the baseline
     channels: tuple[int, ...] = (32, 32, 24)
     hidden: int = 256
+    points: int = 4096  # deepsdf: SDF samples per shape and step
+    clamp: float = 2.0  # deepsdf: clamp of the distance (mm)
     seed: int = 0
     threads: int | None = None
     eval_every: int = 250
@@ -130,8 +134,16 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
     val = open_dataset(cfg.val, family=family.name, grid=grid) if cfg.val else None
 
     torch.manual_seed(cfg.seed)
-    mcfg = SDMNNConfig(n_params=len(family.space), out_shape=grid.shape, channels=tuple(cfg.channels), hidden=cfg.hidden)
-    net = SDMNN(mcfg).to(memory_format=torch.channels_last_3d)
+    if cfg.arch == "deepsdf":
+        mcfg = DeepSDFConfig(n_params=len(family.space), out_shape=grid.shape, hidden=cfg.hidden, clamp=cfg.clamp)
+        net = DeepSDF(mcfg)
+        if val is not None:  # a full-volume prediction costs ~1 s per shape: validate on the first 8
+            val.x, val.sdm = val.x[:8], val.sdm[:8]
+    elif cfg.arch == "sdmnn":
+        mcfg = SDMNNConfig(n_params=len(family.space), out_shape=grid.shape, channels=tuple(cfg.channels), hidden=cfg.hidden)
+        net = SDMNN(mcfg).to(memory_format=torch.channels_last_3d)
+    else:
+        raise SdmnnError(f"arch must be sdmnn or deepsdf, got {cfg.arch!r}")
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
     out = Path(cfg.out)
     if rank == 0:
@@ -142,7 +154,7 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
     state = {"step": 0, "seconds": 0.0, "samples_seen": 0}
     if (out / "last.json").exists():  # resume
         meta, tensors = read_checkpoint(out, "last")
-        if meta["config"] != json.loads(json.dumps(mcfg.to_dict())) or meta["family"] != family.name:
+        if meta["config"] != json.loads(json.dumps(mcfg.to_dict())) or meta["family"] != family.name or meta["arch"] != cfg.arch:
             raise SdmnnError(f"{out} holds a run with another architecture or family; choose another --out")
         net.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("opt.")})
         _load_optimizer(opt, tensors, meta["optimizer"])
@@ -173,7 +185,12 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
         for g in opt.param_groups:
             g["lr"] = lr
         xb, yb = _batch(X, Y, online, rng, cfg.batch)
-        loss = weighted_mse(model(xb), yb, cfg.near_weight, cfg.near_scale)
+        if cfg.arch == "deepsdf":  # L1 on clamped SDF samples, near the surface and uniform
+            pts, target = sample_points(yb, torch.arange(len(yb)), cfg.points, cfg.clamp, rng)
+            pred = model(xb, net.coords[pts])
+            loss = (pred - target.clamp(-cfg.clamp, cfg.clamp)).abs().mean()
+        else:
+            loss = weighted_mse(model(xb), yb, cfg.near_weight, cfg.near_scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -238,7 +255,7 @@ def _save(out, net, opt, family, grid, mcfg, cfg, state, command, name, accuracy
     training = {"config": cfg.to_dict(), "steps": state["step"], "seconds": round(state["seconds"], 1),
                 "samples_seen": state["samples_seen"], "command": command,
                 "threads": torch.get_num_threads(), "torch": torch.__version__}
-    meta = model_meta(family, grid, "sdmnn", mcfg.to_dict(), training)
+    meta = model_meta(family, grid, cfg.arch, mcfg.to_dict(), training)
     meta["state"] = state
     if accuracy is not None:
         meta["accuracy"] = accuracy
