@@ -79,3 +79,28 @@ def test_open_mesh_warns_and_still_writes(tmp_path):
     r = run("sdm", "--mesh", "open.ply", "--spacing", "0.2", "-o", "o.nii.gz", cwd=tmp_path)
     assert "not watertight" in " ".join(r.stderr.split())
     assert (tmp_path / "o.nii.gz").exists()
+
+
+@pytest.mark.skipif(sdmnn.nn.shipped_model_path() is None, reason="no shipped model")
+def test_fit_cli_writes_a_table_json_samples_and_pngs(tmp_path):
+    from sdmnn.fit import synthetic_target
+
+    truth = {"a": 3.6, "alpha": 0.5, "b": 0.11, "phi": -0.2}
+    labels, grid = synthetic_target("cochlea", truth, "labels", tau=0.05, seed=1)
+    sdmnn.save_volume(tmp_path / "target.nii.gz", labels, grid)
+    r = run("fit", "target.nii.gz", "--family", "cochlea", "--observed", "labels", "--forward", "nn", "-o", "res", cwd=tmp_path)
+    assert "90 % interval" in r.stdout and "alpha" in r.stdout
+    import json
+
+    result = json.loads((tmp_path / "res" / "result.json").read_text())
+    assert abs(result["map"]["a"] - truth["a"]) < 0.1
+    assert np.load(tmp_path / "res" / "samples.npy").shape[1] == 4
+    assert (tmp_path / "res" / "corner.png").exists() and (tmp_path / "res" / "slices.png").exists()
+
+
+def test_fit_cli_refuses_an_empty_label_map(tmp_path):
+    fam = sdmnn.get_family("cochlea")
+    sdmnn.save_volume(tmp_path / "empty.nii.gz", np.zeros(fam.grid.shape, np.uint8), fam.grid)
+    r = run("fit", "empty.nii.gz", "--forward", "exact", "-o", "res", cwd=tmp_path, ok=False)
+    assert r.returncode == 2 and "all zeros" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "res").exists()

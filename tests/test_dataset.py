@@ -153,3 +153,22 @@ def test_dataset_cli_make_info_show(tmp_path):
     assert r.returncode == 0 and (tmp_path / "s.png").exists()
     r = subprocess.run([*cli, "make", "cochlea", "--design", "grid:1", "-o", "u.zarr"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 2 and "at least 2 levels" in r.stderr and not (tmp_path / "u.zarr").exists()
+
+
+def _die(*args, **kwargs):
+    import os
+
+    os._exit(9)  # a worker killed outright, as by the out-of-memory killer
+
+
+def test_a_killed_worker_process_is_one_sentence_and_the_run_resumes(tmp_path, monkeypatch):
+    import sdmnn.dataset as ds
+
+    real = ds.run_task
+    monkeypatch.setattr(ds, "run_task", _die)  # the pool pickles it by reference: its processes die
+    path = tmp_path / "d.zarr"
+    with pytest.raises(DatasetError, match="a worker died"):
+        make_dataset(path, "cochlea", "random:4", seed=1, grid=COARSE, task_size=2, workers=2, progress=False)
+    monkeypatch.setattr(ds, "run_task", real)
+    assert make_dataset(path, "cochlea", "random:4", seed=1, grid=COARSE, task_size=2, workers=2, progress=False).written == 4
+    assert dataset_info(path)["complete"] == 4

@@ -137,3 +137,16 @@ def test_deepsdf_baseline_trains_saves_and_predicts_a_volume(tiny_data, tmp_path
     p = torch.tensor([list(cochlea.defaults.values())], requires_grad=True)
     m.predict_torch(p).sum().backward()
     assert torch.isfinite(p.grad).all()
+
+
+@pytest.mark.skipif(sdmnn.nn.shipped_model_path() is None, reason="no shipped model")
+def test_shipped_model_is_accurate_on_held_out_parameters(cochlea):
+    """Against the exact SDM on parameters it never saw (a seed no training design used)."""
+    from sdmnn.dataset import design_points
+    from sdmnn.nn.train import sdm_errors
+
+    model = sdmnn.load_model()
+    assert model.family.name == "cochlea" and model.grid.same_as(cochlea.grid)
+    for vector in design_points("random:3", cochlea, seed=123):
+        e = sdm_errors(model.predict(vector), sdmnn.exact_sdm(cochlea.mesh(vector), cochlea.grid))
+        assert e["mae"] < 0.08 and e["band_mae"] < 0.1 and e["wrong_sign"] < 0.01, e

@@ -237,6 +237,7 @@ def train(family: str = typer.Argument("cochlea", help="Family name."),
           arch: str = typer.Option("sdmnn", help="sdmnn (the network) or deepsdf (the DeepSDF-style baseline)."),
           channels: str = typer.Option("32,32,24", help="SDMNN decoder channels per scale, coarse to half resolution."),
           hidden: int = typer.Option(256, help="Width of the MLP (SDMNN) or of the decoder layers (DeepSDF)."),
+          points: int = typer.Option(4096, help="DeepSDF: SDF samples per shape and step."),
           seed: int = typer.Option(0),
           threads: Optional[int] = typer.Option(None, help="Torch threads (default: all cores)."),
           eval_every: int = typer.Option(250, help="Validate and log every N steps."),
@@ -250,7 +251,7 @@ def train(family: str = typer.Argument("cochlea", help="Family name."),
         raise SdmnnError(f"channels is a comma-separated list of integers, got {channels!r}") from None
     cfg = TrainConfig(family=family, data=[str(p) for p in data or []], val=str(val) if val else None, online=online,
                       online_workers=online_workers, minutes=minutes, steps=steps, batch=batch, lr=lr, near_weight=near_weight,
-                      arch=arch, channels=ch, hidden=hidden, seed=seed, threads=threads, eval_every=eval_every, out=str(output))
+                      arch=arch, channels=ch, hidden=hidden, points=points, seed=seed, threads=threads, eval_every=eval_every, out=str(output))
     result = run(cfg, command="sdmnn " + " ".join(sys.argv[1:]))
     console.print(f"trained {result['steps']} steps in {result['seconds'] / 60:.1f} min -> {output}/model.json" +
                   (f"; validation MAE {result['mae']:.4f} mm, within 1 mm {result['band_mae']:.4f} mm, wrong sign {100 * result['wrong_sign']:.2f} %" if "mae" in result else ""))

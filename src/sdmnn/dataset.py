@@ -218,11 +218,18 @@ def make_dataset(path, family, design: str, seed: int = 0, workers: int = 1, sch
 
     bar = tqdm(total=n, initial=int(done.sum()), unit="sample", disable=not progress, smoothing=0.1, desc=f"{family.name} {design}")
     t0 = time.perf_counter()
-    for result in _execute(str(path), tasks, workers, scheduler):
-        summary.written += result["written"]
-        summary.failed += result["failed"]
-        bar.update(result["count"])
-    bar.close()
+    try:
+        for result in _execute(str(path), tasks, workers, scheduler):
+            summary.written += result["written"]
+            summary.failed += result["failed"]
+            bar.update(result["count"])
+    except SdmnnError:
+        raise
+    except Exception as e:  # a worker process killed (out of memory, a signal) or a lost cluster
+        raise DatasetError(f"a worker died ({type(e).__name__}: {e}); the samples already written are kept, "
+                           "rerun the same command to finish") from None
+    finally:
+        bar.close()
     summary.seconds = time.perf_counter() - t0
     return summary
 
