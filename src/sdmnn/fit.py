@@ -120,8 +120,8 @@ def _estimate_noise(kind, d, y, mask):
 
 def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "labels", forward: str = "nn", seed: int = 0,
         model=None, prior: dict | None = None, tau: float | None = None, sigma: float | None = None, band: float | None = None,
-        n_starts: int = 4, n_screen: int = 64, n_samples: int = 4000, correlation_mm: float = 0.6,
-        max_exact: int = 120, progress: bool = False) -> FitResult:
+        n_starts: int = 3, n_screen: int = 64, n_samples: int = 4000, correlation_mm: float = 0.6,
+        max_exact: int = 80, progress: bool = False) -> FitResult:
     """Posterior over a family's parameters given an observed label map or SDM on ``grid``.
 
     Parameters
@@ -188,12 +188,25 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
 
     # 3. polish and Laplace approximation
     span = high - low
-    if final_is_exact:
-        theta = _exact_polish(lambda th: nll_np(exact_sdm_of(th)), theta, low, high, max_exact, budget_first=forward == "exact")
+    if forward == "hybrid":
+        # a few Levenberg-Marquardt steps on the exact likelihood with the network's Jacobian (one exact SDM
+        # each), then two with the exact Jacobian by finite differences, which lands on the exact optimum
+        nn_jac = lambda th, d: _surrogate_jacobian(net, th, low, high)  # noqa: E731
+        ex_jac = lambda th, d: _exact_jacobian(exact_sdm_of, th, d, low, high)  # noqa: E731
+        theta, d_map, _ = _levenberg_marquardt(nn_jac, exact_sdm_of, nll_np, observed_kind, y, mask, lambda: noise_eff, theta, low, high, max_exact // 2)
+        theta, d_map, J = _levenberg_marquardt(ex_jac, exact_sdm_of, nll_np, observed_kind, y, mask, lambda: noise_eff, theta, low, high, max_exact // 2, max_iter=2)
         if (tau if observed_kind == "labels" else sigma) is None:  # the noise at the exact MAP, for the posterior's width
-            noise_value = noise_eff = max(_estimate_noise(observed_kind, exact_sdm_of(theta), y, mask), 1e-3)
+            noise_value = noise_eff = max(_estimate_noise(observed_kind, d_map, y, mask), 1e-3)
+        _, w = _likelihood_derivatives(observed_kind, d_map, y, mask, noise_eff)
+        hessian_u = J.T @ (w[:, None] * J) / temper  # Gauss-Newton (Fisher) Hessian with the exact Jacobian
+        log_post = -nll_np(d_map)
+    elif forward == "exact":
+        theta = _exact_polish(lambda th: nll_np(exact_sdm_of(th)), theta, low, high, max_exact, budget_first=True)
+        d_map = exact_sdm_of(theta)
+        if (tau if observed_kind == "labels" else sigma) is None:
+            noise_value = noise_eff = max(_estimate_noise(observed_kind, d_map, y, mask), 1e-3)
         hessian_u = _fd_hessian(lambda u: nll_np(exact_sdm_of(low + u * span)), (theta - low) / span, low, high)
-        log_post = -nll_np(exact_sdm_of(theta))
+        log_post = -nll_np(d_map)
     else:
         theta, hessian_u, log_post = _nn_laplace(net, y, mask, observed_kind, noise_eff, temper, theta, low, high, evals)
     cov = _covariance(hessian_u, span)
@@ -250,7 +263,7 @@ def _nn_search(net, y, mask, kind, low, high, n_screen, n_starts, seed, tau, sig
     start = screen[torch.argsort(scores)[:n_starts]]
     u = ((start - lo) / span).clamp(1e-4, 1 - 1e-4)
     z = torch.logit(u).clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([z], lr=1, max_iter=40, line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
+    opt = torch.optim.LBFGS([z], lr=1, max_iter=25, line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
 
     def closure():
         opt.zero_grad()
@@ -280,7 +293,7 @@ def _nn_laplace(net, y, mask, kind, noise, temper, theta, low, high, evals):
 
     u0 = torch.tensor((theta - low) / (high - low), dtype=torch.float32).clamp(1e-4, 1 - 1e-4)
     z = torch.logit(u0).clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([z], lr=1, max_iter=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([z], lr=1, max_iter=10, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
@@ -294,6 +307,77 @@ def _nn_laplace(net, y, mask, kind, noise, temper, theta, low, high, evals):
     with torch.no_grad():
         log_post = -float(nll_u(u))
     return low + u.double().numpy() * (high - low), h, log_post
+
+
+def _surrogate_jacobian(net, theta, low, high, h: float = 1e-3) -> np.ndarray:
+    """d SDM / d u (unit-box coordinates) of the network at theta, by central differences: (N, d)."""
+    span = high - low
+    u = np.clip((theta - low) / span, h, 1 - h)
+    pts = np.concatenate([u + h * np.eye(len(u)), u - h * np.eye(len(u))])
+    with torch.no_grad():
+        d = net.predict_torch(torch.tensor(low + pts * span, dtype=torch.float32)).double().numpy()
+    k = len(u)
+    return ((d[:k] - d[k:]) / (2 * h)).reshape(k, -1).T
+
+
+def _likelihood_derivatives(kind, d, y, mask, noise):
+    """dNLL/dd and the Fisher weight d2NLL/dd2 per voxel, for the exact SDM ``d``."""
+    if kind == "labels":
+        p = 1 / (1 + np.exp(np.clip(d / noise, -60, 60)))  # sigmoid(-d / tau)
+        return (-(p - y) / noise).ravel(), (p * (1 - p) / noise**2).ravel()
+    m = mask.ravel()
+    return ((d - y).ravel() * m / noise**2), m / noise**2
+
+
+def _exact_jacobian(exact_sdm_of, theta, d, low, high, h: float = 1e-3) -> np.ndarray:
+    """d SDM / d u of the exact SDM at theta (whose SDM is ``d``), by forward differences: (N, d)."""
+    span = high - low
+    u = (theta - low) / span
+    cols = []
+    for i in range(len(u)):
+        step = h if u[i] + h <= 1 else -h
+        e = np.zeros(len(u))
+        e[i] = step
+        cols.append(((exact_sdm_of(low + (u + e) * span).astype(np.float64) - d) / step).ravel())
+    return np.stack(cols, 1)
+
+
+def _levenberg_marquardt(jacobian, exact_sdm_of, nll, kind, y, mask, noise, theta, low, high, max_exact, max_iter=50, tol=1e-6):
+    """Levenberg-Marquardt on the exact likelihood in unit-box coordinates. ``jacobian(theta, d)`` gives
+    d SDM / d u: the network's (cheap; then the fixed point has J^T dNLL/dd(exact) = 0, the exact optimum
+    on a noise-free target whatever the network's bias) or the exact one by finite differences.
+    Returns (theta, exact SDM there, the last Jacobian)."""
+    span = high - low
+    u = (theta - low) / span
+    d = exact_sdm_of(theta).astype(np.float64)
+    f = nll(d)
+    lam = 1e-3
+    J = None
+    for _ in range(max_iter):
+        if max_exact < 1:
+            break
+        J = jacobian(low + u * span, d)
+        g_d, w = _likelihood_derivatives(kind, d, y, mask, noise())
+        g, H = J.T @ g_d, J.T @ (w[:, None] * J)
+        accepted = False
+        while max_exact >= 1 and lam < 1e8:
+            u_new = np.clip(u - np.linalg.solve(H + lam * np.diag(np.diag(H) + 1e-12), g), 0, 1)
+            d_new = exact_sdm_of(low + u_new * span).astype(np.float64)
+            max_exact -= 1
+            f_new = nll(d_new)
+            if f_new <= f:
+                lam, accepted = max(lam / 10, 1e-9), True
+                break
+            lam *= 10
+        if not accepted:
+            break
+        moved = np.abs(u_new - u).max()
+        u, d, f = u_new, d_new, f_new
+        if moved < tol:
+            break
+    if J is None:
+        J = jacobian(low + u * span, d)
+    return low + u * span, d, J
 
 
 def _exact_screen(exact_sdm_of, y, mask, kind, low, high, n_screen, seed, tau, sigma):
@@ -317,7 +401,7 @@ def _exact_polish(f, theta, low, high, max_evals, budget_first):
     step = 0.10 if budget_first else 0.02
     simplex = [u0] + [np.clip(u0 + step * e * (1 if u0[i] < 0.5 else -1), 0, 1) for i, e in enumerate(np.eye(len(u0)))]
     r = minimize(lambda u: f(low + np.clip(u, 0, 1) * span), u0, method="Nelder-Mead", bounds=[(0, 1)] * len(u0),
-                 options={"initial_simplex": np.array(simplex), "maxfev": max_evals, "xatol": 2e-5, "fatol": 1e-3})
+                 options={"initial_simplex": np.array(simplex), "maxfev": max_evals, "xatol": 1e-4, "fatol": 1e-2})
     return low + np.clip(r.x, 0, 1) * span
 
 
