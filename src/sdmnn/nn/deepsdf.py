@@ -85,19 +85,3 @@ def sample_points(Y: torch.Tensor, idx: torch.Tensor, n_points: int, clamp: floa
         out[b, :n_near] = pick
         out[b, n_near:] = torch.from_numpy(rng.integers(0, flat.shape[1], n_points - n_near))
     return out, torch.gather(flat, 1, out)
-
-
-def build_deepsdf(meta, tensors, family, grid, path):
-    from ..errors import SdmnnError
-
-    try:
-        net = DeepSDF(DeepSDFConfig(**meta["config"]))
-    except (TypeError, ValueError) as e:
-        raise SdmnnError(f"{path}: the architecture in model.json is not valid ({e})") from None
-    if tuple(net.config.out_shape) != grid.shape:
-        raise SdmnnError(f"{path}: the network's output shape {net.config.out_shape} does not match its grid {grid.shape}")
-    try:
-        net.load_state_dict(tensors)
-    except RuntimeError as e:
-        raise SdmnnError(f"{path}: the weights do not match the architecture in model.json ({str(e).splitlines()[0]})") from None
-    return net

@@ -292,20 +292,20 @@ def load_model(path=None, family: str = "cochlea", arch: str = "sdmnn") -> Predi
             raise SdmnnError(f"no shipped {arch} model for the {family} family; train one with `sdmnn train`")
     meta, tensors = read_checkpoint(path)
     fam, grid = check_meta(meta, path)
-    if meta.get("arch") == "deepsdf":
-        from .deepsdf import build_deepsdf
-
-        net = build_deepsdf(meta, tensors, fam, grid, path)
-    else:
-        try:
-            net = SDMNN(SDMNNConfig(**meta["config"]))
-        except (TypeError, ValueError) as e:
-            raise SdmnnError(f"{path}: the architecture in model.json is not valid ({e})") from None
-        if tuple(net.config.out_shape) != grid.shape:
-            raise SdmnnError(f"{path}: the network's output shape {net.config.out_shape} does not match its grid {grid.shape}")
-        try:
-            net.load_state_dict(tensors)
-        except RuntimeError as e:
-            raise SdmnnError(f"{path}: the weights do not match the architecture in model.json ({str(e).splitlines()[0]})") from None
+    archs = {"sdmnn": (SDMNN, SDMNNConfig), "deepsdf": (DeepSDF, DeepSDFConfig)}
+    if meta.get("arch") not in archs:
+        raise SdmnnError(f"{path}: unknown architecture {meta.get('arch')!r} in model.json")
+    model_cls, config_cls = archs[meta["arch"]]
+    try:
+        net = model_cls(config_cls(**meta["config"]))
+    except (TypeError, ValueError) as e:
+        raise SdmnnError(f"{path}: the architecture in model.json is not valid ({e})") from None
+    if tuple(net.config.out_shape) != grid.shape:
+        raise SdmnnError(f"{path}: the network's output shape {net.config.out_shape} does not match its grid {grid.shape}")
+    try:
+        net.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise SdmnnError(f"{path}: the weights do not match the architecture in model.json ({str(e).splitlines()[0]})") from None
+    if meta["arch"] == "sdmnn":
         net = net.to(memory_format=torch.channels_last_3d)
     return Predictor(net, fam, grid, meta, path)
