@@ -3,7 +3,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test bench bench-quick clean
+.PHONY: demo test bench bench-quick data model clean
 
 # torch==2.13.0 goes first: it is a CPU build on local disk; an unpinned torch would pull a CUDA build.
 $(STAMP): pyproject.toml
@@ -30,6 +30,20 @@ bench: $(VENV)/.bench
 
 bench-quick: $(VENV)/.bench
 	$(BIN)/python bench/run.py --quick
+
+# The shipped models, from scratch (hours on 2 cores): datasets, then training.
+data: $(STAMP)
+	mkdir -p data
+	$(BIN)/sdmnn dataset make cochlea --design grid:5 -o data/cochlea-grid5.zarr
+	$(BIN)/sdmnn dataset make cochlea --design random:64 --seed 7 -o data/cochlea-val64.zarr
+	$(BIN)/sdmnn dataset make cochlea --design sobol:1024 --seed 0 -o data/cochlea-sobol1024.zarr
+
+model: data
+	$(BIN)/sdmnn train cochlea --data data/cochlea-grid5.zarr --data data/cochlea-sobol1024.zarr --val data/cochlea-val64.zarr --minutes 80 --eval-every 250 -o runs/cochlea-v1
+	$(BIN)/sdmnn train cochlea --arch deepsdf --data data/cochlea-grid5.zarr --data data/cochlea-sobol1024.zarr --val data/cochlea-val64.zarr --minutes 45 --lr 1e-3 --points 2048 --threads 1 --eval-every 500 -o runs/cochlea-deepsdf-v1
+	mkdir -p src/sdmnn/models/cochlea-sdmnn src/sdmnn/models/cochlea-deepsdf
+	cp runs/cochlea-v1/model.json runs/cochlea-v1/model.safetensors src/sdmnn/models/cochlea-sdmnn/
+	cp runs/cochlea-deepsdf-v1/model.json runs/cochlea-deepsdf-v1/model.safetensors src/sdmnn/models/cochlea-deepsdf/
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -38,7 +38,7 @@ def run(quick: bool = False) -> str:
         sdm, grid = synthetic_target("cochlea", truth, "sdm", sigma=0.0)
         labels, _ = synthetic_target("cochlea", truth, "labels", tau=0.05, seed=i)
         for fw in forwards:
-            r = fit(sdm, grid, observed_kind="sdm", forward=fw, model=model, seed=0)
+            r = fit(sdm, grid, observed_kind="sdm", forward=fw, model=model, seed=0, **({"n_screen": 32} if fw == "exact" else {}))
             records.append({"case": i, "target": "sdm, noise-free", "forward": fw, "truth": truth.tolist(),
                             "map": [r.params[k] for k in fam.names], "interval": [list(r.interval(0.9)[k]) for k in fam.names],
                             "seconds": r.seconds, "evaluations": r.evaluations})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-SECTIONS = ["sdm", "dataset", "nn", "fit"]
+SECTIONS = ["sdm", "dataset", "nn", "fit", "tables"]
 
 
 def machine() -> str:
