@@ -150,3 +150,21 @@ def test_shipped_model_is_accurate_on_held_out_parameters(cochlea):
     for vector in design_points("random:3", cochlea, seed=123):
         e = sdm_errors(model.predict(vector), sdmnn.exact_sdm(cochlea.mesh(vector), cochlea.grid))
         assert e["mae"] < 0.08 and e["band_mae"] < 0.1 and e["wrong_sign"] < 0.01, e
+
+
+def test_online_buffer_fills_in_the_background_and_training_runs_with_it(tiny_data, tmp_path):
+    import time
+
+    from sdmnn.nn.train import _OnlineBuffer
+
+    buffer = _OnlineBuffer("cochlea", TINY, seed=0, workers=1, capacity=4)
+    deadline = time.time() + 120
+    while buffer.count < 6 and time.time() < deadline:  # more than the capacity: the ring wraps
+        time.sleep(0.2)
+    buffer.stop.set()
+    assert buffer.count >= 6 and len(buffer.x) == 4
+    x, y = buffer.sample(np.random.default_rng(0), 3)
+    assert x.shape == (3, 4) and tuple(y.shape) == (3, *TINY.shape)
+    result = train(TrainConfig(data=[str(tiny_data)], online=True, steps=3, batch=2, channels=TINY_CHANNELS, hidden=32,
+                               out=str(tmp_path / "o")), progress=False)
+    assert result["steps"] == 3
