@@ -94,3 +94,11 @@ def test_wrong_count_is_refused(cochlea):
 def test_unknown_family_is_refused():
     with pytest.raises(sdmnn.SdmnnError, match="unknown family"):
         sdmnn.get_family("sphere")
+
+
+def test_default_mesh_resolution_is_not_the_accuracy_bottleneck(cochlea):
+    # the corner measured worst: widest base, fastest decay; against a 16x finer mesh
+    p = {"a": 5.0, "alpha": 0.0, "b": 0.25, "phi": -np.pi / 4}
+    coarse = sdmnn.exact_sdm(cochlea.mesh(p), cochlea.grid)
+    fine = sdmnn.exact_sdm(cochlea.mesh(p, (1600, 128)), cochlea.grid)
+    assert np.abs(coarse - fine).max() < 0.01  # mm: 1/20 of a 0.2 mm voxel
