@@ -43,6 +43,9 @@ def atomic_path(path):
     except OSError as e:
         raise FileError(f"cannot write {path}: {e.strerror}") from None
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; outputs get the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, path)
