@@ -60,7 +60,7 @@ def run(quick: bool = False) -> str:
         "",
         "### The online stream against the training loop",
         "",
-        f"`OnlineSDMs('cochlea', workers=W)`: fresh random pairs per second once its workers run (after the first sample),",
+        "`OnlineSDMs('cochlea', workers=W)`: fresh random pairs per second once its workers run (after the first sample),",
         f"measured alone; a training step of SDMNN at batch 8 consumes {consumed:.1f} samples/s on the same 2 cores.",
         "",
         table(["workers", "samples/s"], online_rows),

@@ -19,7 +19,7 @@ RESULTS = Path("docs/fit_study.json")
 def cases(n):
     """n ground-truth vectors spread over the inner 80 % of the box (scrambled Sobol, seed 3)."""
     fam = sdmnn.get_family("cochlea")
-    pts = design_points(f"sobol:16", fam, seed=3)[:n]
+    pts = design_points("sobol:16", fam, seed=3)[:n]
     centre = (fam.space.low + fam.space.high) / 2
     return centre + 0.8 * (pts - centre)
 

@@ -2,7 +2,6 @@
 accuracy on held-out parameters, and a PNG of predicted vs exact zero contours."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np

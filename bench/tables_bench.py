@@ -66,7 +66,7 @@ def run(quick: bool = False) -> str:
         "",
         "### Table 1: time for one SDM and for one shape fit",
         "",
-        f"One SDM of the default cochlea on the family grid (64x56x32 voxels of 0.2 mm), median of repeats after warm-up, all",
+        "One SDM of the default cochlea on the family grid (64x56x32 voxels of 0.2 mm), median of repeats after warm-up, all",
         "methods in this run, 2 threads. Shape fit: median over the 9-case study (`fit_bench`): label-map targets for SDMNN and",
         "hybrid, SDM targets for the exact (mesh-based) fit, which the study runs on SDM targets only.",
         "The poster's figures (their cochlea model, grid and machine; the fit there is MCMC) stand beside ours, labelled.",

@@ -52,7 +52,7 @@ def test_model_of_another_family_is_refused():
 
 def test_finite_difference_hessian_of_a_quadratic_is_exact():
     A = np.array([[2.0, 0.3], [0.3, 1.0]])
-    H = _fd_hessian(lambda u: 0.5 * (u - 0.4) @ A @ (u - 0.4), np.array([0.5, 0.5]), None, None)
+    H = _fd_hessian(lambda u: 0.5 * (u - 0.4) @ A @ (u - 0.4), np.array([0.5, 0.5]))
     assert np.allclose(H, A, atol=1e-6)
 
 

@@ -10,7 +10,6 @@ computed again, so a killed run resumes where it stopped.
 from __future__ import annotations
 
 import itertools
-import math
 import multiprocessing as mp
 import time
 from collections import deque
@@ -271,12 +270,6 @@ def dataset_info(path) -> dict:
 # ---------------------------------------------------------------------------------------------
 # torch-ready views
 # ---------------------------------------------------------------------------------------------
-
-def _torch_dataset_base():
-    from torch.utils.data import Dataset
-
-    return Dataset
-
 
 class SDMDataset:
     """(normalised params (d,), SDM (nx, ny, nz) in mm) pairs of a store, as float32 torch tensors.

@@ -11,8 +11,10 @@ Priors are uniform over the family's ranges (or user-given sub-ranges).
 Inference: ``nn`` screens a scrambled Sobol set of parameter vectors with the network, runs L-BFGS from
 the best few in a batch (torch, through a sigmoid map onto the box), and takes a Laplace approximation
 (autograd Hessian) at the MAP. ``exact`` screens with the exact SDM, polishes with Nelder-Mead (scipy) and
-takes a finite-difference Laplace approximation. ``hybrid`` does the network's search, then the exact
-polish and Laplace approximation, so its accuracy is the exact model's at a fraction of the evaluations.
+takes a finite-difference Laplace approximation. ``hybrid`` does the network's search, then
+Levenberg-Marquardt on the exact likelihood, first with the network's Jacobian (one exact SDM a step),
+then with the exact Jacobian by finite differences, and the Gauss-Newton Laplace approximation there:
+the exact model's accuracy at a fraction of its evaluations.
 Posterior samples are drawn from the Laplace Gaussian, truncated to the prior box.
 """
 from __future__ import annotations
@@ -121,7 +123,7 @@ def _estimate_noise(kind, d, y, mask):
 def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "labels", forward: str = "nn", seed: int = 0,
         model=None, prior: dict | None = None, tau: float | None = None, sigma: float | None = None, band: float | None = None,
         n_starts: int = 3, n_screen: int = 64, n_samples: int = 4000, correlation_mm: float = 0.6,
-        max_exact: int = 80, progress: bool = False) -> FitResult:
+        max_exact: int = 80) -> FitResult:
     """Posterior over a family's parameters given an observed label map or SDM on ``grid``.
 
     Parameters
@@ -201,11 +203,11 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         hessian_u = J.T @ (w[:, None] * J) / temper  # Gauss-Newton (Fisher) Hessian with the exact Jacobian
         log_post = -nll_np(d_map)
     elif forward == "exact":
-        theta = _exact_polish(lambda th: nll_np(exact_sdm_of(th)), theta, low, high, max_exact, budget_first=True)
+        theta = _exact_polish(lambda th: nll_np(exact_sdm_of(th)), theta, low, high, max_exact)
         d_map = exact_sdm_of(theta)
         if (tau if observed_kind == "labels" else sigma) is None:
             noise_value = noise_eff = max(_estimate_noise(observed_kind, d_map, y, mask), 1e-3)
-        hessian_u = _fd_hessian(lambda u: nll_np(exact_sdm_of(low + u * span)), (theta - low) / span, low, high)
+        hessian_u = _fd_hessian(lambda u: nll_np(exact_sdm_of(low + u * span)), (theta - low) / span)
         log_post = -nll_np(d_map)
     else:
         theta, hessian_u, log_post = _nn_laplace(net, y, mask, observed_kind, noise_eff, temper, theta, low, high, evals)
@@ -391,21 +393,20 @@ def _exact_screen(exact_sdm_of, y, mask, kind, low, high, n_screen, seed, tau, s
     return best, best_d
 
 
-def _exact_polish(f, theta, low, high, max_evals, budget_first):
-    """Bounded Nelder-Mead in unit-box coordinates from ``theta``; a small simplex (2 % of the range)
-    after a network search, a wider one (10 %) after a coarse screen."""
+def _exact_polish(f, theta, low, high, max_evals, step: float = 0.10):
+    """Bounded Nelder-Mead in unit-box coordinates from ``theta`` (a coarse screen's best), with an
+    initial simplex of ``step`` times each range."""
     from scipy.optimize import minimize
 
     span = high - low
     u0 = (theta - low) / span
-    step = 0.10 if budget_first else 0.02
     simplex = [u0] + [np.clip(u0 + step * e * (1 if u0[i] < 0.5 else -1), 0, 1) for i, e in enumerate(np.eye(len(u0)))]
     r = minimize(lambda u: f(low + np.clip(u, 0, 1) * span), u0, method="Nelder-Mead", bounds=[(0, 1)] * len(u0),
                  options={"initial_simplex": np.array(simplex), "maxfev": max_evals, "xatol": 1e-4, "fatol": 1e-2})
     return low + np.clip(r.x, 0, 1) * span
 
 
-def _fd_hessian(f, u, low, high, h: float = 2e-3):
+def _fd_hessian(f, u, h: float = 2e-3):
     """Central finite-difference Hessian of f at u (unit-box coordinates), steps kept inside the box."""
     n = len(u)
     u = np.clip(u, h, 1 - h)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shlex
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,7 +15,6 @@ import numpy as np
 import torch
 
 from ..errors import SdmnnError
-from ..grid import Grid
 from .checkpoint import Predictor, model_meta, read_checkpoint, save_checkpoint
 from .deepsdf import DeepSDF, DeepSDFConfig, sample_points
 from .model import SDMNN, SDMNNConfig
