@@ -29,8 +29,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (under 5 minutes)")
     parser.add_argument("--only", nargs="*", choices=SECTIONS, help="run only these sections")
+    parser.add_argument("--root", default=str(Path(__file__).resolve().parent.parent),
+                        help="folder whose docs/ receives the results (default: the repository)")
     parser.add_argument("--output", default="docs/benchmarks.md")
     args = parser.parse_args()
+    Path(args.root, "docs").mkdir(parents=True, exist_ok=True)
+    os.chdir(args.root)  # every section writes under docs/ here
     import importlib
 
     # Each section is kept in its own file, so that `--only` regenerates some and keeps the others.
