@@ -305,7 +305,12 @@ def unsigned_distance(mesh: trimesh.Trimesh, grid: Grid) -> np.ndarray:
     """Exact distance (mm, >= 0) from every voxel centre of ``grid`` to ``mesh``, float32."""
     check_mesh(mesh)
     grid.check_memory()
-    _, F, T, bvh = _prepare(mesh)
+    _, _, T, bvh = _prepare(mesh)
+    return _unsigned(T, bvh, grid)
+
+
+def _unsigned(T, bvh, grid: Grid) -> np.ndarray:
+    """The distance kernel without signs (no pseudonormals needed)."""
     z = np.zeros((1, 3, 3))
     return _distance_kernel(np.array(grid.origin), np.array(grid.spacing), grid.shape, T, *bvh, z[:, 0], z, z, False)
 
@@ -357,8 +362,7 @@ def exact_sdm(mesh: trimesh.Trimesh, grid: Grid, sign: str = "auto") -> np.ndarr
     if sign == "pseudonormal":
         fn, en, vn = _pseudonormals(V, F)
         return _distance_kernel(origin, spacing, grid.shape, T, *bvh, fn, en, vn, True)
-    z = np.zeros((1, 3, 3))
-    dist = _distance_kernel(origin, spacing, grid.shape, T, *bvh, z[:, 0], z, z, False)
+    dist = _unsigned(T, bvh, grid)
     w = winding_number(mesh, grid.points()).reshape(grid.shape)
     return np.where(np.abs(w) > 0.5, -dist, dist).astype(np.float32)
 
