@@ -1,23 +1,31 @@
 """Exact signed distance map of a closed triangle mesh on a regular grid.
 
-Method (chosen by measuring, see docs/benchmarks.md):
+Two exact methods, chosen by measuring (docs/benchmarks.md):
 
-* **Distance**: for every voxel, the exact Euclidean distance to the nearest triangle, found with a
-  bounding-volume hierarchy (BVH) over the triangles. Grid coherence prunes the search: voxels are
-  visited along scanlines and each query starts with the exact distance to the previous voxel's
-  nearest triangle as its upper bound, so only BVH nodes closer than that bound are opened. The
-  point-triangle distance is Ericson's closed form (Real-Time Collision Detection, 5.1.5) in float64.
-  Written with numba because no maintained library offers exact, grid-coherent nearest-triangle
-  queries that run on both cores: libigl's AABB tree starts every query from scratch and pysdf checks
-  only the faces around the nearest vertex (not exact).
-* **Sign** (negative inside): on a watertight, consistently oriented mesh without degenerate faces,
-  the sign of (p - c) . n where c is the closest point and n the angle-weighted pseudonormal of the
-  closest feature (face, edge or vertex; Baerentzen & Aanaes 2005), which is exact there. Any other
+* **"scan"** (the default on closed, consistently oriented, manifold meshes): characteristic scan
+  conversion (sdmnn.csc). Every mesh feature (face, convex edge, vertex) scatters its exact distance
+  into the voxels of its characteristic region, the region where it can hold the closest point; the
+  minimum is the exact distance. Each voxel is then finished with Ericson's point-triangle distance to
+  the triangle that won it (Real-Time Collision Detection, 5.1.5; float64), so both methods return the
+  same numbers.
+* **"bvh"** (any mesh): for every voxel the nearest triangle, found with a bounding-volume hierarchy.
+  Voxels are visited along scanlines and each query starts from the previous voxel's nearest triangle,
+  so only BVH nodes closer than that are opened. Slower far from the surface (~190 triangle tests per
+  voxel there), but it needs no topology.
+
+Both are written with numba because no maintained library offers them on both cores: libigl's AABB
+tree starts every query from scratch and pysdf checks only the faces around the nearest vertex (not
+exact).
+
+* **Sign** (negative inside): on a watertight, consistently oriented, manifold mesh without degenerate
+  faces, the sign of (p - c) . n where c is the closest point and n the angle-weighted pseudonormal of
+  the closest feature (face, edge or vertex; Baerentzen & Aanaes 2005), which is exact there. Any other
   mesh (open, non-manifold, inconsistently oriented, degenerate faces) gets a warning and the robust
   sign of the generalised winding number (libigl's fast winding number): |w| > 1/2 is inside, so a few
   missing, flipped or duplicated faces do not flip signs. An inverted closed mesh is flipped first.
 
-Memory: voxel centres are generated on the fly; the winding numbers are evaluated in chunks.
+Memory: the scan holds a float64 distance and an int32 label per voxel (12 bytes, plus the float32
+output); the BVH method generates voxel centres on the fly; winding numbers are evaluated in chunks.
 """
 from __future__ import annotations
 
@@ -30,8 +38,9 @@ import numpy as np
 import trimesh
 from numba import njit, prange
 
+from . import csc
 from .errors import MeshError
-from .grid import Grid
+from .grid import Grid, memory_budget
 
 # numba's OpenMP layer keeps its threads spinning after a parallel loop, which starves torch's own
 # threads in the same process (measured: SDMNN inference 30 ms -> 290 ms after an exact SDM).
@@ -41,6 +50,8 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 
 LEAF_SIZE = 4
 WINDING_CHUNK = 1 << 18  # voxels per fast-winding-number call
+SCAN_BYTES_PER_VOXEL = 8 + 4 + 4  # squared distance, winning triangle, output
+METHODS = ("auto", "scan", "bvh")
 
 
 class MeshWarning(UserWarning):
@@ -214,10 +225,28 @@ def _nearest(px, py, pz, hint, T, lo, hi, left, right, start, count, stack_n, st
     return best, best_t
 
 
+@njit(cache=True, inline="always")
+def _value(px, py, pz, T, t, FN, EN, VN, signed):
+    """Distance from p to triangle t, negative when signed and p is behind the pseudonormal of the
+    closest feature. FN (F, 3), EN (F, 3, 3), VN (F, 3, 3): face, edge and corner pseudonormals."""
+    d2, qx, qy, qz, f = _closest_on_triangle(px, py, pz, T, t)
+    d = math.sqrt(d2)
+    if signed:
+        if f == 0:
+            nxv, nyv, nzv = FN[t, 0], FN[t, 1], FN[t, 2]
+        elif f <= 3:
+            nxv, nyv, nzv = VN[t, f - 1, 0], VN[t, f - 1, 1], VN[t, f - 1, 2]
+        else:
+            nxv, nyv, nzv = EN[t, f - 4, 0], EN[t, f - 4, 1], EN[t, f - 4, 2]
+        if (px - qx) * nxv + (py - qy) * nyv + (pz - qz) * nzv < 0.0:
+            d = -d
+    return d
+
+
 @njit(cache=True, parallel=True)
 def _distance_kernel(origin, spacing, shape, T, lo, hi, left, right, start, count, FN, EN, VN, signed):
-    """Exact (signed) distance on the grid. Scanlines run along z; each starts from its neighbour's
-    nearest triangle. FN (F, 3), EN (F, 3, 3), VN (F, 3, 3): face, edge and corner pseudonormals."""
+    """Exact (signed) distance on the grid by nearest-triangle queries. Scanlines run along z; each
+    query starts from the previous voxel's nearest triangle."""
     nx, ny, nz = shape
     out = np.empty((nx, ny, nz), np.float32)
     for row in prange(nx * ny):
@@ -229,20 +258,40 @@ def _distance_kernel(origin, spacing, shape, T, lo, hi, left, right, start, coun
         hint = -1
         for k in range(nz):
             pz = origin[2] + k * spacing[2]
-            d2, t = _nearest(px, py, pz, hint, T, lo, hi, left, right, start, count, stack_n, stack_d)
+            _, t = _nearest(px, py, pz, hint, T, lo, hi, left, right, start, count, stack_n, stack_d)
             hint = t
-            d = math.sqrt(d2)
-            if signed:
-                _, qx, qy, qz, f = _closest_on_triangle(px, py, pz, T, t)
-                if f == 0:
-                    nxv, nyv, nzv = FN[t, 0], FN[t, 1], FN[t, 2]
-                elif f <= 3:
-                    nxv, nyv, nzv = VN[t, f - 1, 0], VN[t, f - 1, 1], VN[t, f - 1, 2]
-                else:
-                    nxv, nyv, nzv = EN[t, f - 4, 0], EN[t, f - 4, 1], EN[t, f - 4, 2]
-                if (px - qx) * nxv + (py - qy) * nyv + (pz - qz) * nzv < 0.0:
-                    d = -d
-            out[i, j, k] = d
+            out[i, j, k] = _value(px, py, pz, T, t, FN, EN, VN, signed)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _finish_scan(origin, spacing, lab, T, FN, EN, VN, signed):
+    """The scan's result: each voxel's exact (signed) distance to the triangle that won it; NaN
+    where no region reached (never seen on a closed manifold mesh; _Topology.scan redoes those)."""
+    nx, ny, nz = lab.shape
+    out = np.empty((nx, ny, nz), np.float32)
+    for i in prange(nx):
+        px = origin[0] + i * spacing[0]
+        for j in range(ny):
+            py = origin[1] + j * spacing[1]
+            for k in range(nz):
+                t = lab[i, j, k]
+                if t < 0:
+                    out[i, j, k] = np.nan
+                    continue
+                out[i, j, k] = _value(px, py, origin[2] + k * spacing[2], T, t, FN, EN, VN, signed)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _points_kernel(P, T, lo, hi, left, right, start, count, FN, EN, VN, signed):
+    """Exact (signed) distance at arbitrary points by nearest-triangle queries."""
+    out = np.empty(len(P), np.float32)
+    for n in prange(len(P)):
+        stack_n = np.empty(256, np.int64)
+        stack_d = np.empty(256)
+        _, t = _nearest(P[n, 0], P[n, 1], P[n, 2], -1, T, lo, hi, left, right, start, count, stack_n, stack_d)
+        out[n] = _value(P[n, 0], P[n, 1], P[n, 2], T, t, FN, EN, VN, signed)
     return out
 
 
@@ -274,45 +323,87 @@ def mesh_is_clean(mesh: trimesh.Trimesh) -> tuple[bool, str]:
     return True, ""
 
 
-def _pseudonormals(V, F):
-    """Face normals (F, 3), edge normals per face edge ab/bc/ca (F, 3, 3), angle-weighted vertex
-    normals per face corner (F, 3, 3)."""
-    tri = V[F]
-    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    fn /= np.linalg.norm(fn, axis=1, keepdims=True)
-    # Edge normals: the sum of the two adjacent face normals; the key is the sorted vertex pair.
-    edges = np.stack([F[:, [0, 1]], F[:, [1, 2]], F[:, [2, 0]]], 1).reshape(-1, 2)
-    _, inverse = np.unique(np.sort(edges, axis=1), axis=0, return_inverse=True)
-    edge_sum = np.zeros((inverse.max() + 1, 3))
-    np.add.at(edge_sum, inverse, np.repeat(fn, 3, axis=0))
-    en = edge_sum[inverse].reshape(-1, 3, 3)
-    angles = trimesh.triangles.angles(tri)
-    vsum = np.zeros_like(V)
-    np.add.at(vsum, F.ravel(), (fn[:, None, :] * angles[:, :, None]).reshape(-1, 3))
-    vn = vsum[F]
-    return fn, en, vn
+class _Topology:
+    """A closed, consistently oriented, manifold mesh without degenerate faces: the characteristic
+    regions of its features and its pseudonormals. ``of`` returns None for any other mesh."""
+
+    def __init__(self, V, F, built):
+        self.V, self.F = V, F
+        (self.kind, self.label, self.base, self.cons_a, self.cons_b, self.cptr, self.rays, self.rptr,
+         self.FN, self.EN, self.VN) = built
+
+    @classmethod
+    def of(cls, V: np.ndarray, F: np.ndarray) -> "_Topology | None":
+        tri = V[F]
+        area2 = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+        scale = max(float(np.ptp(V, axis=0).max()), 1e-300)
+        if np.any(area2 <= 2e-12 * scale**2):
+            return None
+        twin = csc.half_edge_twins(F, len(V))
+        if twin is None:
+            return None
+        built = csc.build_features(V, F, twin)
+        return None if built is None else cls(V, F, built)
+
+    def scan(self, grid: Grid, signed: bool) -> np.ndarray:
+        """Exact (signed) distance on ``grid`` by characteristic scan conversion."""
+        origin, spacing = np.array(grid.origin, float), np.array(grid.spacing, float)
+        tol = 1e-9 * (max(float(np.abs(self.V).max()), float(np.abs(grid.bounds).max())) + 1.0)
+        pieces = csc.build_pieces(origin, spacing, grid.shape, self.kind, self.base, self.rays, self.rptr, tol)
+        _, lab = csc.scatter(origin, spacing, grid.shape, self.kind, self.label, self.base, self.cons_a,
+                             self.cons_b, self.cptr, self.rays, self.rptr, *pieces, tol, numba.get_num_threads())
+        T = np.ascontiguousarray(self.V[self.F])
+        out = _finish_scan(origin, spacing, lab, T, self.FN, self.EN, self.VN, signed)
+        gaps = np.isnan(out)
+        if gaps.any():  # a safety net: redo any voxel no region reached with nearest-triangle queries
+            out[gaps] = _points(grid.points()[gaps.ravel()], T, self.FN, self.EN, self.VN, signed)
+        return out
 
 
-def _prepare(mesh: trimesh.Trimesh):
-    V = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
-    F = np.ascontiguousarray(mesh.faces, dtype=np.int64)
-    lo, hi, left, right, start, count, order = _build_bvh(V[F], LEAF_SIZE)
-    F = F[order]  # leaves now hold contiguous triangle ranges
-    return V, F, np.ascontiguousarray(V[F]), (lo, hi, left, right, start, count)
+def _points(P, T, FN, EN, VN, signed):
+    lo, hi, left, right, start, count, order = _build_bvh(T, LEAF_SIZE)
+    return _points_kernel(np.ascontiguousarray(P), np.ascontiguousarray(T[order]), lo, hi, left, right, start, count,
+                          FN[order], EN[order], VN[order], signed)
 
 
-def unsigned_distance(mesh: trimesh.Trimesh, grid: Grid) -> np.ndarray:
-    """Exact distance (mm, >= 0) from every voxel centre of ``grid`` to ``mesh``, float32."""
+def _bvh(V, F, grid: Grid, topo: "_Topology | None", signed: bool) -> np.ndarray:
+    """Exact (signed) distance on ``grid`` by nearest-triangle queries."""
+    lo, hi, left, right, start, count, order = _build_bvh(np.ascontiguousarray(V[F]), LEAF_SIZE)
+    T = np.ascontiguousarray(V[F[order]])  # leaves hold contiguous triangle ranges
+    if signed:
+        FN, EN, VN = topo.FN[order], topo.EN[order], topo.VN[order]
+    else:
+        FN, EN, VN = np.zeros((1, 3)), np.zeros((1, 3, 3)), np.zeros((1, 3, 3))
+    return _distance_kernel(np.array(grid.origin, float), np.array(grid.spacing, float), grid.shape, T,
+                            lo, hi, left, right, start, count, FN, EN, VN, signed)
+
+
+def _choose(method: str, topo: "_Topology | None", grid: Grid) -> str:
+    """The method to run: the scan when asked or (auto) when the mesh allows it and it fits memory."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    if method == "scan" and topo is None:
+        raise MeshError("the scan method needs a closed, consistently oriented, manifold mesh without degenerate "
+                        "faces; use method='bvh' for this one")
+    if method == "auto":
+        fits = grid.memory_estimate(SCAN_BYTES_PER_VOXEL) <= memory_budget()
+        method = "scan" if topo is not None and fits else "bvh"
+    if method == "scan":
+        grid.check_memory(SCAN_BYTES_PER_VOXEL)
+    return method
+
+
+def unsigned_distance(mesh: trimesh.Trimesh, grid: Grid, method: str = "auto") -> np.ndarray:
+    """Exact distance (mm, >= 0) from every voxel centre of ``grid`` to ``mesh``, float32.
+    ``method``: "scan", "bvh" or "auto" (the scan when the mesh allows it; see the module notes)."""
     check_mesh(mesh)
     grid.check_memory()
-    _, _, T, bvh = _prepare(mesh)
-    return _unsigned(T, bvh, grid)
-
-
-def _unsigned(T, bvh, grid: Grid) -> np.ndarray:
-    """The distance kernel without signs (no pseudonormals needed)."""
-    z = np.zeros((1, 3, 3))
-    return _distance_kernel(np.array(grid.origin), np.array(grid.spacing), grid.shape, T, *bvh, z[:, 0], z, z, False)
+    V = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
+    F = np.ascontiguousarray(mesh.faces, dtype=np.int64)
+    topo = _Topology.of(V, F)
+    if _choose(method, topo, grid) == "scan":
+        return topo.scan(grid, signed=False)
+    return _bvh(V, F, grid, None, signed=False)
 
 
 def winding_number(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
@@ -327,18 +418,21 @@ def winding_number(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
     return out
 
 
-def exact_sdm(mesh: trimesh.Trimesh, grid: Grid, sign: str = "auto") -> np.ndarray:
+def exact_sdm(mesh: trimesh.Trimesh, grid: Grid, sign: str = "auto", method: str = "auto") -> np.ndarray:
     """Exact signed distance map of a closed triangle mesh, sampled at the voxel centres of ``grid``.
 
     Parameters
     ----------
     mesh : trimesh.Trimesh
-        A closed triangle mesh in mm. Open, inconsistently oriented or inverted meshes are accepted
-        with a ``MeshWarning`` and get the robust (winding-number) sign.
+        A closed triangle mesh in mm. Open, inconsistently oriented, non-manifold or inverted meshes
+        are accepted with a ``MeshWarning`` and get the robust (winding-number) sign.
     grid : Grid
         Where to sample.
     sign : {"auto", "pseudonormal", "winding"}
         "auto" uses the exact pseudonormal sign on clean meshes and the winding number otherwise.
+    method : {"auto", "scan", "bvh"}
+        How distances are found (both exact, see the module notes); "auto" uses the scan on clean
+        meshes when its 16 bytes per voxel fit the memory budget.
 
     Returns
     -------
@@ -353,18 +447,23 @@ def exact_sdm(mesh: trimesh.Trimesh, grid: Grid, sign: str = "auto") -> np.ndarr
     if clean and mesh.volume < 0:
         warnings.warn("the mesh is inverted (inward normals); it was flipped", MeshWarning, stacklevel=2)
         mesh = trimesh.Trimesh(mesh.vertices, mesh.faces[:, ::-1], process=False)
+    V = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
+    F = np.ascontiguousarray(mesh.faces, dtype=np.int64)
+    topo = _Topology.of(V, F) if clean else None
+    if clean and topo is None:
+        clean, why = False, "the mesh has a non-manifold vertex"
     if sign == "auto":
         sign = "pseudonormal" if clean else "winding"
         if not clean:
             warnings.warn(f"{why}; using the robust winding-number sign", MeshWarning, stacklevel=2)
-    V, F, T, bvh = _prepare(mesh)
-    origin, spacing = np.array(grid.origin), np.array(grid.spacing)
-    if sign == "pseudonormal":
-        fn, en, vn = _pseudonormals(V, F)
-        return _distance_kernel(origin, spacing, grid.shape, T, *bvh, fn, en, vn, True)
-    dist = _unsigned(T, bvh, grid)
+    elif sign == "pseudonormal" and not clean:
+        raise MeshError(f"the pseudonormal sign is exact only on clean meshes and {why}; use sign='winding'")
+    signed = sign == "pseudonormal"
+    out = topo.scan(grid, signed) if _choose(method, topo, grid) == "scan" else _bvh(V, F, grid, topo, signed)
+    if signed:
+        return out
     w = winding_number(mesh, grid.points()).reshape(grid.shape)
-    return np.where(np.abs(w) > 0.5, -dist, dist).astype(np.float32)
+    return np.where(np.abs(w) > 0.5, -np.abs(out), np.abs(out)).astype(np.float32)
 
 
 def set_threads(n: int | None) -> None:
