@@ -60,17 +60,27 @@ def half_edge_twins(F: np.ndarray, nv: int) -> np.ndarray | None:
     return twin
 
 
-@njit(cache=True)
 def build_features(V, F, twin):
     """Regions of every face, convex edge and non-flat vertex, and the pseudonormals for the sign.
 
     Returns None for a non-manifold vertex (a fan that does not go once around it), else the tuple
     (kind, label, base, cons_a, cons_b, cptr, rays, rptr, FN, EN, VN). label is a triangle the
     feature belongs to; base[f] holds the face's corners, the edge's end points or the vertex (a
-    face's unit normal is its ray); FN/EN/VN are the face, edge (per face edge) and angle-weighted corner normals."""
+    face's unit normal is its ray); FN/EN/VN are the face, edge (per face edge) and angle-weighted
+    corner normals."""
+    FN, EN, VN, nbr, nptr, vface, manifold = _normals_and_fans(V, F, twin)
+    if not manifold:
+        return None
+    return _regions(V, F, twin, FN, nbr, nptr, vface) + (FN, EN, VN)
+
+
+@njit(cache=True, parallel=True)
+def _normals_and_fans(V, F, twin):
+    """Unit face normals, edge and angle-weighted corner pseudonormals, each vertex's neighbours in
+    fan order, a face at each vertex, and whether every vertex's fan goes once around it."""
     nf, nv = F.shape[0], V.shape[0]
     FN = np.empty((nf, 3))
-    for f in range(nf):
+    for f in prange(nf):
         a, b, c = F[f, 0], F[f, 1], F[f, 2]
         ux, uy, uz = V[b, 0] - V[a, 0], V[b, 1] - V[a, 1], V[b, 2] - V[a, 2]
         vx, vy, vz = V[c, 0] - V[a, 0], V[c, 1] - V[a, 1], V[c, 2] - V[a, 2]
@@ -78,26 +88,30 @@ def build_features(V, F, twin):
         nn = math.sqrt(nx * nx + ny * ny + nz * nz)
         FN[f, 0], FN[f, 1], FN[f, 2] = nx / nn, ny / nn, nz / nn
     EN = np.empty((nf, 3, 3))
-    for h in range(3 * nf):
-        g = twin[h] // 3
-        for k in range(3):
-            EN[h // 3, h % 3, k] = FN[h // 3, k] + FN[g, k]
+    for f in prange(nf):
+        for c in range(3):
+            g = twin[3 * f + c] // 3
+            for k in range(3):
+                EN[f, c, k] = FN[f, k] + FN[g, k]
+
     # vertex fans: walk around each vertex across its outgoing half-edges' twins
     out_h = np.full(nv, -1, np.int64)
-    valence = np.zeros(nv, np.int64)
-    for h in range(3 * nf):
-        out_h[F[h // 3, h % 3]] = h
-        valence[F[h // 3, h % 3]] += 1
     nptr = np.zeros(nv + 1, np.int64)
+    for h in range(3 * nf):
+        v = F[h // 3, h % 3]
+        out_h[v] = h
+        nptr[v + 1] += 1
     for v in range(nv):
-        nptr[v + 1] = nptr[v] + valence[v]
+        nptr[v + 1] += nptr[v]
     nbr = np.empty(nptr[nv], np.int64)
-    vface = np.empty(nv, np.int64)
+    vface = np.zeros(nv, np.int64)
     VNv = np.zeros((nv, 3))
-    for v in range(nv):
+    manifold = np.ones(nv, np.bool_)
+    for v in prange(nv):
         h0 = out_h[v]
         if h0 < 0:
             continue
+        valence = nptr[v + 1] - nptr[v]
         vface[v] = h0 // 3
         h, n = h0, 0
         while True:
@@ -114,146 +128,186 @@ def build_features(V, F, twin):
                 VNv[v, k] += ang * FN[f, k]
             t = twin[h]  # runs next -> v in the neighbour face; leave v along that face's next edge
             h = 3 * (t // 3) + (t % 3 + 1) % 3
-            if h == h0 or n > valence[v]:
+            if h == h0 or n >= valence:
                 break
-        if n != valence[v] or h != h0:
-            return None
+        if n != valence or h != h0:
+            manifold[v] = False
     VN = np.empty((nf, 3, 3))
-    for f in range(nf):
+    for f in prange(nf):
         for c in range(3):
             for k in range(3):
                 VN[f, c, k] = VNv[F[f, c], k]
+    return FN, EN, VN, nbr, nptr, vface, manifold.all()
 
-    # --- count and fill the regions ------------------------------------------------------------
-    nfeat = nf + 3 * nf // 2 + nv
+
+@njit(cache=True, parallel=True)
+def _regions(V, F, twin, FN, nbr, nptr, vface):
+    """The half-spaces, base points and rays of every region (see build_features)."""
+    nf, nv = F.shape[0], V.shape[0]
+
+    # --- which edges and vertices have regions, and where each feature's rows go -----------------
+    esign = np.zeros(3 * nf)  # +1/-1: the side on which the edge is convex; 0: no region
+    for h in prange(3 * nf):
+        if twin[h] > h:
+            s = _edge_side(V, F, FN, twin, h)
+            esign[h] = 0.0 if abs(s) <= 1e-9 else (1.0 if s < 0 else -1.0)
+    eidx = np.empty(3 * nf, np.int64)
+    ne = 0
+    for h in range(3 * nf):
+        eidx[h] = ne
+        if esign[h] != 0.0:
+            ne += 1
+    vrays = np.zeros(nv, np.int64)
+    for v in prange(nv):
+        k = nptr[v + 1] - nptr[v]
+        vrays[v] = _cone_rays(V, v, nbr[nptr[v] : nptr[v + 1]], np.empty((k, 3)), np.empty((0, 3)))
+    vidx = np.empty(nv, np.int64)
+    vcon = np.empty(nv, np.int64)
+    vray = np.empty(nv, np.int64)
+    nvf, ncv, nrv = 0, 0, 0
+    for v in range(nv):
+        vidx[v], vcon[v], vray[v] = nvf, ncv, nrv
+        if vrays[v] > 0:
+            nvf += 1
+            ncv += nptr[v + 1] - nptr[v]
+            nrv += vrays[v]
+
+    nfeat = nf + ne + nvf
     kind = np.empty(nfeat, np.int64)
     label = np.empty(nfeat, np.int64)
     base = np.zeros((nfeat, 3, 3))
     cptr = np.zeros(nfeat + 1, np.int64)
-    cons_a = np.empty((3 * nf + 4 * (3 * nf // 2) + nptr[nv], 3))
-    cons_b = np.empty(cons_a.shape[0])
-    rays = np.empty((nf + 3 * nf + 8 * nv + 64, 3))
     rptr = np.zeros(nfeat + 1, np.int64)
-    m = 0  # features
-    nc = 0  # constraints
-    nr = 0  # rays
+    cons_a = np.empty((3 * nf + 4 * ne + ncv, 3))
+    cons_b = np.empty(3 * nf + 4 * ne + ncv)
+    rays = np.empty((nf + 2 * ne + nrv, 3))
 
-    for f in range(nf):
-        kind[m], label[m] = FACE, f
+    for f in prange(nf):  # faces: the prism's sides face inward (n x (b - a) on a counter-clockwise face)
+        kind[f], label[f] = FACE, f
+        cptr[f + 1], rptr[f + 1] = 3 * f + 3, f + 1
         for k in range(3):
             for i in range(3):
-                base[m, i, k] = V[F[f, i], k]
-            rays[nr, k] = FN[f, k]
-        nr += 1
-        for c in range(3):  # side planes face inward: n x (b - a) points into a counter-clockwise face
+                base[f, i, k] = V[F[f, i], k]
+            rays[f, k] = FN[f, k]
+        for c in range(3):
             a, b = F[f, c], F[f, (c + 1) % 3]
             ex, ey, ez = V[b, 0] - V[a, 0], V[b, 1] - V[a, 1], V[b, 2] - V[a, 2]
             mx = FN[f, 1] * ez - FN[f, 2] * ey
             my = FN[f, 2] * ex - FN[f, 0] * ez
             mz = FN[f, 0] * ey - FN[f, 1] * ex
             mn = math.sqrt(mx * mx + my * my + mz * mz)
-            cons_a[nc, 0], cons_a[nc, 1], cons_a[nc, 2] = -mx / mn, -my / mn, -mz / mn
-            cons_b[nc] = -(mx * V[a, 0] + my * V[a, 1] + mz * V[a, 2]) / mn
-            nc += 1
-        m += 1
-        cptr[m], rptr[m] = nc, nr
+            row = 3 * f + c
+            cons_a[row, 0], cons_a[row, 1], cons_a[row, 2] = -mx / mn, -my / mn, -mz / mn
+            cons_b[row] = -(mx * V[a, 0] + my * V[a, 1] + mz * V[a, 2]) / mn
 
-    for h in range(3 * nf):
-        if twin[h] < h:
+    for h in prange(3 * nf):  # convex edges: the wedge between the face normals, inside the slab
+        if esign[h] == 0.0:
             continue
+        e = eidx[h]
+        m, row, ray = nf + e, 3 * nf + 4 * e, nf + 2 * e
         f, c = h // 3, h % 3
         g = twin[h] // 3
         a, b = F[f, c], F[f, (c + 1) % 3]
-        o1 = F[f, (c + 2) % 3]
-        o2 = F[g, (twin[h] % 3 + 2) % 3]
+        kind[m], label[m] = EDGE, f
+        cptr[m + 1], rptr[m + 1] = row + 4, ray + 2
         ux, uy, uz = V[b, 0] - V[a, 0], V[b, 1] - V[a, 1], V[b, 2] - V[a, 2]
         un = math.sqrt(ux * ux + uy * uy + uz * uz)
         ux, uy, uz = ux / un, uy / un, uz / un
-        w = np.empty((2, 3))
-        for i in range(2):
-            o = o1 if i == 0 else o2
-            dx, dy, dz = V[o, 0] - V[a, 0], V[o, 1] - V[a, 1], V[o, 2] - V[a, 2]
-            s = dx * ux + dy * uy + dz * uz
-            dx, dy, dz = dx - s * ux, dy - s * uy, dz - s * uz
-            dn = math.sqrt(dx * dx + dy * dy + dz * dz)
-            w[i, 0], w[i, 1], w[i, 2] = dx / dn, dy / dn, dz / dn
-        s = FN[f, 0] * w[1, 0] + FN[f, 1] * w[1, 1] + FN[f, 2] * w[1, 2]
-        if abs(s) <= 1e-9:
-            continue  # a flat edge: its region is the plane its faces' prisms share
-        sg = 1.0 if s < 0 else -1.0  # the side on which the edge is convex
-        kind[m], label[m] = EDGE, f
         for k in range(3):
             base[m, 0, k] = V[a, k]
             base[m, 1, k] = V[b, k]
-            rays[nr, k] = sg * FN[f, k]
-            rays[nr + 1, k] = sg * FN[g, k]
-        nr += 2
-        cons_a[nc, 0], cons_a[nc, 1], cons_a[nc, 2] = -ux, -uy, -uz
-        cons_b[nc] = -(ux * V[a, 0] + uy * V[a, 1] + uz * V[a, 2])
-        cons_a[nc + 1, 0], cons_a[nc + 1, 1], cons_a[nc + 1, 2] = ux, uy, uz
-        cons_b[nc + 1] = ux * V[b, 0] + uy * V[b, 1] + uz * V[b, 2]
+            rays[ray, k] = esign[h] * FN[f, k]
+            rays[ray + 1, k] = esign[h] * FN[g, k]
+        cons_a[row, 0], cons_a[row, 1], cons_a[row, 2] = -ux, -uy, -uz
+        cons_b[row] = -(ux * V[a, 0] + uy * V[a, 1] + uz * V[a, 2])
+        cons_a[row + 1, 0], cons_a[row + 1, 1], cons_a[row + 1, 2] = ux, uy, uz
+        cons_b[row + 1] = ux * V[b, 0] + uy * V[b, 1] + uz * V[b, 2]
         for i in range(2):
-            cons_a[nc + 2 + i, 0], cons_a[nc + 2 + i, 1], cons_a[nc + 2 + i, 2] = w[i, 0], w[i, 1], w[i, 2]
-            cons_b[nc + 2 + i] = w[i, 0] * V[a, 0] + w[i, 1] * V[a, 1] + w[i, 2] * V[a, 2]
-        nc += 4
-        m += 1
-        cptr[m], rptr[m] = nc, nr
+            o = F[f, (c + 2) % 3] if i == 0 else F[g, (twin[h] % 3 + 2) % 3]
+            wx, wy, wz = _in_face_normal(V, a, o, ux, uy, uz)
+            cons_a[row + 2 + i, 0], cons_a[row + 2 + i, 1], cons_a[row + 2 + i, 2] = wx, wy, wz
+            cons_b[row + 2 + i] = wx * V[a, 0] + wy * V[a, 1] + wz * V[a, 2]
 
-    edge = np.empty((64, 3))
-    for v in range(nv):
-        s0, e0 = nptr[v], nptr[v + 1]
-        k = e0 - s0
-        if k > edge.shape[0]:
-            edge = np.empty((2 * k, 3))
-        for q in range(k):
-            dx = V[nbr[s0 + q], 0] - V[v, 0]
-            dy = V[nbr[s0 + q], 1] - V[v, 1]
-            dz = V[nbr[s0 + q], 2] - V[v, 2]
-            dn = math.sqrt(dx * dx + dy * dy + dz * dz)
-            edge[q, 0], edge[q, 1], edge[q, 2] = dx / dn, dy / dn, dz / dn
-        # extreme rays of {m : m . e_q <= 0}: cross products of neighbour pairs meeting every constraint
-        start = nr
-        for i in range(k):
-            for j in range(i + 1, k):
-                r0 = edge[i, 1] * edge[j, 2] - edge[i, 2] * edge[j, 1]
-                r1 = edge[i, 2] * edge[j, 0] - edge[i, 0] * edge[j, 2]
-                r2 = edge[i, 0] * edge[j, 1] - edge[i, 1] * edge[j, 0]
-                rn = math.sqrt(r0 * r0 + r1 * r1 + r2 * r2)
-                if rn <= 1e-12:
-                    continue
-                r0, r1, r2 = r0 / rn, r1 / rn, r2 / rn
-                for sg in (1.0, -1.0):
-                    ok = True
-                    for q in range(k):
-                        if sg * (r0 * edge[q, 0] + r1 * edge[q, 1] + r2 * edge[q, 2]) > 1e-9:
-                            ok = False
-                            break
-                    if ok:
-                        if nr + 1 > rays.shape[0]:
-                            grown = np.empty((2 * rays.shape[0], 3))
-                            grown[:nr] = rays[:nr]
-                            rays = grown
-                        rays[nr, 0], rays[nr, 1], rays[nr, 2] = sg * r0, sg * r1, sg * r2
-                        nr += 1
-        cx = cy = cz = 0.0
-        for q in range(start, nr):
-            cx += rays[q, 0]
-            cy += rays[q, 1]
-            cz += rays[q, 2]
-        if nr == start or math.sqrt(cx * cx + cy * cy + cz * cz) < 1e-6 * (nr - start):
-            nr = start  # an empty cone, or one holding a line (a flat vertex, on its faces' prisms)
+    for v in prange(nv):  # vertices: the normal cone, {m : m . (x - v) <= 0 for every neighbour x}
+        if vrays[v] == 0:
             continue
+        m, row, ray = nf + ne + vidx[v], 3 * nf + 4 * ne + vcon[v], nf + 2 * ne + vray[v]
+        k = nptr[v + 1] - nptr[v]
         kind[m], label[m] = VERTEX, vface[v]
+        cptr[m + 1], rptr[m + 1] = row + k, ray + vrays[v]
+        unit = np.empty((k, 3))
+        _cone_rays(V, v, nbr[nptr[v] : nptr[v + 1]], unit, rays[ray : ray + vrays[v]])
         for q in range(3):
             base[m, 0, q] = V[v, q]
         for q in range(k):
             for d in range(3):
-                cons_a[nc + q, d] = edge[q, d]
-            cons_b[nc + q] = edge[q, 0] * V[v, 0] + edge[q, 1] * V[v, 1] + edge[q, 2] * V[v, 2]
-        nc += k
-        m += 1
-        cptr[m], rptr[m] = nc, nr
-    return kind[:m], label[:m], base[:m], cons_a[:nc], cons_b[:nc], cptr[: m + 1], rays[:nr], rptr[: m + 1], FN, EN, VN
+                cons_a[row + q, d] = unit[q, d]
+            cons_b[row + q] = unit[q, 0] * V[v, 0] + unit[q, 1] * V[v, 1] + unit[q, 2] * V[v, 2]
+    return kind, label, base, cons_a, cons_b, cptr, rays, rptr
+
+
+@njit(cache=True, inline="always")
+def _in_face_normal(V, a, o, ux, uy, uz):
+    """Unit vector from the edge (through a, direction u) towards the face's opposite corner o,
+    normal to the edge."""
+    dx, dy, dz = V[o, 0] - V[a, 0], V[o, 1] - V[a, 1], V[o, 2] - V[a, 2]
+    s = dx * ux + dy * uy + dz * uz
+    dx, dy, dz = dx - s * ux, dy - s * uy, dz - s * uz
+    dn = math.sqrt(dx * dx + dy * dy + dz * dz)
+    return dx / dn, dy / dn, dz / dn
+
+
+@njit(cache=True)
+def _edge_side(V, F, FN, twin, h):
+    """FN[f] . w2 for half-edge h of face f, w2 pointing into the other face: negative when the edge
+    is convex on the normals' side, positive when convex on the other, ~0 when flat."""
+    f, c = h // 3, h % 3
+    g = twin[h] // 3
+    a, b = F[f, c], F[f, (c + 1) % 3]
+    ux, uy, uz = V[b, 0] - V[a, 0], V[b, 1] - V[a, 1], V[b, 2] - V[a, 2]
+    un = math.sqrt(ux * ux + uy * uy + uz * uz)
+    wx, wy, wz = _in_face_normal(V, a, F[g, (twin[h] % 3 + 2) % 3], ux / un, uy / un, uz / un)
+    return FN[f, 0] * wx + FN[f, 1] * wy + FN[f, 2] * wz
+
+
+@njit(cache=True)
+def _cone_rays(V, v, nbr, unit, out):
+    """Extreme rays of vertex v's normal cone {m : m . e_q <= 0} for its unit edge directions e_q
+    (written to ``unit``): the cross products of neighbour pairs that meet every constraint. Writes
+    them to ``out`` when it has room and returns their count; 0 for an empty cone or one holding a
+    line (a flat vertex, whose region lies on its faces' prisms)."""
+    k = len(nbr)
+    for q in range(k):
+        dx = V[nbr[q], 0] - V[v, 0]
+        dy = V[nbr[q], 1] - V[v, 1]
+        dz = V[nbr[q], 2] - V[v, 2]
+        dn = math.sqrt(dx * dx + dy * dy + dz * dz)
+        unit[q, 0], unit[q, 1], unit[q, 2] = dx / dn, dy / dn, dz / dn
+    n = 0
+    cx = cy = cz = 0.0
+    for i in range(k):
+        for j in range(i + 1, k):
+            r0 = unit[i, 1] * unit[j, 2] - unit[i, 2] * unit[j, 1]
+            r1 = unit[i, 2] * unit[j, 0] - unit[i, 0] * unit[j, 2]
+            r2 = unit[i, 0] * unit[j, 1] - unit[i, 1] * unit[j, 0]
+            rn = math.sqrt(r0 * r0 + r1 * r1 + r2 * r2)
+            if rn <= 1e-12:
+                continue
+            r0, r1, r2 = r0 / rn, r1 / rn, r2 / rn
+            for sg in (1.0, -1.0):
+                ok = True
+                for q in range(k):
+                    if sg * (r0 * unit[q, 0] + r1 * unit[q, 1] + r2 * unit[q, 2]) > 1e-9:
+                        ok = False
+                        break
+                if ok:
+                    if n < out.shape[0]:
+                        out[n, 0], out[n, 1], out[n, 2] = sg * r0, sg * r1, sg * r2
+                    cx, cy, cz = cx + sg * r0, cy + sg * r1, cz + sg * r2
+                    n += 1
+    if n == 0 or math.sqrt(cx * cx + cy * cy + cz * cz) < 1e-6 * n:
+        return 0
+    return n
 
 
 @njit(cache=True, inline="always")
@@ -519,7 +573,8 @@ def scatter(origin, spacing, shape, kind, label, base, cons_a, cons_b, cptr, ray
     cross-section is beaten. Along each ray of a region the feature's distance grows at rate 1 and the
     true distance at most at rate 1, so a ray that loses by a margin loses for good; a cross-section
     loses when every voxel within r (half an in-plane voxel diagonal) of it has a known distance more
-    than 2r below the feature's (checked every ``check_every`` planes). Pieces are swept one grid axis at
+    than 2r below the feature's (checked every ``check_every`` planes, once the piece has stopped
+    winning voxels). Pieces are swept one grid axis at
     a time and their planes dealt to threads in blocks, so each voxel is written by one thread."""
     nx, ny, nz = shape
     size = nx * ny * nz
@@ -572,6 +627,7 @@ def scatter(origin, spacing, shape, kind, label, base, cons_a, cons_b, cptr, ray
                         continue
                     q = lo if step > 0 else hi
                     count = 0
+                    won = False  # whether the piece won a voxel since the last check
                     while lo <= q <= hi:
                         qq = q
                         q += step
@@ -579,6 +635,8 @@ def scatter(origin, spacing, shape, kind, label, base, cons_a, cons_b, cptr, ray
                             continue
                         check = stage == 1 and count % check_every == check_every - 1
                         count += 1
+                        if check and won:  # still winning: no point proving it lost
+                            check, won = False, False
                         if sp == WHOLE_PLANES:
                             u0, u1, w0, w1 = 0, nu - 1, 0, nw - 1
                         else:
@@ -637,6 +695,7 @@ def scatter(origin, spacing, shape, kind, label, base, cons_a, cons_b, cptr, ray
                                 if lo_w <= iw <= hi_w and d < d2[idx]:
                                     d2[idx] = d
                                     lab[idx] = label[f]
+                                    won = True
                         if check and beaten:
                             break
     return d2.reshape(shape), lab.reshape(shape)
