@@ -334,7 +334,7 @@ def _best_axis(R, n, two_sided):
     return best, ba, bs
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def build_pieces(origin, spacing, shape, kind, base, rays, rptr, tol):
     """Swept pieces for this grid: (count, feature, axis, side, first plane, last plane, pptr, coef)
     where coef[pptr[p]:pptr[p+1]] holds, per base point and ray, the cross-section corner's two in-plane
@@ -344,39 +344,45 @@ def build_pieces(origin, spacing, shape, kind, base, rays, rptr, tol):
     fa = np.empty(nfeat, np.int64)
     fs = np.empty(nfeat, np.int64)
     narrow = np.empty(nfeat, np.bool_)
-    cap, cap_pts = 64, 64
-    for f in range(nfeat):
+    npc = np.zeros(nfeat + 1, np.int64)  # narrow pieces before each feature
+    npts = np.zeros(nfeat + 1, np.int64)  # their corner lines
+    for f in prange(nfeat):
         nr = rptr[f + 1] - rptr[f]
         best, a, s = _best_axis(rays[rptr[f] : rptr[f + 1]], nr, kind[f] == FACE)
         fa[f], fs[f] = a, (0 if kind[f] == FACE else s)
         narrow[f] = best >= WIDE
-        cap += (2 if kind[f] == FACE else 1) if narrow[f] else 16
-        cap_pts += (6 if kind[f] == FACE else (2 if kind[f] == EDGE else 1) * nr) if narrow[f] else 96
+        if narrow[f]:
+            npc[f + 1] = 2 if kind[f] == FACE else 1
+            npts[f + 1] = 6 if kind[f] == FACE else (2 if kind[f] == EDGE else 1) * nr
+    nwide = 0
+    for f in range(nfeat):
+        npc[f + 1] += npc[f]
+        npts[f + 1] += npts[f]
+        nwide += not narrow[f]
+    cap = npc[nfeat] + 16 * nwide + 64
     feat = np.empty(cap, np.int64)
     axis = np.empty(cap, np.int64)
     side = np.empty(cap, np.int64)
     q0s = np.empty(cap, np.int64)
     q1s = np.empty(cap, np.int64)
     pptr = np.zeros(cap + 1, np.int64)
-    coef = np.empty((cap_pts, 4))
-    np_, npt = 0, 0
-    B = np.empty((3, 3))
-    for f in range(nfeat):
+    coef = np.empty((npts[nfeat] + 96 * nwide + 64, 4))
+    for f in prange(nfeat):
         if not narrow[f]:
             continue
         nb = 3 - kind[f] if kind[f] < VERTEX else 1
+        B = np.empty((3, 3))
         for i in range(nb):
             for k in range(3):
                 B[i, k] = base[f, i, k]
+        R = rays[rptr[f] : rptr[f + 1]]
         if kind[f] == FACE:  # the prism's two halves, each swept away from the face
-            for s in (1, -1):
-                npt = _fill(origin, spacing, shape, f, B, nb, rays[rptr[f] : rptr[f + 1]], fa[f], s, tol,
-                            np_, npt, feat, axis, side, q0s, q1s, pptr, coef)
-                np_ += 1
+            npt = _fill(origin, spacing, shape, f, B, nb, R, fa[f], 1, tol, npc[f], npts[f], feat, axis, side, q0s, q1s, pptr, coef)
+            _fill(origin, spacing, shape, f, B, nb, R, fa[f], -1, tol, npc[f] + 1, npt, feat, axis, side, q0s, q1s, pptr, coef)
         else:
-            npt = _fill(origin, spacing, shape, f, B, nb, rays[rptr[f] : rptr[f + 1]], fa[f], fs[f], tol,
-                        np_, npt, feat, axis, side, q0s, q1s, pptr, coef)
-            np_ += 1
+            _fill(origin, spacing, shape, f, B, nb, R, fa[f], fs[f], tol, npc[f], npts[f], feat, axis, side, q0s, q1s, pptr, coef)
+    np_, npt = npc[nfeat], npts[nfeat]
+    B = np.empty((3, 3))
     stack = np.empty((256, 3, 3))
     sn = np.empty(256, np.int64)
     R = np.empty((3, 3))
@@ -626,17 +632,24 @@ def scatter(origin, spacing, shape, kind, label, base, cons_a, cons_b, cptr, ray
                     if lo > hi:
                         continue
                     q = lo if step > 0 else hi
-                    count = 0
+                    countdown = check_every
                     won = False  # whether the piece won a voxel since the last check
+                    owner = (q // PLANE_BLOCK) % nthreads
                     while lo <= q <= hi:
                         qq = q
                         q += step
-                        if (qq // PLANE_BLOCK) % nthreads != th:
+                        mine = owner == th
+                        if (step > 0 and q % PLANE_BLOCK == 0) or (step < 0 and qq % PLANE_BLOCK == 0):
+                            owner = owner + step if 0 <= owner + step < nthreads else (0 if step > 0 else nthreads - 1)
+                        if not mine:
                             continue
-                        check = stage == 1 and count % check_every == check_every - 1
-                        count += 1
-                        if check and won:  # still winning: no point proving it lost
-                            check, won = False, False
+                        check = False
+                        if stage == 1:
+                            countdown -= 1
+                            if countdown == 0:
+                                countdown = check_every
+                                check = not won  # while it still wins, there is no point proving it lost
+                                won = False
                         if sp == WHOLE_PLANES:
                             u0, u1, w0, w1 = 0, nu - 1, 0, nw - 1
                         else:
@@ -668,15 +681,19 @@ def scatter(origin, spacing, shape, kind, label, base, cons_a, cons_b, cptr, ray
                                 rhs = cons_b[c] + tol - cons_a[c, a] * qa - cons_a[c, ua] * pu - cons_a[c, wa] * ow
                                 if A > 1e-300:
                                     hi_w = min(hi_w, rhs / A)
-                                    hi_r = min(hi_r, (rhs + r) / A)
+                                    if check:
+                                        hi_r = min(hi_r, (rhs + r) / A)
                                 elif A < -1e-300:
                                     lo_w = max(lo_w, rhs / A)
-                                    lo_r = max(lo_r, (rhs + r) / A)
+                                    if check:
+                                        lo_r = max(lo_r, (rhs + r) / A)
                                 else:
                                     if rhs < 0.0:
                                         hi_w = -1.0
                                     if rhs + r < 0.0:
                                         hi_r = -1.0
+                                if not check and lo_w > hi_w:
+                                    break
                             if not check:
                                 lo_r, hi_r = lo_w, hi_w
                             base_idx = qq * sa + iu * su
