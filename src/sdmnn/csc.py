@@ -63,30 +63,37 @@ def half_edge_twins(F: np.ndarray, nv: int) -> np.ndarray | None:
 def build_features(V, F, twin):
     """Regions of every face, convex edge and non-flat vertex, and the pseudonormals for the sign.
 
-    Returns None for a non-manifold vertex (a fan that does not go once around it), else the tuple
+    Returns None for a degenerate (zero-area) face or a non-manifold vertex (a fan that does not go
+    once around it), else the tuple
     (kind, label, base, cons_a, cons_b, cptr, rays, rptr, FN, EN, VN). label is a triangle the
     feature belongs to; base[f] holds the face's corners, the edge's end points or the vertex (a
     face's unit normal is its ray); FN/EN/VN are the face, edge (per face edge) and angle-weighted
     corner normals."""
-    FN, EN, VN, nbr, nptr, vface, manifold = _normals_and_fans(V, F, twin)
+    scale = float(np.ptp(V, axis=0).max()) if len(V) else 0.0
+    FN, EN, VN, nbr, nptr, vface, manifold = _normals_and_fans(V, F, twin, 2e-12 * max(scale, 1e-300) ** 2)
     if not manifold:
         return None
     return _regions(V, F, twin, FN, nbr, nptr, vface) + (FN, EN, VN)
 
 
 @njit(cache=True, parallel=True)
-def _normals_and_fans(V, F, twin):
+def _normals_and_fans(V, F, twin, min_area2):
     """Unit face normals, edge and angle-weighted corner pseudonormals, each vertex's neighbours in
-    fan order, a face at each vertex, and whether every vertex's fan goes once around it."""
+    fan order, a face at each vertex, and whether every face has twice its area above ``min_area2``
+    and every vertex's fan goes once around it."""
     nf, nv = F.shape[0], V.shape[0]
     FN = np.empty((nf, 3))
+    degenerate = np.zeros(nf, np.bool_)
     for f in prange(nf):
         a, b, c = F[f, 0], F[f, 1], F[f, 2]
         ux, uy, uz = V[b, 0] - V[a, 0], V[b, 1] - V[a, 1], V[b, 2] - V[a, 2]
         vx, vy, vz = V[c, 0] - V[a, 0], V[c, 1] - V[a, 1], V[c, 2] - V[a, 2]
         nx, ny, nz = uy * vz - uz * vy, uz * vx - ux * vz, ux * vy - uy * vx
         nn = math.sqrt(nx * nx + ny * ny + nz * nz)
-        FN[f, 0], FN[f, 1], FN[f, 2] = nx / nn, ny / nn, nz / nn
+        degenerate[f] = nn <= min_area2
+        FN[f, 0], FN[f, 1], FN[f, 2] = nx / max(nn, 1e-300), ny / max(nn, 1e-300), nz / max(nn, 1e-300)
+    if degenerate.any():
+        return FN, np.empty((0, 3, 3)), np.empty((0, 3, 3)), np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64), False
     EN = np.empty((nf, 3, 3))
     for f in prange(nf):
         for c in range(3):
@@ -586,6 +593,9 @@ def scatter(origin, spacing, shape, kind, label, base, cons_a, cons_b, cptr, ray
     size = nx * ny * nz
     d2 = np.full(size, np.inf)
     lab = np.full(size, -1, np.int32)
+    maxc = 1
+    for f in range(len(kind)):
+        maxc = max(maxc, cptr[f + 1] - cptr[f])
     strides = (ny * nz, nz, 1)
     for stage in range(2):
         for a in range(3):
@@ -598,12 +608,17 @@ def scatter(origin, spacing, shape, kind, label, base, cons_a, cons_b, cptr, ray
             r = 0.5 * math.sqrt(hu * hu + hw * hw)
             ru, rw = r / hu, r / hw
             for th in prange(nthreads):
+                inv = np.empty(maxc)  # per constraint of the piece: 1 / (its w coefficient), and its
+                prhs = np.empty(maxc)  # right-hand side without the u term, per plane
                 for p in range(npiece):
                     if axis[p] != a:
                         continue
                     f = feat[p]
                     kf = kind[f]
                     c0, c1 = cptr[f], cptr[f + 1]
+                    for c in range(c0, c1):
+                        A = cons_a[c, wa] * hw
+                        inv[c - c0] = 1.0 / A if abs(A) > 1e-300 else 0.0
                     k0, k1 = pptr[p], pptr[p + 1]
                     sp = side[p]
                     if sp == WHOLE_PLANES and stage == 1:
@@ -671,22 +686,24 @@ def scatter(origin, spacing, shape, kind, label, base, cons_a, cons_b, cptr, ray
                             w1 = min(nw - 1, int(math.floor(mxw + ew)))
                         beaten = True
                         qa = oa + qq * ha
+                        for c in range(c0, c1):
+                            prhs[c - c0] = cons_b[c] + tol - cons_a[c, a] * qa - cons_a[c, wa] * ow
                         for iu in range(u0, u1 + 1):
                             pu = ou + iu * hu
                             # the row's voxels inside every half-space (and within r of them): w intervals
                             lo_w, hi_w = float(w0), float(w1)
                             lo_r, hi_r = float(w0), float(w1)
                             for c in range(c0, c1):
-                                A = cons_a[c, wa] * hw
-                                rhs = cons_b[c] + tol - cons_a[c, a] * qa - cons_a[c, ua] * pu - cons_a[c, wa] * ow
-                                if A > 1e-300:
-                                    hi_w = min(hi_w, rhs / A)
+                                rhs = prhs[c - c0] - cons_a[c, ua] * pu
+                                iA = inv[c - c0]
+                                if iA > 0.0:
+                                    hi_w = min(hi_w, rhs * iA)
                                     if check:
-                                        hi_r = min(hi_r, (rhs + r) / A)
-                                elif A < -1e-300:
-                                    lo_w = max(lo_w, rhs / A)
+                                        hi_r = min(hi_r, (rhs + r) * iA)
+                                elif iA < 0.0:
+                                    lo_w = max(lo_w, rhs * iA)
                                     if check:
-                                        lo_r = max(lo_r, (rhs + r) / A)
+                                        lo_r = max(lo_r, (rhs + r) * iA)
                                 else:
                                     if rhs < 0.0:
                                         hi_w = -1.0

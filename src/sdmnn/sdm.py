@@ -334,11 +334,6 @@ class _Topology:
 
     @classmethod
     def of(cls, V: np.ndarray, F: np.ndarray) -> "_Topology | None":
-        tri = V[F]
-        area2 = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-        scale = max(float(np.ptp(V, axis=0).max()), 1e-300)
-        if np.any(area2 <= 2e-12 * scale**2):
-            return None
         twin = csc.half_edge_twins(F, len(V))
         if twin is None:
             return None
@@ -443,15 +438,18 @@ def exact_sdm(mesh: trimesh.Trimesh, grid: Grid, sign: str = "auto", method: str
     grid.check_memory()
     if sign not in ("auto", "pseudonormal", "winding"):
         raise ValueError(f"sign must be 'auto', 'pseudonormal' or 'winding', got {sign!r}")
-    clean, why = mesh_is_clean(mesh)
-    if clean and mesh.volume < 0:
-        warnings.warn("the mesh is inverted (inward normals); it was flipped", MeshWarning, stacklevel=2)
-        mesh = trimesh.Trimesh(mesh.vertices, mesh.faces[:, ::-1], process=False)
     V = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
     F = np.ascontiguousarray(mesh.faces, dtype=np.int64)
-    topo = _Topology.of(V, F) if clean else None
-    if clean and topo is None:
-        clean, why = False, "the mesh has a non-manifold vertex"
+    # closed, consistently oriented, manifold, no degenerate face: the topology checks all of it
+    topo = _Topology.of(V, F)
+    clean, why = topo is not None, ""
+    if clean and _signed_volume(V, F) < 0:
+        warnings.warn("the mesh is inverted (inward normals); it was flipped", MeshWarning, stacklevel=2)
+        F = np.ascontiguousarray(F[:, ::-1])
+        topo = _Topology.of(V, F)
+    if not clean:
+        clean, why = mesh_is_clean(mesh)  # the reason, in words
+        clean, why = False, why or "the mesh has a non-manifold vertex"
     if sign == "auto":
         sign = "pseudonormal" if clean else "winding"
         if not clean:
@@ -464,6 +462,12 @@ def exact_sdm(mesh: trimesh.Trimesh, grid: Grid, sign: str = "auto", method: str
         return out
     w = winding_number(mesh, grid.points()).reshape(grid.shape)
     return np.where(np.abs(w) > 0.5, -np.abs(out), np.abs(out)).astype(np.float32)
+
+
+def _signed_volume(V: np.ndarray, F: np.ndarray) -> float:
+    """Volume enclosed by a closed mesh, negative when its faces point inward."""
+    a, b, c = V[F[:, 0]], V[F[:, 1]], V[F[:, 2]]
+    return float(np.einsum("ij,ij->", a, np.cross(b, c))) / 6.0
 
 
 def set_threads(n: int | None) -> None:
