@@ -245,3 +245,4 @@ def test_scan_safety_net_fills_unreached_voxels(torus, small_grid):
     pts = small_grid.points()[::97]
     got = sdm_mod._points(pts, np.ascontiguousarray(V[F]), topo.FN, topo.EN, topo.VN, True)
     assert np.abs(got - exact_sdm(mesh, small_grid).ravel()[::97]).max() < 1e-6
+

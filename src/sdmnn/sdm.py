@@ -40,7 +40,7 @@ from numba import njit, prange
 
 from . import csc
 from .errors import MeshError
-from .grid import Grid, memory_budget
+from .grid import Grid
 
 # numba's OpenMP layer keeps its threads spinning after a parallel loop, which starves torch's own
 # threads in the same process (measured: SDMNN inference 30 ms -> 290 ms after an exact SDM).
@@ -50,7 +50,6 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 
 LEAF_SIZE = 4
 WINDING_CHUNK = 1 << 18  # voxels per fast-winding-number call
-SCAN_BYTES_PER_VOXEL = 8 + 4 + 4  # squared distance, winning triangle, output
 METHODS = ("auto", "scan", "bvh")
 
 
@@ -374,17 +373,16 @@ def _bvh(V, F, grid: Grid, topo: "_Topology | None", signed: bool) -> np.ndarray
 
 
 def _choose(method: str, topo: "_Topology | None", grid: Grid) -> str:
-    """The method to run: the scan when asked or (auto) when the mesh allows it and it fits memory."""
+    """The method to run: the scan when asked or (auto) when the mesh allows it. Its peak, 16 bytes a
+    voxel (float64 squared distance, int32 triangle, float32 output), is within grid.BYTES_PER_VOXEL,
+    which the callers check first."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
     if method == "scan" and topo is None:
         raise MeshError("the scan method needs a closed, consistently oriented, manifold mesh without degenerate "
                         "faces; use method='bvh' for this one")
     if method == "auto":
-        fits = grid.memory_estimate(SCAN_BYTES_PER_VOXEL) <= memory_budget()
-        method = "scan" if topo is not None and fits else "bvh"
-    if method == "scan":
-        grid.check_memory(SCAN_BYTES_PER_VOXEL)
+        method = "scan" if topo is not None else "bvh"
     return method
 
 
@@ -427,7 +425,7 @@ def exact_sdm(mesh: trimesh.Trimesh, grid: Grid, sign: str = "auto", method: str
         "auto" uses the exact pseudonormal sign on clean meshes and the winding number otherwise.
     method : {"auto", "scan", "bvh"}
         How distances are found (both exact, see the module notes); "auto" uses the scan on clean
-        meshes when its 16 bytes per voxel fit the memory budget.
+        meshes and the BVH on any other.
 
     Returns
     -------
