@@ -246,3 +246,9 @@ def test_scan_safety_net_fills_unreached_voxels(torus, small_grid):
     got = sdm_mod._points(pts, np.ascontiguousarray(V[F]), topo.FN, topo.EN, topo.VN, True)
     assert np.abs(got - exact_sdm(mesh, small_grid).ravel()[::97]).max() < 1e-6
 
+
+
+@pytest.mark.parametrize("shape", [(30, 30, 1), (1, 25, 25), (1, 1, 40)])
+def test_scan_on_slices_and_lines(cochlea, shape):
+    grid = Grid(shape, (0.2, 0.2, 0.2), (-4.0, -4.0, 0.3))
+    _assert_same(*_both(cochlea.mesh(cochlea.defaults), grid))
