@@ -252,3 +252,15 @@ def test_scan_safety_net_fills_unreached_voxels(torus, small_grid):
 def test_scan_on_slices_and_lines(cochlea, shape):
     grid = Grid(shape, (0.2, 0.2, 0.2), (-4.0, -4.0, 0.3))
     _assert_same(*_both(cochlea.mesh(cochlea.defaults), grid))
+
+
+def test_keep_freed_memory_applies_on_glibc_and_changes_no_result(torus, small_grid):
+    import platform
+
+    from sdmnn.sdm import keep_freed_memory
+
+    mesh = torus.mesh(torus.defaults, (64, 16))
+    before = exact_sdm(mesh, small_grid)
+    applied = keep_freed_memory()
+    assert applied == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    assert np.array_equal(exact_sdm(mesh, small_grid), before)

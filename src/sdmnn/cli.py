@@ -334,6 +334,9 @@ def fit(target: Path = typer.Argument(..., help="Observed image: a label map (0/
 
 def main():
     """Entry point: bad input -> one sentence on stderr and exit status 2, never a traceback."""
+    from .sdm import keep_freed_memory
+
+    keep_freed_memory()
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         warnings.showwarning = lambda msg, cat, *a, **k: err.print(f"[yellow]warning:[/] {msg}")

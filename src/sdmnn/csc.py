@@ -682,8 +682,12 @@ def scatter(origin, spacing, shape, kind, label, base, cons_a, cons_b, cptr, ray
                                 continue
                             u0 = max(0, int(math.ceil(mnu - eu)))
                             u1 = min(nu - 1, int(math.floor(mxu + eu)))
+                            if u0 > u1:
+                                continue  # no voxel centre in this plane's cross-section (most planes of thin prisms)
                             w0 = max(0, int(math.ceil(mnw - ew)))
                             w1 = min(nw - 1, int(math.floor(mxw + ew)))
+                            if w0 > w1:
+                                continue
                         beaten = True
                         qa = oa + qq * ha
                         for c in range(c0, c1):

