@@ -16,10 +16,11 @@ and every value written is a true distance to a point of the surface, so none is
 Each region is a convex polyhedron (half-spaces) swept from its base along rays; it is scanned plane
 by plane along the grid axis its rays point along most, each plane's cross-section bounded by where
 the base points travel along the rays (linear in the plane index). A region whose rays spread too far
-from every axis (a sharp edge or corner) is split into narrower cones. The work per region is its
-plane count plus the voxels it covers, about one region per voxel far from the surface, where a
-nearest-triangle query (sdm._distance_kernel) tests ~190 triangles. A tolerance that only ever
-enlarges regions absorbs rounding on shared boundaries.
+from every axis (a sharp edge or corner) is split into narrower cones, and a sweep stops once it is
+provably beaten (see ``scatter``). The work is a plane sweep per region plus a few evaluations per
+voxel (counted on the cochlea at 64^3: 6.6, of which 2.5 are stopping checks and 2.0 improve the
+voxel), where a nearest-triangle query (sdm._distance_kernel) tests ~190 triangles far from the
+surface. A tolerance that only ever enlarges regions absorbs rounding on shared boundaries.
 
 Written with numba because no maintained library scan-converts characteristic regions.
 """
@@ -587,8 +588,8 @@ def scatter(origin, spacing, shape, kind, label, base, cons_a, cons_b, cptr, ray
     true distance at most at rate 1, so a ray that loses by a margin loses for good; a cross-section
     loses when every voxel within r (half an in-plane voxel diagonal) of it has a known distance more
     than 2r below the feature's (checked every ``check_every`` planes, once the piece has stopped
-    winning voxels). Pieces are swept one grid axis at
-    a time and their planes dealt to threads in blocks, so each voxel is written by one thread."""
+    winning voxels). Pieces are swept one grid axis at a time and their planes dealt to threads in
+    blocks, so each voxel is written by one thread."""
     nx, ny, nz = shape
     size = nx * ny * nz
     d2 = np.full(size, np.inf)
