@@ -472,7 +472,7 @@ def keep_freed_memory() -> bool:
     """Let glibc's malloc serve blocks up to 64 MiB from its heap and keep up to 512 MiB of freed memory
     there (mallopt), so that repeated SDMs reuse pages instead of faulting in fresh ones. Measured on
     this project's machine: 9,800-18,300 page faults per exact SDM at 64^3-128^3 without it, none with
-    it, and 20-28 % less time. Process-wide, so the command line, the dataset workers and the benchmarks
+    it, and 9-28 % less time. Process-wide, so the command line, the dataset workers and the benchmarks
     call it rather than the library on import. Returns whether it applied (False off glibc)."""
     try:
         import ctypes
