@@ -61,20 +61,14 @@ def half_edge_twins(F: np.ndarray, nv: int) -> np.ndarray | None:
     return twin
 
 
-def build_features(V, F, twin):
-    """Regions of every face, convex edge and non-flat vertex, and the pseudonormals for the sign.
-
-    Returns None for a degenerate (zero-area) face or a non-manifold vertex (a fan that does not go
-    once around it), else the tuple
-    (kind, label, base, cons_a, cons_b, cptr, rays, rptr, FN, EN, VN). label is a triangle the
-    feature belongs to; base[f] holds the face's corners, the edge's end points or the vertex (a
-    face's unit normal is its ray); FN/EN/VN are the face, edge (per face edge) and angle-weighted
-    corner normals."""
+def normals_and_fans(V, F, twin):
+    """The pseudonormals for the sign and each vertex's fan, or None for a degenerate (zero-area) face
+    or a non-manifold vertex (a fan that does not go once around it). Returns (FN, EN, VN, nbr, nptr,
+    vface): face, edge (per face edge) and angle-weighted corner normals; each vertex's neighbours
+    nbr[nptr[v]:nptr[v+1]] in fan order; a face at each vertex."""
     scale = float(np.ptp(V, axis=0).max()) if len(V) else 0.0
     FN, EN, VN, nbr, nptr, vface, manifold = _normals_and_fans(V, F, twin, 2e-12 * max(scale, 1e-300) ** 2)
-    if not manifold:
-        return None
-    return _regions(V, F, twin, FN, nbr, nptr, vface) + (FN, EN, VN)
+    return (FN, EN, VN, nbr, nptr, vface) if manifold else None
 
 
 @njit(cache=True, parallel=True)
@@ -149,8 +143,12 @@ def _normals_and_fans(V, F, twin, min_area2):
 
 
 @njit(cache=True, parallel=True)
-def _regions(V, F, twin, FN, nbr, nptr, vface):
-    """The half-spaces, base points and rays of every region (see build_features)."""
+def regions(V, F, twin, FN, nbr, nptr, vface):
+    """The regions of every face, convex edge and non-flat vertex of a mesh that normals_and_fans
+    accepted: (kind, label, base, cons_a, cons_b, cptr, rays, rptr). Feature f lies on triangle
+    label[f]; base[f] holds the face's corners, the edge's end points or the vertex (a face's unit
+    normal is its ray); its half-spaces are cons_a . v <= cons_b over cptr[f]:cptr[f+1] and its rays
+    rays[rptr[f]:rptr[f+1]]."""
     nf, nv = F.shape[0], V.shape[0]
 
     # --- which edges and vertices have regions, and where each feature's rows go -----------------

@@ -323,29 +323,33 @@ def mesh_is_clean(mesh: trimesh.Trimesh) -> tuple[bool, str]:
 
 
 class _Topology:
-    """A closed, consistently oriented, manifold mesh without degenerate faces: the characteristic
-    regions of its features and its pseudonormals. ``of`` returns None for any other mesh."""
+    """A closed, consistently oriented, manifold mesh without degenerate faces: its pseudonormals, and
+    (built when a scan first needs them) the characteristic regions of its features. ``of`` returns
+    None for any other mesh."""
 
-    def __init__(self, V, F, built):
-        self.V, self.F = V, F
-        (self.kind, self.label, self.base, self.cons_a, self.cons_b, self.cptr, self.rays, self.rptr,
-         self.FN, self.EN, self.VN) = built
+    def __init__(self, V, F, twin, fans):
+        self.V, self.F, self.twin = V, F, twin
+        self.FN, self.EN, self.VN, *self._fans = fans
+        self._regions = None
 
     @classmethod
     def of(cls, V: np.ndarray, F: np.ndarray) -> "_Topology | None":
         twin = csc.half_edge_twins(F, len(V))
         if twin is None:
             return None
-        built = csc.build_features(V, F, twin)
-        return None if built is None else cls(V, F, built)
+        fans = csc.normals_and_fans(V, F, twin)
+        return None if fans is None else cls(V, F, twin, fans)
 
     def scan(self, grid: Grid, signed: bool) -> np.ndarray:
         """Exact (signed) distance on ``grid`` by characteristic scan conversion."""
+        if self._regions is None:
+            self._regions = csc.regions(self.V, self.F, self.twin, self.FN, *self._fans)
+        kind, label, base, cons_a, cons_b, cptr, rays, rptr = self._regions
         origin, spacing = np.array(grid.origin, float), np.array(grid.spacing, float)
         tol = 1e-9 * (max(float(np.abs(self.V).max()), float(np.abs(grid.bounds).max())) + 1.0)
-        pieces = csc.build_pieces(origin, spacing, grid.shape, self.kind, self.base, self.rays, self.rptr, tol)
-        _, lab = csc.scatter(origin, spacing, grid.shape, self.kind, self.label, self.base, self.cons_a,
-                             self.cons_b, self.cptr, self.rays, self.rptr, *pieces, tol, numba.get_num_threads())
+        pieces = csc.build_pieces(origin, spacing, grid.shape, kind, base, rays, rptr, tol)
+        _, lab = csc.scatter(origin, spacing, grid.shape, kind, label, base, cons_a, cons_b, cptr, rays, rptr,
+                             *pieces, tol, numba.get_num_threads())
         T = np.ascontiguousarray(self.V[self.F])
         out = _finish_scan(origin, spacing, lab, T, self.FN, self.EN, self.VN, signed)
         gaps = np.isnan(out)
@@ -354,25 +358,30 @@ class _Topology:
         return out
 
 
-def _points(P, T, FN, EN, VN, signed):
+def _bvh_of(T):
+    """A BVH over triangles T: (T reordered so that leaves hold contiguous ranges, nodes, order)."""
     lo, hi, left, right, start, count, order = _build_bvh(T, LEAF_SIZE)
-    return _points_kernel(np.ascontiguousarray(P), np.ascontiguousarray(T[order]), lo, hi, left, right, start, count,
-                          FN[order], EN[order], VN[order], signed)
+    return np.ascontiguousarray(T[order]), (lo, hi, left, right, start, count), order
+
+
+def _points(P, T, FN, EN, VN, signed):
+    """Exact (signed) distance at points P by nearest-triangle queries."""
+    T, nodes, order = _bvh_of(T)
+    return _points_kernel(np.ascontiguousarray(P), T, *nodes, FN[order], EN[order], VN[order], signed)
 
 
 def _bvh(V, F, grid: Grid, topo: "_Topology | None", signed: bool) -> np.ndarray:
     """Exact (signed) distance on ``grid`` by nearest-triangle queries."""
-    lo, hi, left, right, start, count, order = _build_bvh(np.ascontiguousarray(V[F]), LEAF_SIZE)
-    T = np.ascontiguousarray(V[F[order]])  # leaves hold contiguous triangle ranges
+    T, nodes, order = _bvh_of(np.ascontiguousarray(V[F]))
     if signed:
         FN, EN, VN = topo.FN[order], topo.EN[order], topo.VN[order]
     else:
         FN, EN, VN = np.zeros((1, 3)), np.zeros((1, 3, 3)), np.zeros((1, 3, 3))
     return _distance_kernel(np.array(grid.origin, float), np.array(grid.spacing, float), grid.shape, T,
-                            lo, hi, left, right, start, count, FN, EN, VN, signed)
+                            *nodes, FN, EN, VN, signed)
 
 
-def _choose(method: str, topo: "_Topology | None", grid: Grid) -> str:
+def _choose(method: str, topo: "_Topology | None") -> str:
     """The method to run: the scan when asked or (auto) when the mesh allows it. Its peak, 16 bytes a
     voxel (float64 squared distance, int32 triangle, float32 output), is within grid.BYTES_PER_VOXEL,
     which the callers check first."""
@@ -394,7 +403,7 @@ def unsigned_distance(mesh: trimesh.Trimesh, grid: Grid, method: str = "auto") -
     V = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
     F = np.ascontiguousarray(mesh.faces, dtype=np.int64)
     topo = _Topology.of(V, F)
-    if _choose(method, topo, grid) == "scan":
+    if _choose(method, topo) == "scan":
         return topo.scan(grid, signed=False)
     return _bvh(V, F, grid, None, signed=False)
 
@@ -445,9 +454,8 @@ def exact_sdm(mesh: trimesh.Trimesh, grid: Grid, sign: str = "auto", method: str
         warnings.warn("the mesh is inverted (inward normals); it was flipped", MeshWarning, stacklevel=2)
         F = np.ascontiguousarray(F[:, ::-1])
         topo = _Topology.of(V, F)
-    if not clean:
-        clean, why = mesh_is_clean(mesh)  # the reason, in words
-        clean, why = False, why or "the mesh has a non-manifold vertex"
+    if not clean:  # the reason, in words
+        why = mesh_is_clean(mesh)[1] or "the mesh has a non-manifold vertex"
     if sign == "auto":
         sign = "pseudonormal" if clean else "winding"
         if not clean:
@@ -455,11 +463,11 @@ def exact_sdm(mesh: trimesh.Trimesh, grid: Grid, sign: str = "auto", method: str
     elif sign == "pseudonormal" and not clean:
         raise MeshError(f"the pseudonormal sign is exact only on clean meshes and {why}; use sign='winding'")
     signed = sign == "pseudonormal"
-    out = topo.scan(grid, signed) if _choose(method, topo, grid) == "scan" else _bvh(V, F, grid, topo, signed)
+    out = topo.scan(grid, signed) if _choose(method, topo) == "scan" else _bvh(V, F, grid, topo, signed)
     if signed:
         return out
     w = winding_number(mesh, grid.points()).reshape(grid.shape)
-    return np.where(np.abs(w) > 0.5, -np.abs(out), np.abs(out)).astype(np.float32)
+    return np.where(np.abs(w) > 0.5, -out, out).astype(np.float32)
 
 
 def _signed_volume(V: np.ndarray, F: np.ndarray) -> float:
