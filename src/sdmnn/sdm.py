@@ -348,8 +348,8 @@ class _Topology:
         origin, spacing = np.array(grid.origin, float), np.array(grid.spacing, float)
         tol = 1e-9 * (max(float(np.abs(self.V).max()), float(np.abs(grid.bounds).max())) + 1.0)
         pieces = csc.build_pieces(origin, spacing, grid.shape, kind, base, rays, rptr, tol)
-        _, lab = csc.scatter(origin, spacing, grid.shape, kind, label, base, cons_a, cons_b, cptr, rays, rptr,
-                             *pieces, tol, numba.get_num_threads())
+        lab = csc.scatter(origin, spacing, grid.shape, kind, label, base, cons_a, cons_b, cptr, rays, rptr,
+                         *pieces, tol, numba.get_num_threads())
         T = np.ascontiguousarray(self.V[self.F])
         out = _finish_scan(origin, spacing, lab, T, self.FN, self.EN, self.VN, signed)
         gaps = np.isnan(out)
