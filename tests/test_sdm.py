@@ -228,6 +228,33 @@ def test_auto_uses_the_bvh_where_the_scan_does_not_apply(small_grid):
     assert np.abs(sdm - separate).max() < 1e-5
 
 
+def _twins_by_dict(F):
+    """Half-edge partners found with a dictionary: None unless every directed edge appears once and
+    has exactly one partner running the other way."""
+    where = {}
+    for h, (a, b) in enumerate(zip(F.ravel(), np.roll(F, -1, axis=1).ravel())):
+        if (a, b) in where:
+            return None
+        where[(a, b)] = h
+    try:
+        return np.array([where[(b, a)] for (a, b) in where])
+    except KeyError:
+        return None
+
+
+@pytest.mark.parametrize("change", ["none", "drop a face", "flip a face", "duplicate a face"])
+def test_half_edge_twins_match_a_dictionary(cochlea, change):
+    from sdmnn.csc import half_edge_twins
+
+    F = np.ascontiguousarray(cochlea.mesh(cochlea.defaults).faces, dtype=np.int64)
+    F = {"none": F, "drop a face": F[1:], "flip a face": np.vstack([F[:1, ::-1], F[1:]]),
+         "duplicate a face": np.vstack([F, F[:1]])}[change]
+    expected, got = _twins_by_dict(F), half_edge_twins(np.ascontiguousarray(F), int(F.max()) + 1)
+    assert (expected is None) == (got is None) == (change != "none")
+    if expected is not None:
+        assert np.array_equal(got, expected)
+
+
 def test_unknown_method_is_refused(small_grid):
     with pytest.raises(ValueError, match="method must be"):
         exact_sdm(trimesh.creation.box(), small_grid, method="fast")

@@ -39,6 +39,8 @@ FACE, EDGE, VERTEX = 0, 1, 2
 WIDE = 0.2
 #: The side of a piece that is scanned plane by plane over whole planes.
 WHOLE_PLANES = 2
+#: A vertex's cone rays are kept from counting them to writing them when there are at most this many.
+KEPT_RAYS = 8
 #: Pieces are dealt to threads in runs this long (neighbouring faces, so a thread's writes stay local).
 CHUNK = 32
 #: The bits of +inf as a float64: a voxel no region has reached yet.
@@ -48,21 +50,43 @@ INF_BITS = 0x7FF0000000000000
 def half_edge_twins(F: np.ndarray, nv: int) -> np.ndarray | None:
     """For half-edge 3f + c (F[f, c] -> F[f, c+1]) its opposite half-edge, or None when the mesh is
     not closed and consistently oriented (an edge without exactly one opposite partner)."""
-    nh = 3 * len(F)
-    src = F.ravel()
-    dst = np.roll(F, -1, axis=1).ravel()
-    key = src * nv + dst
-    rev = dst * nv + src
-    order = np.argsort(key, kind="stable")
-    skey = key[order]
-    if np.any(skey[1:] == skey[:-1]):
-        return None  # the same directed edge twice: inconsistent or non-manifold
-    pos = np.searchsorted(skey, rev)
-    pos[pos >= nh] = 0
-    twin = order[pos]
-    if not np.array_equal(key[twin], rev):
-        return None  # a boundary edge, or one whose partner runs the same way
-    return twin
+    twin, ok = _half_edge_twins(F, nv)
+    return twin if ok else None
+
+
+@njit(cache=True, parallel=True)
+def _half_edge_twins(F, nv):
+    """half_edge_twins, and whether every half-edge has exactly one partner and no directed edge
+    appears twice. Each half-edge looks for its partner among its end vertex's outgoing half-edges."""
+    nf = F.shape[0]
+    nh = 3 * nf
+    src = np.empty(nh, np.int64)
+    dst = np.empty(nh, np.int64)
+    ptr = np.zeros(nv + 1, np.int64)
+    for f in range(nf):
+        for c in range(3):
+            src[3 * f + c], dst[3 * f + c] = F[f, c], F[f, (c + 1) % 3]
+            ptr[F[f, c] + 1] += 1
+    for v in range(nv):
+        ptr[v + 1] += ptr[v]
+    fill = ptr[:-1].copy()
+    out = np.empty(nh, np.int64)  # half-edges grouped by their start vertex
+    for h in range(nh):
+        out[fill[src[h]]] = h
+        fill[src[h]] += 1
+    twin = np.empty(nh, np.int64)
+    bad = np.zeros(nh, np.bool_)
+    for h in prange(nh):
+        a, b = src[h], dst[h]
+        partners, same = 0, 0
+        for j in range(ptr[b], ptr[b + 1]):
+            if dst[out[j]] == a:
+                twin[h] = out[j]
+                partners += 1
+        for j in range(ptr[a], ptr[a + 1]):
+            same += dst[out[j]] == b
+        bad[h] = partners != 1 or same != 1
+    return twin, not bad.any()
 
 
 def normals_and_fans(V, F, twin):
@@ -168,9 +192,10 @@ def regions(V, F, twin, FN, nbr, nptr, vface):
         if esign[h] != 0.0:
             ne += 1
     vrays = np.zeros(nv, np.int64)
+    kept = np.empty((nv, KEPT_RAYS, 3))  # the rays of cones that have at most KEPT_RAYS, found once
     for v in prange(nv):
         k = nptr[v + 1] - nptr[v]
-        vrays[v] = _cone_rays(V, v, nbr[nptr[v] : nptr[v + 1]], np.empty((k, 3)), np.empty((0, 3)))
+        vrays[v] = _cone_rays(V, v, nbr[nptr[v] : nptr[v + 1]], np.empty((k, 3)), kept[v])
     vidx = np.empty(nv, np.int64)
     vcon = np.empty(nv, np.int64)
     vray = np.empty(nv, np.int64)
@@ -246,7 +271,11 @@ def regions(V, F, twin, FN, nbr, nptr, vface):
         kind[m], label[m] = VERTEX, vface[v]
         cptr[m + 1], rptr[m + 1] = row + k, ray + vrays[v]
         unit = np.empty((k, 3))
-        _cone_rays(V, v, nbr[nptr[v] : nptr[v + 1]], unit, rays[ray : ray + vrays[v]])
+        if vrays[v] <= KEPT_RAYS:
+            _unit_edges(V, v, nbr[nptr[v] : nptr[v + 1]], unit)
+            rays[ray : ray + vrays[v]] = kept[v, : vrays[v]]
+        else:
+            _cone_rays(V, v, nbr[nptr[v] : nptr[v + 1]], unit, rays[ray : ray + vrays[v]])
         for q in range(3):
             base[m, 0, q] = V[v, q]
         for q in range(k):
@@ -280,6 +309,17 @@ def _edge_side(V, F, FN, twin, h):
     return FN[f, 0] * wx + FN[f, 1] * wy + FN[f, 2] * wz
 
 
+@njit(cache=True, inline="always")
+def _unit_edges(V, v, nbr, unit):
+    """The unit directions from vertex v to its neighbours, into ``unit``."""
+    for q in range(len(nbr)):
+        dx = V[nbr[q], 0] - V[v, 0]
+        dy = V[nbr[q], 1] - V[v, 1]
+        dz = V[nbr[q], 2] - V[v, 2]
+        dn = math.sqrt(dx * dx + dy * dy + dz * dz)
+        unit[q, 0], unit[q, 1], unit[q, 2] = dx / dn, dy / dn, dz / dn
+
+
 @njit(cache=True)
 def _cone_rays(V, v, nbr, unit, out):
     """Extreme rays of vertex v's normal cone {m : m . e_q <= 0} for its unit edge directions e_q
@@ -287,12 +327,7 @@ def _cone_rays(V, v, nbr, unit, out):
     them to ``out`` when it has room and returns their count; 0 for an empty cone or one holding a
     line (a flat vertex, whose region lies on its faces' prisms)."""
     k = len(nbr)
-    for q in range(k):
-        dx = V[nbr[q], 0] - V[v, 0]
-        dy = V[nbr[q], 1] - V[v, 1]
-        dz = V[nbr[q], 2] - V[v, 2]
-        dn = math.sqrt(dx * dx + dy * dy + dz * dz)
-        unit[q, 0], unit[q, 1], unit[q, 2] = dx / dn, dy / dn, dz / dn
+    _unit_edges(V, v, nbr, unit)
     n = 0
     cx = cy = cz = 0.0
     for i in range(k):

@@ -470,10 +470,14 @@ def exact_sdm(mesh: trimesh.Trimesh, grid: Grid, sign: str = "auto", method: str
     return np.where(np.abs(w) > 0.5, -out, out).astype(np.float32)
 
 
+@njit(cache=True, parallel=True)
 def _signed_volume(V: np.ndarray, F: np.ndarray) -> float:
     """Volume enclosed by a closed mesh, negative when its faces point inward."""
-    a, b, c = V[F[:, 0]], V[F[:, 1]], V[F[:, 2]]
-    return float(np.einsum("ij,ij->", a, np.cross(b, c))) / 6.0
+    total = 0.0
+    for f in prange(F.shape[0]):
+        a, b, c = V[F[f, 0]], V[F[f, 1]], V[F[f, 2]]
+        total += a[0] * (b[1] * c[2] - b[2] * c[1]) + a[1] * (b[2] * c[0] - b[0] * c[2]) + a[2] * (b[0] * c[1] - b[1] * c[0])
+    return total / 6.0
 
 
 def keep_freed_memory() -> bool:
