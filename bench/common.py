@@ -18,6 +18,22 @@ def timeit(fn, repeat: int = 3, warmup: int = 1):
     return statistics.median(times), result
 
 
+def timeit_interleaved(fns: dict, repeat: int = 7, warmup: int = 1) -> dict:
+    """name -> (median seconds, last result) for each function, their runs taken in turn (a, b, a, b,
+    ...) so that every one sees the same state of a machine whose speed drifts."""
+    results = {name: None for name in fns}
+    for _ in range(warmup):
+        for name, fn in fns.items():
+            results[name] = fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            results[name] = fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: (statistics.median(times[name]), results[name]) for name in fns}
+
+
 def table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
