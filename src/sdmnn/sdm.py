@@ -382,9 +382,9 @@ def _bvh(V, F, grid: Grid, topo: "_Topology | None", signed: bool) -> np.ndarray
 
 
 def _choose(method: str, topo: "_Topology | None") -> str:
-    """The method to run: the scan when asked or (auto) when the mesh allows it. Its peak, 16 bytes a
-    voxel (float64 squared distance, int32 triangle, float32 output), is within grid.BYTES_PER_VOXEL,
-    which the callers check first."""
+    """The method to run: the scan when asked or (auto) when the mesh allows it. Its peak, 12 bytes a
+    voxel (an int64 key, then the int32 triangle; then that and the float32 output), is within
+    grid.BYTES_PER_VOXEL, which the callers check first."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
     if method == "scan" and topo is None:
