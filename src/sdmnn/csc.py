@@ -629,26 +629,21 @@ def _cas(typingctx, arr, idx, old, new):
     return sig, codegen
 
 
-@intrinsic
-def _bits(typingctx, x):
-    """The bits of a float64 as an int64 (for x >= 0, ordered as x is)."""
-    sig = types.int64(types.float64)
+def _bitcast(src, dst):
+    """An intrinsic that reads a ``src`` scalar's bits as a ``dst`` (numba has no scalar view)."""
 
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.int64))
+    @intrinsic
+    def cast(typingctx, x):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], context.get_value_type(dst))
 
-    return sig, codegen
+        return dst(src), codegen
+
+    return cast
 
 
-@intrinsic
-def _float(typingctx, x):
-    """The float64 whose bits an int64 holds."""
-    sig = types.float64(types.int64)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float64))
-
-    return sig, codegen
+_bits = _bitcast(types.float64, types.int64)  # for x >= 0, ordered as x is
+_float = _bitcast(types.int64, types.float64)
 
 
 @njit(cache=True, inline="always")
