@@ -291,3 +291,24 @@ def test_keep_freed_memory_applies_on_glibc_and_changes_no_result(torus, small_g
     applied = keep_freed_memory()
     assert applied == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
     assert np.array_equal(exact_sdm(mesh, small_grid), before)
+
+
+def test_scan_gives_the_same_numbers_on_any_number_of_threads(cochlea):
+    """Threads share one array, lowered by atomic compare-and-swap: the result must not depend on
+    how many write it, nor on their timing (run twice)."""
+    import numba
+
+    from sdmnn.sdm import set_threads
+
+    mesh = cochlea.mesh(cochlea.defaults)
+    lo, hi = mesh.bounds
+    grid = Grid((48, 44, 24), tuple((hi - lo) * 1.2 / (47, 43, 23)), tuple(lo - 0.1 * (hi - lo)))
+    before = numba.get_num_threads()
+    try:
+        set_threads(1)
+        one = exact_sdm(mesh, grid)
+        set_threads(numba.config.NUMBA_NUM_THREADS)
+        assert np.array_equal(exact_sdm(mesh, grid), one)
+        assert np.array_equal(exact_sdm(mesh, grid), one)
+    finally:
+        set_threads(before)

@@ -416,10 +416,7 @@ def build_pieces(origin, spacing, shape, kind, base, rays, rptr, tol):
         if not narrow[f]:
             continue
         nb = 3 - kind[f] if kind[f] < VERTEX else 1
-        B = np.empty((3, 3))
-        for i in range(nb):
-            for k in range(3):
-                B[i, k] = base[f, i, k]
+        B = base[f]
         R = rays[rptr[f] : rptr[f + 1]]
         if kind[f] == FACE:  # the prism's two halves, each swept away from the face
             npt = _fill(origin, spacing, shape, f, B, nb, R, fa[f], 1, tol, npc[f], npts[f], feat, axis, side, q0s, q1s, pptr, coef)
@@ -672,10 +669,11 @@ def scatter(origin, spacing, shape, kind, label, base, cons_a, cons_b, cptr, ray
     winning voxels).
 
     Threads take runs of CHUNK pieces in turn and share one array: each voxel holds its squared
-    distance's float64 bits with the lowest bits replaced by the triangle (so the minimum of the
-    integers is the nearest feature, to 2^(bits - 52) of its squared distance: 2^-36 on the cochlea,
-    and its triangle), updated by an atomic compare-and-swap. Every thread sees every value written, so a piece stops as early as it would
-    on one thread (dealing planes to threads instead did 25 % more work on two)."""
+    distance's float64 bits with the lowest ``bits`` replaced by the triangle, so the least integer is
+    the nearest feature (to 2^(bits - 52) of its squared distance: 2^-37 on the cochlea) with its
+    triangle; it is lowered by an atomic compare-and-swap, and read with every label bit set (an upper
+    bound) by the stopping checks. Every thread sees every value written, so a piece stops as early
+    as it would on one thread (dealing planes to threads instead did 25 % more work on two)."""
     nx, ny, nz = shape
     size = nx * ny * nz
     nlab = 1
