@@ -7,15 +7,7 @@ import time
 
 def timeit(fn, repeat: int = 3, warmup: int = 1):
     """(median seconds, last result) of ``fn()`` over ``repeat`` runs after ``warmup`` runs."""
-    result = None
-    for _ in range(warmup):
-        result = fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), result
+    return timeit_interleaved({"fn": fn}, repeat, warmup)["fn"]
 
 
 def timeit_interleaved(fns: dict, repeat: int = 7, warmup: int = 1) -> dict:
