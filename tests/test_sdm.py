@@ -274,7 +274,6 @@ def test_scan_safety_net_fills_unreached_voxels(torus, small_grid):
     assert np.abs(got - exact_sdm(mesh, small_grid).ravel()[::97]).max() < 1e-6
 
 
-
 @pytest.mark.parametrize("shape", [(30, 30, 1), (1, 25, 25), (1, 1, 40)])
 def test_scan_on_slices_and_lines(cochlea, shape):
     grid = Grid(shape, (0.2, 0.2, 0.2), (-4.0, -4.0, 0.3))

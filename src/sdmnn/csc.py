@@ -688,6 +688,14 @@ def scatter(origin, spacing, shape, kind, label, base, cons_a, cons_b, cptr, ray
     for f in range(len(kind)):
         maxc = max(maxc, cptr[f + 1] - cptr[f])
     strides = (ny * nz, nz, 1)
+    # per sweep axis: the tolerance and the check radius r (half an in-plane voxel diagonal), in mm and
+    # in voxels of each in-plane axis: (tu, tw, r, ru, rw)
+    per_axis = np.empty((3, 5))
+    for a in range(3):
+        ua, wa = _in_plane(a)
+        hu, hw = spacing[ua], spacing[wa]
+        r = 0.5 * math.sqrt(hu * hu + hw * hw)
+        per_axis[a, 0], per_axis[a, 1], per_axis[a, 2], per_axis[a, 3], per_axis[a, 4] = tol / hu, tol / hw, r, r / hu, r / hw
     nchunk = (npiece + CHUNK - 1) // CHUNK
     for stage in range(2):
         for th in prange(nthreads):
@@ -704,9 +712,7 @@ def scatter(origin, spacing, shape, kind, label, base, cons_a, cons_b, cptr, ray
                     oa, ou, ow = origin[a], origin[ua], origin[wa]
                     ha, hu, hw = spacing[a], spacing[ua], spacing[wa]
                     sa, su, sw = strides[a], strides[ua], strides[wa]
-                    tu, tw = tol / hu, tol / hw
-                    r = 0.5 * math.sqrt(hu * hu + hw * hw)
-                    ru, rw = r / hu, r / hw
+                    tu, tw, r, ru, rw = per_axis[a, 0], per_axis[a, 1], per_axis[a, 2], per_axis[a, 3], per_axis[a, 4]
                     f = feat[p]
                     kf = kind[f]
                     lf = label[f]
