@@ -171,12 +171,14 @@ def _normals_and_fans(V, F, twin, min_area2):
 
 
 @njit(cache=True, parallel=True)
-def regions(V, F, twin, FN, nbr, nptr, vface):
+def regions(V, F, twin, FN, VN, nbr, nptr, vface):
     """The regions of every face, convex edge and non-flat vertex of a mesh that normals_and_fans
-    accepted: (kind, label, base, cons_a, cons_b, cptr, rays, rptr). Feature f lies on triangle
-    label[f]; base[f] holds the face's corners, the edge's end points or the vertex (a face's unit
-    normal is its ray); its half-spaces are cons_a . v <= cons_b over cptr[f]:cptr[f+1] and its rays
-    rays[rptr[f]:rptr[f+1]]."""
+    accepted: (kind, outside, base, cons_a, cons_b, cptr, rays, rptr). base[f] holds the face's
+    corners, the edge's end points or the vertex (a face's unit normal is its ray); its half-spaces are
+    cons_a . v <= cons_b over cptr[f]:cptr[f+1] and its rays rays[rptr[f]:rptr[f+1]]. An edge's or a
+    vertex's region lies wholly outside the surface (outside[f] = +1) or wholly inside (-1): the
+    segment from the feature to a point whose nearest feature it is crosses no surface, and near the
+    feature the side is that of its pseudonormal; a face's region has both sides (0)."""
     nf, nv = F.shape[0], V.shape[0]
 
     # --- which edges and vertices have regions, and where each feature's rows go -----------------
@@ -209,7 +211,7 @@ def regions(V, F, twin, FN, nbr, nptr, vface):
 
     nfeat = nf + ne + nvf
     kind = np.empty(nfeat, np.int64)
-    label = np.empty(nfeat, np.int64)
+    outside = np.zeros(nfeat, np.int8)
     base = np.zeros((nfeat, 3, 3))
     cptr = np.zeros(nfeat + 1, np.int64)
     rptr = np.zeros(nfeat + 1, np.int64)
@@ -218,7 +220,7 @@ def regions(V, F, twin, FN, nbr, nptr, vface):
     rays = np.empty((nf + 2 * ne + nrv, 3))
 
     for f in prange(nf):  # faces: the prism's sides face inward (n x (b - a) on a counter-clockwise face)
-        kind[f], label[f] = FACE, f
+        kind[f] = FACE
         cptr[f + 1], rptr[f + 1] = 3 * f + 3, f + 1
         for k in range(3):
             for i in range(3):
@@ -243,7 +245,7 @@ def regions(V, F, twin, FN, nbr, nptr, vface):
         f, c = h // 3, h % 3
         g = twin[h] // 3
         a, b = F[f, c], F[f, (c + 1) % 3]
-        kind[m], label[m] = EDGE, f
+        kind[m], outside[m] = EDGE, esign[h]  # the wedge lies on the side its rays (normals) point to
         cptr[m + 1], rptr[m + 1] = row + 4, ray + 2
         ux, uy, uz = V[b, 0] - V[a, 0], V[b, 1] - V[a, 1], V[b, 2] - V[a, 2]
         un = math.sqrt(ux * ux + uy * uy + uz * uz)
@@ -268,7 +270,7 @@ def regions(V, F, twin, FN, nbr, nptr, vface):
             continue
         m, row, ray = nf + ne + vidx[v], 3 * nf + 4 * ne + vcon[v], nf + 2 * ne + vray[v]
         k = nptr[v + 1] - nptr[v]
-        kind[m], label[m] = VERTEX, vface[v]
+        kind[m] = VERTEX
         cptr[m + 1], rptr[m + 1] = row + k, ray + vrays[v]
         unit = np.empty((k, 3))
         if vrays[v] <= KEPT_RAYS:
@@ -278,11 +280,17 @@ def regions(V, F, twin, FN, nbr, nptr, vface):
             _cone_rays(V, v, nbr[nptr[v] : nptr[v + 1]], unit, rays[ray : ray + vrays[v]])
         for q in range(3):
             base[m, 0, q] = V[v, q]
+        fv = vface[v]  # the side: the cone's mean ray against the vertex's pseudonormal
+        cv = 0 if F[fv, 0] == v else (1 if F[fv, 1] == v else 2)
+        dot = 0.0
+        for q in range(ray, ray + vrays[v]):
+            dot += rays[q, 0] * VN[fv, cv, 0] + rays[q, 1] * VN[fv, cv, 1] + rays[q, 2] * VN[fv, cv, 2]
+        outside[m] = 1 if dot > 0.0 else -1
         for q in range(k):
             for d in range(3):
                 cons_a[row + q, d] = unit[q, d]
             cons_b[row + q] = unit[q, 0] * V[v, 0] + unit[q, 1] * V[v, 1] + unit[q, 2] * V[v, 2]
-    return kind, label, base, cons_a, cons_b, cptr, rays, rptr
+    return kind, outside, base, cons_a, cons_b, cptr, rays, rptr
 
 
 @njit(cache=True, inline="always")
@@ -656,33 +664,28 @@ def _atomic_min(arr, i, key):
 
 
 @njit(cache=True, parallel=True)
-def scatter(origin, spacing, shape, kind, label, base, cons_a, cons_b, cptr, rays, rptr,
+def scatter(origin, spacing, shape, kind, base, cons_a, cons_b, cptr, rays, rptr,
             npiece, feat, axis, side, q0s, q1s, pptr, coef, tol, nthreads, band=3, check_every=4):
-    """The triangle whose feature is nearest, per voxel (-1 where no region reached).
+    """Per voxel, its squared distance to the nearest feature with that feature in the lowest bits
+    (``distances`` reads it; every feature bit set where no region reached).
 
     Two passes: every piece first sweeps the planes within ``band`` of its base, which makes the
     distance exact near the whole surface; then the rest, away from the base, stopping once a whole
     cross-section is beaten. Along each ray of a region the feature's distance grows at rate 1 and the
     true distance at most at rate 1, so a ray that loses by a margin loses for good; a cross-section
     loses when every voxel within r (half an in-plane voxel diagonal) of it has a known distance more
-    than 2r below the feature's (checked every ``check_every`` planes, once the piece has stopped
-    winning voxels).
+    than 2r below the feature's (checked at the first plane past the band, then every ``check_every``
+    planes while the piece wins no voxel: checking at once ends most losing sweeps after one plane).
 
     Threads take runs of CHUNK pieces in turn and share one array: each voxel holds its squared
-    distance's float64 bits with the lowest ``bits`` replaced by the triangle, so the least integer is
-    the nearest feature (to 2^(bits - 52) of its squared distance: 2^-37 on the cochlea) with its
-    triangle; it is lowered by an atomic compare-and-swap, and read with every label bit set (an upper
-    bound) by the stopping checks. Every thread sees every value written, so a piece stops as early
+    distance's float64 bits with the lowest ``_feature_bits`` replaced by the feature, so the least
+    integer is the nearest feature (to 2^(bits - 52) of its squared distance: 2^-35 on the cochlea;
+    ties go to the lower feature); it is lowered by an atomic compare-and-swap, and read with every
+    feature bit set (an upper bound) by the stopping checks. Every thread sees every value written, so a piece stops as early
     as it would on one thread (dealing planes to threads instead did 25 % more work on two)."""
     nx, ny, nz = shape
     size = nx * ny * nz
-    nlab = 1
-    for f in range(len(label)):
-        nlab = max(nlab, label[f] + 1)
-    bits = 1
-    while (1 << bits) - 1 <= nlab:
-        bits += 1
-    lmask = (1 << bits) - 1  # the label bits; all set: no triangle
+    lmask = _feature_mask(len(kind))
     key = np.full(size, INF_BITS | lmask, np.int64)
     maxc = 1
     for f in range(len(kind)):
@@ -715,7 +718,6 @@ def scatter(origin, spacing, shape, kind, label, base, cons_a, cons_b, cptr, ray
                     tu, tw, r, ru, rw = per_axis[a, 0], per_axis[a, 1], per_axis[a, 2], per_axis[a, 3], per_axis[a, 4]
                     f = feat[p]
                     kf = kind[f]
-                    lf = label[f]
                     c0, c1 = cptr[f], cptr[f + 1]
                     k0, k1 = pptr[p], pptr[p + 1]
                     normal = rays[rptr[f]]
@@ -745,7 +747,7 @@ def scatter(origin, spacing, shape, kind, label, base, cons_a, cons_b, cptr, ray
                         A = cons_a[c, wa] * hw
                         inv[c - c0] = 1.0 / A if abs(A) > 1e-300 else 0.0
                     q = lo if step > 0 else hi
-                    countdown = check_every
+                    countdown = 1  # the first check comes at the first plane past the band
                     won = False  # whether the piece won a voxel since the last check
                     while lo <= q <= hi:
                         qq = q
@@ -786,6 +788,7 @@ def scatter(origin, spacing, shape, kind, label, base, cons_a, cons_b, cptr, ray
                             prhs[c - c0] = cons_b[c] + tol - cons_a[c, a] * qa - cons_a[c, wa] * ow
                         for iu in range(u0, u1 + 1):
                             pu = ou + iu * hu
+                            chk = check and beaten  # once the check has failed, rows go back to the region only
                             # the row's voxels inside every half-space (and within r of them): w intervals
                             lo_w, hi_w = float(w0), float(w1)
                             lo_r, hi_r = float(w0), float(w1)
@@ -794,23 +797,26 @@ def scatter(origin, spacing, shape, kind, label, base, cons_a, cons_b, cptr, ray
                                 iA = inv[c - c0]
                                 if iA > 0.0:
                                     hi_w = min(hi_w, rhs * iA)
-                                    if check:
+                                    if chk:
                                         hi_r = min(hi_r, (rhs + r) * iA)
                                 elif iA < 0.0:
                                     lo_w = max(lo_w, rhs * iA)
-                                    if check:
+                                    if chk:
                                         lo_r = max(lo_r, (rhs + r) * iA)
                                 else:
                                     if rhs < 0.0:
                                         hi_w = -1.0
                                     if rhs + r < 0.0:
                                         hi_r = -1.0
-                                if not check and lo_w > hi_w:
+                                if not chk and lo_w > hi_w:
                                     break
-                            if not check:
+                            if not chk:
                                 lo_r, hi_r = lo_w, hi_w
                             base_idx = qq * sa + iu * su
                             for iw in range(int(math.ceil(lo_r)), int(math.floor(hi_r)) + 1):
+                                inside = lo_w <= iw <= hi_w
+                                if not inside and not beaten:
+                                    continue
                                 pw = ow + iw * hw
                                 if a == 0:
                                     px, py, pz = qa, pu, pw
@@ -820,16 +826,53 @@ def scatter(origin, spacing, shape, kind, label, base, cons_a, cons_b, cptr, ray
                                     px, py, pz = pu, pw, qa
                                 d = _feature_d2(kf, base, f, normal, px, py, pz)
                                 idx = base_idx + iw * sw
-                                if check and beaten:
+                                if chk and beaten:
                                     cur = key[idx]  # with every label bit set: an upper bound of its distance
                                     if cur >= INF_BITS or math.sqrt(d) - math.sqrt(_float(cur | lmask)) <= 2.0 * r:
                                         beaten = False
-                                if lo_w <= iw <= hi_w and _atomic_min(key, idx, (_bits(d) & ~lmask) | lf):
+                                if inside and _atomic_min(key, idx, (_bits(d) & ~lmask) | f):
                                     won = True
                         if check and beaten:
                             break
-    lab = np.empty(size, np.int32)
-    for i in prange(size):
-        t = key[i] & lmask
-        lab[i] = -1 if t == lmask else t
-    return lab.reshape(shape)
+    return key.reshape(shape)
+
+
+@njit(cache=True, inline="always")
+def _feature_mask(nfeat):
+    """The key's lowest bits that hold the feature: enough for every feature and one more (all set)."""
+    bits = 1
+    while (1 << bits) - 1 <= nfeat:
+        bits += 1
+    return (1 << bits) - 1
+
+
+@njit(cache=True, parallel=True)
+def distances(origin, spacing, key, kind, outside, base, rays, rptr, signed):
+    """The scan's result from scatter's key: each voxel's exact distance to its nearest feature (the
+    face's plane, the edge's line or the vertex), negative inside when ``signed``, float32; NaN where
+    no region reached (never seen on a closed manifold mesh; the caller redoes those). The side is the
+    feature's (see ``regions``) or, for a face, that of its normal."""
+    nx, ny, nz = key.shape
+    lmask = _feature_mask(len(kind))
+    out = np.empty((nx, ny, nz), np.float32)
+    for i in prange(nx):
+        px = origin[0] + i * spacing[0]
+        for j in range(ny):
+            py = origin[1] + j * spacing[1]
+            for k in range(nz):
+                f = key[i, j, k] & lmask
+                if f == lmask:
+                    out[i, j, k] = np.nan
+                    continue
+                d = math.sqrt(_float(key[i, j, k] & ~lmask))
+                if signed:
+                    s = outside[f]
+                    if s == 0:
+                        n = rays[rptr[f]]
+                        pz = origin[2] + k * spacing[2]
+                        h = (px - base[f, 0, 0]) * n[0] + (py - base[f, 0, 1]) * n[1] + (pz - base[f, 0, 2]) * n[2]
+                        s = 1 if h >= 0.0 else -1
+                    if s < 0:
+                        d = -d
+                out[i, j, k] = d
+    return out

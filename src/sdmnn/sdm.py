@@ -5,9 +5,9 @@ Two exact methods, chosen by measuring (docs/benchmarks.md):
 * **"scan"** (the default on closed, consistently oriented, manifold meshes): characteristic scan
   conversion (sdmnn.csc). Every mesh feature (face, convex edge, vertex) scatters its exact distance
   into the voxels of its characteristic region, the region where it can hold the closest point; the
-  minimum is the exact distance. Each voxel is then finished with Ericson's point-triangle distance to
-  the triangle that won it (Real-Time Collision Detection, 5.1.5; float64), so both methods return the
-  same numbers.
+  minimum is the exact distance: each voxel keeps the squared distance to its nearest feature (the
+  face's plane, the edge's line or the vertex, float64) and that feature, whose side gives the sign.
+  It agrees with the BVH method to float32 rounding.
 * **"bvh"** (any mesh): for every voxel the nearest triangle, found with a bounding-volume hierarchy.
   Voxels are visited along scanlines and each query starts from the previous voxel's nearest triangle,
   so only BVH nodes closer than that are opened. Slower far from the surface (~190 triangle tests per
@@ -24,8 +24,8 @@ exact).
   sign of the generalised winding number (libigl's fast winding number): |w| > 1/2 is inside, so a few
   missing, flipped or duplicated faces do not flip signs. An inverted closed mesh is flipped first.
 
-Memory: the scan holds a float64 distance and an int32 label per voxel (12 bytes, plus the float32
-output); the BVH method generates voxel centres on the fly; winding numbers are evaluated in chunks.
+Memory: the scan holds an int64 key per voxel (its squared distance and feature), then also the
+float32 output (12 bytes a voxel); the BVH method generates voxel centres on the fly; winding numbers are evaluated in chunks.
 """
 from __future__ import annotations
 
@@ -264,25 +264,6 @@ def _distance_kernel(origin, spacing, shape, T, lo, hi, left, right, start, coun
 
 
 @njit(cache=True, parallel=True)
-def _finish_scan(origin, spacing, lab, T, FN, EN, VN, signed):
-    """The scan's result: each voxel's exact (signed) distance to the triangle that won it; NaN
-    where no region reached (never seen on a closed manifold mesh; _Topology.scan redoes those)."""
-    nx, ny, nz = lab.shape
-    out = np.empty((nx, ny, nz), np.float32)
-    for i in prange(nx):
-        px = origin[0] + i * spacing[0]
-        for j in range(ny):
-            py = origin[1] + j * spacing[1]
-            for k in range(nz):
-                t = lab[i, j, k]
-                if t < 0:
-                    out[i, j, k] = np.nan
-                    continue
-                out[i, j, k] = _value(px, py, origin[2] + k * spacing[2], T, t, FN, EN, VN, signed)
-    return out
-
-
-@njit(cache=True, parallel=True)
 def _points_kernel(P, T, lo, hi, left, right, start, count, FN, EN, VN, signed):
     """Exact (signed) distance at arbitrary points by nearest-triangle queries."""
     out = np.empty(len(P), np.float32)
@@ -343,17 +324,17 @@ class _Topology:
     def scan(self, grid: Grid, signed: bool) -> np.ndarray:
         """Exact (signed) distance on ``grid`` by characteristic scan conversion."""
         if self._regions is None:
-            self._regions = csc.regions(self.V, self.F, self.twin, self.FN, *self._fans)
-        kind, label, base, cons_a, cons_b, cptr, rays, rptr = self._regions
+            self._regions = csc.regions(self.V, self.F, self.twin, self.FN, self.VN, *self._fans)
+        kind, outside, base, cons_a, cons_b, cptr, rays, rptr = self._regions
         origin, spacing = np.array(grid.origin, float), np.array(grid.spacing, float)
         tol = 1e-9 * (max(float(np.abs(self.V).max()), float(np.abs(grid.bounds).max())) + 1.0)
         pieces = csc.build_pieces(origin, spacing, grid.shape, kind, base, rays, rptr, tol)
-        lab = csc.scatter(origin, spacing, grid.shape, kind, label, base, cons_a, cons_b, cptr, rays, rptr,
-                         *pieces, tol, numba.get_num_threads())
-        T = np.ascontiguousarray(self.V[self.F])
-        out = _finish_scan(origin, spacing, lab, T, self.FN, self.EN, self.VN, signed)
+        key = csc.scatter(origin, spacing, grid.shape, kind, base, cons_a, cons_b, cptr, rays, rptr,
+                          *pieces, tol, numba.get_num_threads())
+        out = csc.distances(origin, spacing, key, kind, outside, base, rays, rptr, signed)
         gaps = np.isnan(out)
         if gaps.any():  # a safety net: redo any voxel no region reached with nearest-triangle queries
+            T = np.ascontiguousarray(self.V[self.F])
             out[gaps] = _points(grid.points()[gaps.ravel()], T, self.FN, self.EN, self.VN, signed)
         return out
 
@@ -383,8 +364,8 @@ def _bvh(V, F, grid: Grid, topo: "_Topology | None", signed: bool) -> np.ndarray
 
 def _choose(method: str, topo: "_Topology | None") -> str:
     """The method to run: the scan when asked or (auto) when the mesh allows it. Its peak, 12 bytes a
-    voxel (an int64 key, then the int32 triangle; then that and the float32 output), is within
-    grid.BYTES_PER_VOXEL, which the callers check first."""
+    voxel (the int64 key and the float32 output), is within grid.BYTES_PER_VOXEL, which the callers
+    check first."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
     if method == "scan" and topo is None:
