@@ -39,8 +39,6 @@ FACE, EDGE, VERTEX = 0, 1, 2
 WIDE = 0.2
 #: The side of a piece that is scanned plane by plane over whole planes.
 WHOLE_PLANES = 2
-#: A vertex's cone rays are kept from counting them to writing them when there are at most this many.
-KEPT_RAYS = 8
 #: Pieces are dealt to threads in runs this long (neighbouring faces, so a thread's writes stay local).
 CHUNK = 32
 #: The bits of +inf as a float64: a voxel no region has reached yet.
@@ -90,20 +88,20 @@ def _half_edge_twins(F, nv):
 
 
 def normals_and_fans(V, F, twin):
-    """The pseudonormals for the sign and each vertex's fan, or None for a degenerate (zero-area) face
-    or a non-manifold vertex (a fan that does not go once around it). Returns (FN, EN, VN, nbr, nptr,
-    vface): face, edge (per face edge) and angle-weighted corner normals; each vertex's neighbours
+    """The face normals and each vertex's fan, or None for a degenerate (zero-area) face or a
+    non-manifold vertex (a fan that does not go once around it). Returns (FN, VN, nbr, nptr, vface):
+    unit face normals, angle-weighted vertex pseudonormals; each vertex's neighbours
     nbr[nptr[v]:nptr[v+1]] in fan order; a face at each vertex."""
     scale = float(np.ptp(V, axis=0).max()) if len(V) else 0.0
-    FN, EN, VN, nbr, nptr, vface, manifold = _normals_and_fans(V, F, twin, 2e-12 * max(scale, 1e-300) ** 2)
-    return (FN, EN, VN, nbr, nptr, vface) if manifold else None
+    FN, VN, nbr, nptr, vface, manifold = _normals_and_fans(V, F, twin, 2e-12 * max(scale, 1e-300) ** 2)
+    return (FN, VN, nbr, nptr, vface) if manifold else None
 
 
 @njit(cache=True, parallel=True)
 def _normals_and_fans(V, F, twin, min_area2):
-    """Unit face normals, edge and angle-weighted corner pseudonormals, each vertex's neighbours in
-    fan order, a face at each vertex, and whether every face has twice its area above ``min_area2``
-    and every vertex's fan goes once around it."""
+    """Unit face normals, angle-weighted vertex pseudonormals, each vertex's neighbours in fan order,
+    a face at each vertex, and whether every face has twice its area above ``min_area2`` and every
+    vertex's fan goes once around it."""
     nf, nv = F.shape[0], V.shape[0]
     FN = np.empty((nf, 3))
     degenerate = np.zeros(nf, np.bool_)
@@ -116,13 +114,7 @@ def _normals_and_fans(V, F, twin, min_area2):
         degenerate[f] = nn <= min_area2
         FN[f, 0], FN[f, 1], FN[f, 2] = nx / max(nn, 1e-300), ny / max(nn, 1e-300), nz / max(nn, 1e-300)
     if degenerate.any():
-        return FN, np.empty((0, 3, 3)), np.empty((0, 3, 3)), np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64), False
-    EN = np.empty((nf, 3, 3))
-    for f in prange(nf):
-        for c in range(3):
-            g = twin[3 * f + c] // 3
-            for k in range(3):
-                EN[f, c, k] = FN[f, k] + FN[g, k]
+        return FN, np.empty((0, 3)), np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64), False
 
     # vertex fans: walk around each vertex across its outgoing half-edges' twins
     out_h = np.full(nv, -1, np.int64)
@@ -135,7 +127,7 @@ def _normals_and_fans(V, F, twin, min_area2):
         nptr[v + 1] += nptr[v]
     nbr = np.empty(nptr[nv], np.int64)
     vface = np.zeros(nv, np.int64)
-    VNv = np.zeros((nv, 3))
+    VN = np.zeros((nv, 3))
     manifold = np.ones(nv, np.bool_)
     for v in prange(nv):
         h0 = out_h[v]
@@ -155,19 +147,30 @@ def _normals_and_fans(V, F, twin, min_area2):
             cosang = (ax * bx + ay * by + az * bz) / math.sqrt((ax * ax + ay * ay + az * az) * (bx * bx + by * by + bz * bz))
             ang = math.acos(min(1.0, max(-1.0, cosang)))
             for k in range(3):
-                VNv[v, k] += ang * FN[f, k]
+                VN[v, k] += ang * FN[f, k]
             t = twin[h]  # runs next -> v in the neighbour face; leave v along that face's next edge
             h = 3 * (t // 3) + (t % 3 + 1) % 3
             if h == h0 or n >= valence:
                 break
         if n != valence or h != h0:
             manifold[v] = False
-    VN = np.empty((nf, 3, 3))
+    return FN, VN, nbr, nptr, vface, manifold.all()
+
+
+@njit(cache=True, parallel=True)
+def pseudonormals(F, twin, FN, VN):
+    """Per face, the pseudonormals of its three edges (the sum of the two faces' normals; edge c runs
+    from corner c to c+1) and of its three corners, for nearest-triangle signs: (EN, VNc), (F, 3, 3)."""
+    nf = F.shape[0]
+    EN = np.empty((nf, 3, 3))
+    VNc = np.empty((nf, 3, 3))
     for f in prange(nf):
         for c in range(3):
+            g = twin[3 * f + c] // 3
             for k in range(3):
-                VN[f, c, k] = VNv[F[f, c], k]
-    return FN, EN, VN, nbr, nptr, vface, manifold.all()
+                EN[f, c, k] = FN[f, k] + FN[g, k]
+                VNc[f, c, k] = VN[F[f, c], k]
+    return EN, VNc
 
 
 @njit(cache=True, parallel=True)
@@ -194,10 +197,9 @@ def regions(V, F, twin, FN, VN, nbr, nptr, vface):
         if esign[h] != 0.0:
             ne += 1
     vrays = np.zeros(nv, np.int64)
-    kept = np.empty((nv, KEPT_RAYS, 3))  # the rays of cones that have at most KEPT_RAYS, found once
-    for v in prange(nv):
+    for v in prange(nv):  # counted here, written below (cheap: most fans take _fan_cone_rays' path)
         k = nptr[v + 1] - nptr[v]
-        vrays[v] = _cone_rays(V, v, nbr[nptr[v] : nptr[v + 1]], np.empty((k, 3)), kept[v])
+        vrays[v] = _cone_rays(V, v, nbr[nptr[v] : nptr[v + 1]], np.empty((k, 3)), np.empty((0, 3)))
     vidx = np.empty(nv, np.int64)
     vcon = np.empty(nv, np.int64)
     vray = np.empty(nv, np.int64)
@@ -273,18 +275,12 @@ def regions(V, F, twin, FN, VN, nbr, nptr, vface):
         kind[m] = VERTEX
         cptr[m + 1], rptr[m + 1] = row + k, ray + vrays[v]
         unit = np.empty((k, 3))
-        if vrays[v] <= KEPT_RAYS:
-            _unit_edges(V, v, nbr[nptr[v] : nptr[v + 1]], unit)
-            rays[ray : ray + vrays[v]] = kept[v, : vrays[v]]
-        else:
-            _cone_rays(V, v, nbr[nptr[v] : nptr[v + 1]], unit, rays[ray : ray + vrays[v]])
+        _cone_rays(V, v, nbr[nptr[v] : nptr[v + 1]], unit, rays[ray : ray + vrays[v]])
         for q in range(3):
             base[m, 0, q] = V[v, q]
-        fv = vface[v]  # the side: the cone's mean ray against the vertex's pseudonormal
-        cv = 0 if F[fv, 0] == v else (1 if F[fv, 1] == v else 2)
-        dot = 0.0
+        dot = 0.0  # the side: the cone's mean ray against the vertex's pseudonormal
         for q in range(ray, ray + vrays[v]):
-            dot += rays[q, 0] * VN[fv, cv, 0] + rays[q, 1] * VN[fv, cv, 1] + rays[q, 2] * VN[fv, cv, 2]
+            dot += rays[q, 0] * VN[v, 0] + rays[q, 1] * VN[v, 1] + rays[q, 2] * VN[v, 2]
         outside[m] = 1 if dot > 0.0 else -1
         for q in range(k):
             for d in range(3):
@@ -336,6 +332,9 @@ def _cone_rays(V, v, nbr, unit, out):
     line (a flat vertex, whose region lies on its faces' prisms)."""
     k = len(nbr)
     _unit_edges(V, v, nbr, unit)
+    n = _fan_cone_rays(unit, out)
+    if n >= 0:
+        return n
     n = 0
     cx = cy = cz = 0.0
     for i in range(k):
@@ -360,6 +359,44 @@ def _cone_rays(V, v, nbr, unit, out):
                     n += 1
     if n == 0 or math.sqrt(cx * cx + cy * cy + cz * cz) < 1e-6 * n:
         return 0
+    return n
+
+
+@njit(cache=True)
+def _fan_cone_rays(unit, out):
+    """_cone_rays' common case in O(k^2): when every pair of neighbours adjacent in the fan spans a
+    plane with all the others on one side, the same side for all, the cone's extreme rays are those
+    planes' normals (the fan is a convex cone whose facets are the adjacent pairs). -1 otherwise."""
+    k = unit.shape[0]
+    n = 0
+    side = 0.0
+    cx = cy = cz = 0.0
+    for i in range(k):
+        j = (i + 1) % k
+        r0 = unit[i, 1] * unit[j, 2] - unit[i, 2] * unit[j, 1]
+        r1 = unit[i, 2] * unit[j, 0] - unit[i, 0] * unit[j, 2]
+        r2 = unit[i, 0] * unit[j, 1] - unit[i, 1] * unit[j, 0]
+        rn = math.sqrt(r0 * r0 + r1 * r1 + r2 * r2)
+        if rn <= 1e-12:
+            return -1
+        r0, r1, r2 = r0 / rn, r1 / rn, r2 / rn
+        above = below = False
+        for q in range(k):
+            t = r0 * unit[q, 0] + r1 * unit[q, 1] + r2 * unit[q, 2]
+            above = above or t > 1e-9
+            below = below or t < -1e-9
+        if above == below:  # neighbours on both sides, or all in the plane (a flat fan)
+            return -1
+        sg = -1.0 if above else 1.0
+        if side != 0.0 and sg != side:
+            return -1
+        side = sg
+        if n < out.shape[0]:
+            out[n, 0], out[n, 1], out[n, 2] = sg * r0, sg * r1, sg * r2
+        cx, cy, cz = cx + sg * r0, cy + sg * r1, cz + sg * r2
+        n += 1
+    if math.sqrt(cx * cx + cy * cy + cz * cz) < 1e-6 * n:
+        return -1
     return n
 
 

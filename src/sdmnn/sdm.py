@@ -310,8 +310,24 @@ class _Topology:
 
     def __init__(self, V, F, twin, fans):
         self.V, self.F, self.twin = V, F, twin
-        self.FN, self.EN, self.VN, *self._fans = fans
+        self.FN, self.VNv, *self._fans = fans
         self._regions = None
+        self._pseudo = None
+
+    @property
+    def EN(self) -> np.ndarray:
+        """Edge pseudonormals per face edge (F, 3, 3), for nearest-triangle signs (built when asked)."""
+        return self._pseudonormals()[0]
+
+    @property
+    def VN(self) -> np.ndarray:
+        """Vertex pseudonormals per face corner (F, 3, 3), for nearest-triangle signs."""
+        return self._pseudonormals()[1]
+
+    def _pseudonormals(self):
+        if self._pseudo is None:
+            self._pseudo = csc.pseudonormals(self.F, self.twin, self.FN, self.VNv)
+        return self._pseudo
 
     @classmethod
     def of(cls, V: np.ndarray, F: np.ndarray) -> "_Topology | None":
@@ -324,7 +340,7 @@ class _Topology:
     def scan(self, grid: Grid, signed: bool) -> np.ndarray:
         """Exact (signed) distance on ``grid`` by characteristic scan conversion."""
         if self._regions is None:
-            self._regions = csc.regions(self.V, self.F, self.twin, self.FN, self.VN, *self._fans)
+            self._regions = csc.regions(self.V, self.F, self.twin, self.FN, self.VNv, *self._fans)
         kind, outside, base, cons_a, cons_b, cptr, rays, rptr = self._regions
         origin, spacing = np.array(grid.origin, float), np.array(grid.spacing, float)
         tol = 1e-9 * (max(float(np.abs(self.V).max()), float(np.abs(grid.bounds).max())) + 1.0)
