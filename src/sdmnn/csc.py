@@ -593,17 +593,19 @@ def _fill(origin, spacing, shape, f, B, nb, R, a, s, tol, p, npt, feat, axis, si
     ua, wa = _in_plane(a)
     lo_a, hi_a = np.inf, -np.inf
     k0 = npt
+    iu, iw = 1.0 / spacing[ua], 1.0 / spacing[wa]  # divisions are the cost here: one per corner line
     for i in range(nb):
         lo_a = min(lo_a, B[i, a])
         hi_a = max(hi_a, B[i, a])
         for r in range(R.shape[0]):
             # corner at plane q: B_i + t R_r with t = (origin_a + q h_a - B_ia) / R_ra, in voxel units
-            k = spacing[a] / R[r, a]
-            t0 = (origin[a] - B[i, a]) / R[r, a]
-            coef[npt, 0] = (B[i, ua] + t0 * R[r, ua] - origin[ua]) / spacing[ua]
-            coef[npt, 1] = k * R[r, ua] / spacing[ua]
-            coef[npt, 2] = (B[i, wa] + t0 * R[r, wa] - origin[wa]) / spacing[wa]
-            coef[npt, 3] = k * R[r, wa] / spacing[wa]
+            ir = 1.0 / R[r, a]
+            k = spacing[a] * ir
+            t0 = (origin[a] - B[i, a]) * ir
+            coef[npt, 0] = (B[i, ua] + t0 * R[r, ua] - origin[ua]) * iu
+            coef[npt, 1] = k * R[r, ua] * iu
+            coef[npt, 2] = (B[i, wa] + t0 * R[r, wa] - origin[wa]) * iw
+            coef[npt, 3] = k * R[r, wa] * iw
             npt += 1
     lo, hi = 0.0, float(shape[a] - 1)
     if s > 0 and s != WHOLE_PLANES:
@@ -611,27 +613,30 @@ def _fill(origin, spacing, shape, f, B, nb, R, a, s, tol, p, npt, feat, axis, si
     elif s < 0:
         hi = min(hi, (hi_a + tol - origin[a]) / spacing[a])
     # keep the planes where the cross-section's box can meet the grid: for each in-plane axis, some
-    # corner at or above the first voxel and some at or below the last (hulls of unions of half-lines)
+    # corner at or above the first voxel (c0) and some at or below the last (c1): hulls of unions of
+    # half-lines, each corner line crossing c0 and c1 at planes (c - al) / be
     for col in (0, 2):
-        n_in = shape[ua] if col == 0 else shape[wa]
-        t = tol / (spacing[ua] if col == 0 else spacing[wa])
-        for upper in (False, True):
-            c = n_in - 1 + t if upper else -t
-            h_lo, h_hi = np.inf, -np.inf
-            for k in range(k0, npt):
-                al, be = coef[k, col], coef[k, col + 1]
-                if upper:
-                    al, be, cc = -al, -be, -c  # corner <= c  <=>  -corner >= -c
-                else:
-                    cc = c
-                if be > 0.0:
-                    h_lo, h_hi = min(h_lo, (cc - al) / be), np.inf
-                elif be < 0.0:
-                    h_lo, h_hi = -np.inf, max(h_hi, (cc - al) / be)
-                elif al >= cc:
-                    h_lo, h_hi = -np.inf, np.inf
-            if npt > k0:
-                lo, hi = max(lo, h_lo - 1e-9), min(hi, h_hi + 1e-9)
+        t = tol * (iu if col == 0 else iw)
+        c0 = -t
+        c1 = (shape[ua] if col == 0 else shape[wa]) - 1 + t
+        lo0, hi0, lo1, hi1 = np.inf, -np.inf, np.inf, -np.inf
+        for k in range(k0, npt):
+            al, be = coef[k, col], coef[k, col + 1]
+            if be > 0.0:
+                ib = 1.0 / be
+                lo0, hi0 = min(lo0, (c0 - al) * ib), np.inf
+                lo1, hi1 = -np.inf, max(hi1, (c1 - al) * ib)
+            elif be < 0.0:
+                ib = 1.0 / be
+                lo0, hi0 = -np.inf, max(hi0, (c0 - al) * ib)
+                lo1, hi1 = min(lo1, (c1 - al) * ib), np.inf
+            else:
+                if al >= c0:
+                    lo0, hi0 = -np.inf, np.inf
+                if al <= c1:
+                    lo1, hi1 = -np.inf, np.inf
+        if npt > k0:
+            lo, hi = max(lo, lo0 - 1e-9, lo1 - 1e-9), min(hi, hi0 + 1e-9, hi1 + 1e-9)
     feat[p], axis[p], side[p] = f, a, s
     q0s[p] = int(math.ceil(lo)) if lo > -1e18 else 0
     q1s[p] = int(math.floor(hi)) if hi < 1e18 else shape[a] - 1
