@@ -188,8 +188,7 @@ def regions(V, F, twin, FN, VN, nbr, nptr, vface):
     esign = np.zeros(3 * nf)  # +1/-1: the side on which the edge is convex; 0: no region
     for h in prange(3 * nf):
         if twin[h] > h:
-            s = _edge_side(V, F, FN, twin, h)
-            esign[h] = 0.0 if abs(s) <= 1e-9 else (1.0 if s < 0 else -1.0)
+            esign[h] = _edge_side(V, F, FN, twin, h)
     eidx = np.empty(3 * nf, np.int64)
     ne = 0
     for h in range(3 * nf):
@@ -302,15 +301,21 @@ def _in_face_normal(V, a, o, ux, uy, uz):
 
 @njit(cache=True)
 def _edge_side(V, F, FN, twin, h):
-    """FN[f] . w2 for half-edge h of face f, w2 pointing into the other face: negative when the edge
-    is convex on the normals' side, positive when convex on the other, ~0 when flat."""
+    """The side of half-edge h (face f, the other face g) on which it is convex: +1 on f's normal side
+    (g's far corner lies below f's plane), -1 on the other, 0 when flat (the dihedral angle's sine,
+    FN[f] . w with w the unit direction in g normal to the edge, within 1e-9 of 0). Without roots:
+    FN[f] . w = FN[f] . d / |d_perp| for d from the edge to g's far corner."""
     f, c = h // 3, h % 3
-    g = twin[h] // 3
     a, b = F[f, c], F[f, (c + 1) % 3]
+    o = F[twin[h] // 3, (twin[h] % 3 + 2) % 3]
     ux, uy, uz = V[b, 0] - V[a, 0], V[b, 1] - V[a, 1], V[b, 2] - V[a, 2]
-    un = math.sqrt(ux * ux + uy * uy + uz * uz)
-    wx, wy, wz = _in_face_normal(V, a, F[g, (twin[h] % 3 + 2) % 3], ux / un, uy / un, uz / un)
-    return FN[f, 0] * wx + FN[f, 1] * wy + FN[f, 2] * wz
+    dx, dy, dz = V[o, 0] - V[a, 0], V[o, 1] - V[a, 1], V[o, 2] - V[a, 2]
+    s = FN[f, 0] * dx + FN[f, 1] * dy + FN[f, 2] * dz
+    du = dx * ux + dy * uy + dz * uz
+    perp2 = dx * dx + dy * dy + dz * dz - du * du / (ux * ux + uy * uy + uz * uz)
+    if s * s <= 1e-18 * perp2:
+        return 0.0
+    return 1.0 if s < 0.0 else -1.0
 
 
 @njit(cache=True, inline="always")
