@@ -649,23 +649,6 @@ def _fill(origin, spacing, shape, f, B, nb, R, a, s, tol, p, npt, feat, axis, si
     return npt
 
 
-@njit(cache=True, inline="always")
-def _feature_d2(kind, base, f, normal, px, py, pz):
-    """Squared distance from p to feature f, for p in its region: to the face's plane (``normal``, its
-    unit normal), the edge's line, or the vertex."""
-    dx, dy, dz = px - base[f, 0, 0], py - base[f, 0, 1], pz - base[f, 0, 2]
-    if kind == FACE:
-        h = dx * normal[0] + dy * normal[1] + dz * normal[2]
-        return h * h
-    if kind == VERTEX:
-        return dx * dx + dy * dy + dz * dz
-    ux, uy, uz = base[f, 1, 0] - base[f, 0, 0], base[f, 1, 1] - base[f, 0, 1], base[f, 1, 2] - base[f, 0, 2]
-    cx = dy * uz - dz * uy
-    cy = dz * ux - dx * uz
-    cz = dx * uy - dy * ux
-    return (cx * cx + cy * cy + cz * cz) / (ux * ux + uy * uy + uz * uz)
-
-
 @intrinsic
 def _cas(typingctx, arr, idx, old, new):
     """Atomic compare-and-swap of arr[idx] (int64): writes ``new`` if it holds ``old``; returns what it
@@ -751,6 +734,7 @@ def scatter(origin, spacing, shape, kind, base, cons_a, cons_b, cptr, rays, rptr
         for th in prange(nthreads):
             inv = np.empty(maxc)  # per constraint of the piece: 1 / (its w coefficient), and its
             prhs = np.empty(maxc)  # right-hand side without the u term, per plane
+            cuv = np.empty(maxc)  # and its u coefficient
             for ch in range(th, nchunk, nthreads):
                 for p in range(ch * CHUNK, min(npiece, ch * CHUNK + CHUNK)):
                     sp = side[p]
@@ -767,7 +751,19 @@ def scatter(origin, spacing, shape, kind, base, cons_a, cons_b, cptr, rays, rptr
                     kf = kind[f]
                     c0, c1 = cptr[f], cptr[f + 1]
                     k0, k1 = pptr[p], pptr[p + 1]
-                    normal = rays[rptr[f]]
+                    # the feature in sweep coordinates (a, u, w): a point on it and, for a face, its
+                    # unit normal or, for an edge, its direction (with 1 / its squared length)
+                    ba, bu, bw = base[f, 0, a], base[f, 0, ua], base[f, 0, wa]
+                    if kf == FACE:
+                        ea, eu_, ew_ = rays[rptr[f], a], rays[rptr[f], ua], rays[rptr[f], wa]
+                        einv = 1.0
+                    elif kf == EDGE:
+                        ea, eu_, ew_ = base[f, 1, a] - ba, base[f, 1, ua] - bu, base[f, 1, wa] - bw
+                        einv = 1.0 / (ea * ea + eu_ * eu_ + ew_ * ew_)
+                    else:
+                        ea = eu_ = ew_ = 0.0
+                        einv = 1.0
+                    dw0 = ow - bw  # w offset of the row's first voxel
                     # the last plane the base reaches, in the sweep direction
                     nb = 3 - kf if kf < VERTEX else 1
                     edge_a = base[f, 0, a]
@@ -793,6 +789,7 @@ def scatter(origin, spacing, shape, kind, base, cons_a, cons_b, cptr, rays, rptr
                     for c in range(c0, c1):
                         A = cons_a[c, wa] * hw
                         inv[c - c0] = 1.0 / A if abs(A) > 1e-300 else 0.0
+                        cuv[c - c0] = cons_a[c, ua]
                     q = lo if step > 0 else hi
                     countdown = 1  # the first check comes at the first plane past the band
                     won = False  # whether the piece won a voxel since the last check
@@ -833,14 +830,20 @@ def scatter(origin, spacing, shape, kind, base, cons_a, cons_b, cptr, rays, rptr
                         qa = oa + qq * ha
                         for c in range(c0, c1):
                             prhs[c - c0] = cons_b[c] + tol - cons_a[c, a] * qa - cons_a[c, wa] * ow
+                        da = qa - ba
                         for iu in range(u0, u1 + 1):
                             pu = ou + iu * hu
+                            du = pu - bu
+                            # the feature's squared distance along the row, as a function of dw only
+                            h0 = da * ea + du * eu_ + dw0 * ew_  # face: signed distance at iw = 0
+                            r2 = da * da + du * du  # vertex
+                            x3 = da * eu_ - du * ea  # edge: the cross product's w-free component
                             chk = check and beaten  # once the check has failed, rows go back to the region only
                             # the row's voxels inside every half-space (and within r of them): w intervals
                             lo_w, hi_w = float(w0), float(w1)
                             lo_r, hi_r = float(w0), float(w1)
                             for c in range(c0, c1):
-                                rhs = prhs[c - c0] - cons_a[c, ua] * pu
+                                rhs = prhs[c - c0] - cuv[c - c0] * pu
                                 iA = inv[c - c0]
                                 if iA > 0.0:
                                     hi_w = min(hi_w, rhs * iA)
@@ -864,14 +867,16 @@ def scatter(origin, spacing, shape, kind, base, cons_a, cons_b, cptr, rays, rptr
                                 inside = lo_w <= iw <= hi_w
                                 if not inside and not beaten:
                                     continue
-                                pw = ow + iw * hw
-                                if a == 0:
-                                    px, py, pz = qa, pu, pw
-                                elif a == 1:
-                                    px, py, pz = pu, qa, pw
+                                dw = dw0 + iw * hw
+                                if kf == FACE:
+                                    h = h0 + iw * hw * ew_
+                                    d = h * h
+                                elif kf == VERTEX:
+                                    d = r2 + dw * dw
                                 else:
-                                    px, py, pz = pu, pw, qa
-                                d = _feature_d2(kf, base, f, normal, px, py, pz)
+                                    x1 = du * ew_ - dw * eu_
+                                    x2 = dw * ea - da * ew_
+                                    d = (x1 * x1 + x2 * x2 + x3 * x3) * einv
                                 idx = base_idx + iw * sw
                                 if chk and beaten:
                                     cur = key[idx]  # with every label bit set: an upper bound of its distance
