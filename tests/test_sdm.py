@@ -255,6 +255,60 @@ def test_half_edge_twins_match_a_dictionary(cochlea, change):
         assert np.array_equal(got, expected)
 
 
+def _cone_rays_by_pairs(E):
+    """The extreme rays of {m : m . e <= 0 for every row e of E} from every pair of rows (numpy),
+    as a set of directions; None for an empty or flat cone."""
+    rays = []
+    for i in range(len(E)):
+        for j in range(i + 1, len(E)):
+            r = np.cross(E[i], E[j])
+            if np.linalg.norm(r) <= 1e-12:
+                continue
+            r /= np.linalg.norm(r)
+            rays += [sg * r for sg in (1.0, -1.0) if np.all(sg * (E @ r) <= 1e-9)]
+    if not rays or np.linalg.norm(np.sum(rays, axis=0)) < 1e-6 * len(rays):
+        return None
+    return _directions(rays)
+
+
+def _directions(rays):
+    """The distinct directions among unit vectors (closer than 1e-7: the same)."""
+    kept = []
+    for r in rays:
+        if all(np.linalg.norm(r - k) > 1e-7 for k in kept):
+            kept.append(r)
+    return np.array(kept)
+
+
+@pytest.mark.parametrize("shape", ["cochlea", "torus", "icosphere", "L prism"])
+def test_vertex_cone_rays_match_all_pairs(cochlea, torus, shape):
+    """The scan's vertex cones (adjacent pairs of a convex fan, all pairs otherwise) against all pairs,
+    on convex, saddle (the torus's inner side), concave and flat-neighboured vertices."""
+    from sdmnn import csc
+    from sdmnn import sdm as sdm_mod
+
+    mesh = {"cochlea": lambda: cochlea.mesh(cochlea.defaults, (160, 16)), "torus": lambda: torus.mesh(torus.defaults, (48, 12)),
+            "icosphere": lambda: trimesh.creation.icosphere(subdivisions=2), "L prism": _l_prism}[shape]()
+    V, F = np.ascontiguousarray(mesh.vertices, float), np.ascontiguousarray(mesh.faces, np.int64)
+    nbr, nptr = sdm_mod._Topology.of(V, F)._fans[:2]
+    kinds = set()
+    for v in range(len(V)):
+        ring = nbr[nptr[v] : nptr[v + 1]]
+        E = V[ring] - V[v]
+        E /= np.linalg.norm(E, axis=1)[:, None]
+        out = np.zeros((64, 3))
+        n = csc._cone_rays(V, v, ring, np.empty((len(ring), 3)), out)
+        expected = _cone_rays_by_pairs(E)
+        kinds.add("none" if expected is None else "cone")
+        if expected is None:
+            assert n == 0
+        else:
+            got = _directions(out[:n])
+            assert got.shape == expected.shape
+            assert all(np.linalg.norm(expected - r, axis=1).min() < 1e-9 for r in got)
+    assert kinds == ({"cone"} if shape in ("icosphere", "L prism") else {"cone", "none"})  # saddles have none
+
+
 def test_unknown_method_is_refused(small_grid):
     with pytest.raises(ValueError, match="method must be"):
         exact_sdm(trimesh.creation.box(), small_grid, method="fast")
