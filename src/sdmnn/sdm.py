@@ -19,13 +19,15 @@ exact).
 
 * **Sign** (negative inside): on a watertight, consistently oriented, manifold mesh without degenerate
   faces, the sign of (p - c) . n where c is the closest point and n the angle-weighted pseudonormal of
-  the closest feature (face, edge or vertex; Baerentzen & Aanaes 2005), which is exact there. Any other
+  the closest feature (face, edge or vertex; Baerentzen & Aanaes 2005), which is exact there (the scan
+  reads it off the winning feature: csc.regions and csc.distances). Any other
   mesh (open, non-manifold, inconsistently oriented, degenerate faces) gets a warning and the robust
   sign of the generalised winding number (libigl's fast winding number): |w| > 1/2 is inside, so a few
   missing, flipped or duplicated faces do not flip signs. An inverted closed mesh is flipped first.
 
 Memory: the scan holds an int64 key per voxel (its squared distance and feature), then also the
-float32 output (12 bytes a voxel); the BVH method generates voxel centres on the fly; winding numbers are evaluated in chunks.
+float32 output (12 bytes a voxel); the BVH method generates voxel centres on the fly; winding numbers
+are evaluated in chunks.
 """
 from __future__ import annotations
 
@@ -325,6 +327,7 @@ class _Topology:
         return self._pseudonormals()[1]
 
     def _pseudonormals(self):
+        """(EN, VN), computed once."""
         if self._pseudo is None:
             self._pseudo = csc.pseudonormals(self.F, self.twin, self.FN, self.VNv)
         return self._pseudo
