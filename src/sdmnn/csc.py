@@ -344,13 +344,9 @@ def _cone_rays(V, v, nbr, unit, out):
     cx = cy = cz = 0.0
     for i in range(k):
         for j in range(i + 1, k):
-            r0 = unit[i, 1] * unit[j, 2] - unit[i, 2] * unit[j, 1]
-            r1 = unit[i, 2] * unit[j, 0] - unit[i, 0] * unit[j, 2]
-            r2 = unit[i, 0] * unit[j, 1] - unit[i, 1] * unit[j, 0]
-            rn = math.sqrt(r0 * r0 + r1 * r1 + r2 * r2)
+            r0, r1, r2, rn = _pair_normal(unit, i, j)
             if rn <= 1e-12:
                 continue
-            r0, r1, r2 = r0 / rn, r1 / rn, r2 / rn
             for sg in (1.0, -1.0):
                 ok = True
                 for q in range(k):
@@ -367,6 +363,19 @@ def _cone_rays(V, v, nbr, unit, out):
     return n
 
 
+@njit(cache=True, inline="always")
+def _pair_normal(unit, i, j):
+    """unit[i] x unit[j], normalised, and its length before (<= 1e-12: the two edges are parallel and
+    the normal is meaningless)."""
+    r0 = unit[i, 1] * unit[j, 2] - unit[i, 2] * unit[j, 1]
+    r1 = unit[i, 2] * unit[j, 0] - unit[i, 0] * unit[j, 2]
+    r2 = unit[i, 0] * unit[j, 1] - unit[i, 1] * unit[j, 0]
+    rn = math.sqrt(r0 * r0 + r1 * r1 + r2 * r2)
+    if rn <= 1e-12:
+        return r0, r1, r2, rn
+    return r0 / rn, r1 / rn, r2 / rn, rn
+
+
 @njit(cache=True)
 def _fan_cone_rays(unit, out):
     """_cone_rays' common case in O(k^2): when every pair of neighbours adjacent in the fan spans a
@@ -377,14 +386,9 @@ def _fan_cone_rays(unit, out):
     side = 0.0
     cx = cy = cz = 0.0
     for i in range(k):
-        j = (i + 1) % k
-        r0 = unit[i, 1] * unit[j, 2] - unit[i, 2] * unit[j, 1]
-        r1 = unit[i, 2] * unit[j, 0] - unit[i, 0] * unit[j, 2]
-        r2 = unit[i, 0] * unit[j, 1] - unit[i, 1] * unit[j, 0]
-        rn = math.sqrt(r0 * r0 + r1 * r1 + r2 * r2)
+        r0, r1, r2, rn = _pair_normal(unit, i, (i + 1) % k)
         if rn <= 1e-12:
             return -1
-        r0, r1, r2 = r0 / rn, r1 / rn, r2 / rn
         above = below = False
         for q in range(k):
             t = r0 * unit[q, 0] + r1 * unit[q, 1] + r2 * unit[q, 2]
@@ -708,11 +712,12 @@ def scatter(origin, spacing, shape, kind, base, cons_a, cons_b, cptr, rays, rptr
     planes while the piece wins no voxel: checking at once ends most losing sweeps after one plane).
 
     Threads take runs of CHUNK pieces in turn and share one array: each voxel holds its squared
-    distance's float64 bits with the lowest ``_feature_bits`` replaced by the feature, so the least
-    integer is the nearest feature (to 2^(bits - 52) of its squared distance: 2^-35 on the cochlea;
-    ties go to the lower feature); it is lowered by an atomic compare-and-swap, and read with every
-    feature bit set (an upper bound) by the stopping checks. Every thread sees every value written, so a piece stops as early
-    as it would on one thread (dealing planes to threads instead did 25 % more work on two)."""
+    distance's float64 bits with the lowest bits (``_feature_mask``) replaced by the feature, so the
+    least integer is the nearest feature (to 2^(bits - 52) of its squared distance: 2^-35 on the
+    cochlea; ties go to the lower feature); it is lowered by an atomic compare-and-swap, and read with
+    every feature bit set (an upper bound) by the stopping checks. Every thread sees every value
+    written, so a piece stops as early as it would on one thread (dealing planes to threads instead
+    did 25 % more work on two)."""
     nx, ny, nz = shape
     size = nx * ny * nz
     lmask = _feature_mask(len(kind))
@@ -879,7 +884,7 @@ def scatter(origin, spacing, shape, kind, base, cons_a, cons_b, cptr, rays, rptr
                                     d = (x1 * x1 + x2 * x2 + x3 * x3) * einv
                                 idx = base_idx + iw * sw
                                 if chk and beaten:
-                                    cur = key[idx]  # with every label bit set: an upper bound of its distance
+                                    cur = key[idx]  # with every feature bit set: an upper bound of its distance
                                     if cur >= INF_BITS or math.sqrt(d) - math.sqrt(_float(cur | lmask)) <= 2.0 * r:
                                         beaten = False
                                 if inside and _atomic_min(key, idx, (_bits(d) & ~lmask) | f):
