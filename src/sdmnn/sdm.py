@@ -447,13 +447,15 @@ def exact_sdm(mesh: trimesh.Trimesh, grid: Grid, sign: str = "auto", method: str
         raise ValueError(f"sign must be 'auto', 'pseudonormal' or 'winding', got {sign!r}")
     V = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
     F = np.ascontiguousarray(mesh.faces, dtype=np.int64)
-    # closed, consistently oriented, manifold, no degenerate face: the topology checks all of it
-    topo = _Topology.of(V, F)
+    # closed, consistently oriented, manifold, no degenerate face: the topology checks all of it. The
+    # volume's sign is checked first (it means something only on a closed mesh, and flipping every face
+    # changes none of those properties), so that an inverted mesh's topology is built once, flipped.
+    inverted = _signed_volume(V, F) < 0
+    topo = _Topology.of(V, np.ascontiguousarray(F[:, ::-1]) if inverted else F)
     clean, why = topo is not None, ""
-    if clean and _signed_volume(V, F) < 0:
+    if clean and inverted:
         warnings.warn("the mesh is inverted (inward normals); it was flipped", MeshWarning, stacklevel=2)
-        F = np.ascontiguousarray(F[:, ::-1])
-        topo = _Topology.of(V, F)
+        F = topo.F
     if not clean:  # the reason, in words
         why = mesh_is_clean(mesh)[1] or "the mesh has a non-manifold vertex"
     if sign == "auto":
