@@ -280,6 +280,24 @@ def _directions(rays):
     return np.array(kept)
 
 
+def test_scan_where_a_vertex_cone_has_more_rays_than_neighbours():
+    """A bipyramid over an L-shaped base with three collinear points on two of its sides: each apex's
+    fan is not convex and three of its edges share a plane, so the all-pairs search finds more cone
+    rays (repeats) than the apex has neighbours, and the regions take their second path."""
+    from sdmnn import csc
+
+    xy = np.array([(0, 0), (1, 0), (2, 0), (2, 1), (1, 1), (1, 2), (0, 2), (0, 1)], float)
+    n = len(xy)
+    V = np.concatenate([np.c_[xy, np.zeros(n)], [(0.8, 0.8, 1.0), (0.8, 0.8, -1.0)]])
+    F = [(i, (i + 1) % n, n) for i in range(n)] + [((i + 1) % n, i, n + 1) for i in range(n)]
+    mesh = trimesh.Trimesh(V, np.array(F), process=False)
+    assert mesh.is_watertight and mesh.is_winding_consistent and mesh.volume > 0
+    ring = np.array([i for i in range(n)][::-1], np.int64)  # the top apex's neighbours
+    assert csc._cone_rays(V, n, ring, np.empty((n, 3)), np.empty((0, 3))) > n
+    grid = Grid((24, 24, 24), (0.12, 0.12, 0.12), (-0.4037, -0.4071, -1.4013))  # no voxel centre on a face
+    _assert_same(*_both(mesh, grid))
+
+
 @pytest.mark.parametrize("shape", ["cochlea", "torus", "icosphere", "L prism"])
 def test_vertex_cone_rays_match_all_pairs(cochlea, torus, shape):
     """The scan's vertex cones (adjacent pairs of a convex fan, all pairs otherwise) against all pairs,
