@@ -40,7 +40,7 @@ WIDE = 0.2
 #: The side of a piece that is scanned plane by plane over whole planes.
 WHOLE_PLANES = 2
 #: Pieces are dealt to threads in runs this long (neighbouring features, so a thread's writes stay local
-#: and the two threads seldom write to the same cache lines; 3-7 % faster than runs of 32 on the cochlea
+#: and the two threads seldom write to the same cache lines; 2-7 % faster than runs of 32 on the cochlea
 #: and the torus at 64^3), or shorter where that would leave fewer than 8 runs per thread.
 CHUNK = 1024
 #: The bits of +inf as a float64: a voxel no region has reached yet.
