@@ -1,4 +1,5 @@
 import math
+import os
 import warnings
 
 import igl
@@ -383,3 +384,34 @@ def test_scan_gives_the_same_numbers_on_any_number_of_threads(cochlea):
         assert np.array_equal(exact_sdm(mesh, grid), one)
     finally:
         set_threads(before)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="thread affinity is Linux-only")
+def test_workers_are_pinned_one_per_core_on_two_threads_and_released_on_one(cochlea):
+    import numba
+
+    from sdmnn import sdm
+
+    if len(os.sched_getaffinity(0)) < 2 or numba.config.NUMBA_NUM_THREADS < 2 or not sdm._GETTID:
+        pytest.skip("needs two cores, two numba threads and glibc's gettid")
+    mesh = cochlea.mesh(cochlea.defaults)
+    grid = Grid((24, 22, 12), (0.5, 0.5, 0.5), (-6.0, -5.5, -1.0))
+    before, flag = numba.get_num_threads(), sdm.PIN_THREADS
+    try:
+        sdm.set_threads(2)
+        pinned = exact_sdm(mesh, grid)
+        tids = sdm._pinned["tids"]
+        assert len(tids) == 2 and os.getpid() not in tids  # numba's workers, never the caller's thread
+        cores = [os.sched_getaffinity(t) for t in tids]
+        assert all(len(c) == 1 for c in cores) and cores[0] != cores[1]
+        sdm.set_threads(1)
+        one = exact_sdm(mesh, grid)
+        assert all(os.sched_getaffinity(t) == os.sched_getaffinity(0) for t in tids)
+        sdm.set_threads(2)
+        sdm.PIN_THREADS = False  # SDMNN_PIN_THREADS=0
+        free = exact_sdm(mesh, grid)
+        assert sdm._pinned["tids"] == () and all(os.sched_getaffinity(t) == os.sched_getaffinity(0) for t in tids)
+        assert np.array_equal(pinned, one) and np.array_equal(pinned, free)
+    finally:
+        sdm.PIN_THREADS = flag
+        sdm.set_threads(before)

@@ -38,7 +38,10 @@ import warnings
 import numba
 import numpy as np
 import trimesh
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from . import csc
 from .errors import MeshError
@@ -400,6 +403,7 @@ def unsigned_distance(mesh: trimesh.Trimesh, grid: Grid, method: str = "auto") -
     ``method``: "scan", "bvh" or "auto" (the scan when the mesh allows it; see the module notes)."""
     check_mesh(mesh)
     grid.check_memory()
+    pin_workers()
     V = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
     F = np.ascontiguousarray(mesh.faces, dtype=np.int64)
     topo = _Topology.of(V, F)
@@ -445,6 +449,7 @@ def exact_sdm(mesh: trimesh.Trimesh, grid: Grid, sign: str = "auto", method: str
     grid.check_memory()
     if sign not in ("auto", "pseudonormal", "winding"):
         raise ValueError(f"sign must be 'auto', 'pseudonormal' or 'winding', got {sign!r}")
+    pin_workers()
     V = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
     F = np.ascontiguousarray(mesh.faces, dtype=np.int64)
     # closed, consistently oriented, manifold, no degenerate face: the topology checks all of it. The
@@ -501,3 +506,95 @@ def keep_freed_memory() -> bool:
 def set_threads(n: int | None) -> None:
     """Use ``n`` threads for the SDM kernels (default: all cores)."""
     numba.set_num_threads(n or numba.config.NUMBA_NUM_THREADS)
+
+
+# ---------------------------------------------------------------------------------------------
+# worker threads, one per core
+# ---------------------------------------------------------------------------------------------
+#: Whether the SDM functions keep numba's worker threads each on its own core (see pin_workers).
+#: ``SDMNN_PIN_THREADS=0`` in the environment turns it off.
+PIN_THREADS = os.environ.get("SDMNN_PIN_THREADS", "1") != "0"
+_pinned: dict = {"state": None, "tids": ()}
+
+
+def _gettid_address() -> int:
+    """The address of glibc's gettid (0 where there is none), registered with LLVM so that the
+    compiled (and cached) worker-id kernel can call it."""
+    try:
+        import ctypes
+
+        import llvmlite.binding as llvm
+
+        address = ctypes.cast(ctypes.CDLL(None).gettid, ctypes.c_void_p).value or 0
+    except (OSError, AttributeError):
+        return 0
+    if address:
+        llvm.add_symbol("sdmnn_gettid", address)
+    return address
+
+
+_GETTID = _gettid_address() if hasattr(os, "sched_setaffinity") else 0
+
+
+@intrinsic
+def _gettid(typingctx):
+    """The calling thread's kernel id (gettid(2)); only called where _GETTID is set."""
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), "sdmnn_gettid")
+        return builder.sext(builder.call(fn, []), ir.IntType(64))
+
+    return types.int64(), codegen
+
+
+@njit(cache=True, parallel=True)
+def _worker_tids(out):
+    """out[i] = the kernel thread id of numba's worker i, for i < len(out) = the threads in use (a
+    parallel loop of that many iterations gives each worker one)."""
+    for i in prange(len(out)):
+        out[numba.get_thread_id()] = _gettid()
+
+
+def pin_workers() -> bool:
+    """Keep numba's worker threads each on its own core while the kernels use two or more threads and
+    the process may run on at least as many cores; release them otherwise (one thread, or PIN_THREADS
+    off). The SDM functions call it, so a change of set_threads takes effect at the next SDM; it does
+    nothing when nothing changed since the last call.
+
+    Why: on this project's 2-core machine, Linux often wakes both workers on the same core after the
+    process ran single-threaded work (a Python loop, pysdf, a torch forward pass), and moves one away
+    only some milliseconds later; every parallel loop then runs at one core's speed for a while.
+    Measured: the default cochlea's SDM at 64^3 took a median 44-53 ms right after such work and 36 ms
+    after a sleep; pinned, 38-42 ms after either (bench/sdm_bench.py measures both). Only numba's own
+    workers are pinned, never the caller's thread. Returns whether they are pinned now."""
+    if not _GETTID:
+        return False
+    n = numba.get_num_threads()
+    allowed = sorted(os.sched_getaffinity(0))
+    want = PIN_THREADS and 2 <= n <= len(allowed)
+    state = (os.getpid(), want, n, tuple(allowed))
+    if _pinned["state"] == state:
+        return want
+    tids = _pinned["tids"] if _pinned["state"] and _pinned["state"][0] == os.getpid() else ()
+    for tid in tids:  # release the last pinning first
+        _set_affinity(tid, allowed)
+    _pinned["tids"] = ()
+    if want:
+        out = np.zeros(n, np.int64)
+        _worker_tids(out)
+        if np.all(out > 0) and len(set(out.tolist())) == n:  # one distinct worker per thread
+            _pinned["tids"] = tuple(int(t) for t in out)
+            for tid, cpu in zip(_pinned["tids"], allowed):
+                _set_affinity(tid, [cpu])
+        else:
+            want = False
+    _pinned["state"] = state
+    return want
+
+
+def _set_affinity(tid: int, cpus) -> None:
+    """Best effort: a worker that is gone or may not be moved is left as it is."""
+    try:
+        os.sched_setaffinity(tid, cpus)
+    except OSError:
+        pass
