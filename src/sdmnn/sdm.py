@@ -556,22 +556,23 @@ def _worker_tids(out):
 
 
 def pin_workers() -> bool:
-    """Keep numba's worker threads each on its own core while the kernels use two or more threads and
-    the process may run on at least as many cores; release them otherwise (one thread, or PIN_THREADS
-    off). The SDM functions call it, so a change of set_threads takes effect at the next SDM; it does
-    nothing when nothing changed since the last call.
+    """Keep numba's worker threads each on its own core while the kernels use two or more threads, one
+    per core the process may run on; release them otherwise (fewer threads than cores, one thread, or
+    PIN_THREADS off). Pinning only when every core gets one worker means that several processes doing
+    the same (dataset workers, say) still share the cores evenly. The SDM functions call it, so a change
+    of set_threads takes effect at the next SDM; it does nothing when nothing changed since the last call.
 
     Why: on this project's 2-core machine, Linux often wakes both workers on the same core after the
     process ran single-threaded work (a Python loop, pysdf, a torch forward pass), and moves one away
     only some milliseconds later; every parallel loop then runs at one core's speed for a while.
-    Measured: the default cochlea's SDM at 64^3 took a median 44-53 ms right after such work and 36 ms
-    after a sleep; pinned, 38-42 ms after either (bench/sdm_bench.py measures both). Only numba's own
-    workers are pinned, never the caller's thread. Returns whether they are pinned now."""
+    Measured on the default cochlea at 64^3, run in turn with pysdf (median of 15, four runs): 48-52 ms
+    with the workers free, 35-39 ms pinned; bench/sdm_bench.py measures both. Only numba's own workers
+    are pinned, never the caller's thread. Returns whether they are pinned now."""
     if not _GETTID:
         return False
     n = numba.get_num_threads()
     allowed = sorted(os.sched_getaffinity(0))
-    want = PIN_THREADS and 2 <= n <= len(allowed)
+    want = PIN_THREADS and 2 <= n == len(allowed)
     state = (os.getpid(), want, n, tuple(allowed))
     if _pinned["state"] == state:
         return want
