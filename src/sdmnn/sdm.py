@@ -565,8 +565,8 @@ def pin_workers() -> bool:
     Why: on this project's 2-core machine, Linux often wakes both workers on the same core after the
     process ran single-threaded work (a Python loop, pysdf, a torch forward pass), and moves one away
     only some milliseconds later; every parallel loop then runs at one core's speed for a while.
-    Measured on the default cochlea at 64^3, run in turn with pysdf (median of 15, four runs): 48-52 ms
-    with the workers free, 35-39 ms pinned; bench/sdm_bench.py measures both. Only numba's own workers
+    Measured on the default cochlea at 64^3, run in turn with pysdf (median of 15, 4-5 runs): 47-52 ms
+    with the workers free, 35-43 ms pinned; bench/sdm_bench.py measures both. Only numba's own workers
     are pinned, never the caller's thread. Returns whether they are pinned now."""
     if not _GETTID:
         return False
