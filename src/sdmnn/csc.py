@@ -187,15 +187,20 @@ def regions(V, F, twin, FN, VN, nbr, nptr, vface):
     nf, nv = F.shape[0], V.shape[0]
 
     # --- which edges and vertices have regions, and where each feature's rows go -----------------
-    esign = np.zeros(3 * nf)  # +1/-1: the side on which the edge is convex; 0: no region
-    for h in prange(3 * nf):
+    # (each edge is handled by its half-edge with the higher twin; most of those come early, so the
+    # loops run over an even spread of half-edges, then over the list of edges, to share the work)
+    nh = 3 * nf
+    half = (nh + 1) // 2
+    esign = np.zeros(nh)  # +1/-1: the side on which the edge is convex; 0: no region
+    for i in prange(nh):
+        h = i // 2 if i % 2 == 0 else half + i // 2
         if twin[h] > h:
             esign[h] = _edge_side(V, F, FN, twin, h)
-    eidx = np.empty(3 * nf, np.int64)
+    edges = np.empty(nh, np.int64)  # the half-edge of each edge with a region
     ne = 0
-    for h in range(3 * nf):
-        eidx[h] = ne
+    for h in range(nh):
         if esign[h] != 0.0:
+            edges[ne] = h
             ne += 1
     vrays = np.zeros(nv, np.int64)
     # each vertex's unit edges and (up to one per neighbour, which is all a cone with that many facets
@@ -244,10 +249,8 @@ def regions(V, F, twin, FN, VN, nbr, nptr, vface):
             cons_a[row, 0], cons_a[row, 1], cons_a[row, 2] = -mx / mn, -my / mn, -mz / mn
             cons_b[row] = -(mx * V[a, 0] + my * V[a, 1] + mz * V[a, 2]) / mn
 
-    for h in prange(3 * nf):  # convex edges: the wedge between the face normals, inside the slab
-        if esign[h] == 0.0:
-            continue
-        e = eidx[h]
+    for e in prange(ne):  # convex edges: the wedge between the face normals, inside the slab
+        h = edges[e]
         m, row, ray = nf + e, 3 * nf + 4 * e, nf + 2 * e
         f, c = h // 3, h % 3
         g = twin[h] // 3
