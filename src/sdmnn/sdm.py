@@ -25,6 +25,8 @@ exact).
   sign of the generalised winding number (libigl's fast winding number): |w| > 1/2 is inside, so a few
   missing, flipped or duplicated faces do not flip signs. An inverted closed mesh is flipped first.
 
+Threads: numba's work-queue threads, kept one per core while they use every core (``pin_workers``).
+
 Memory: the scan holds an int64 key per voxel (its squared distance and feature), then also the
 float32 output (12 bytes a voxel); the BVH method generates voxel centres on the fly; winding numbers
 are evaluated in chunks.
