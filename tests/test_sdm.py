@@ -387,27 +387,30 @@ def test_scan_gives_the_same_numbers_on_any_number_of_threads(cochlea):
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="thread affinity is Linux-only")
-def test_workers_are_pinned_one_per_core_on_two_threads_and_released_on_one(cochlea):
+def test_workers_are_pinned_one_per_core_when_they_use_every_core_and_released_on_one(cochlea):
     import numba
 
     from sdmnn import sdm
 
-    if len(os.sched_getaffinity(0)) < 2 or numba.config.NUMBA_NUM_THREADS < 2 or not sdm._GETTID:
-        pytest.skip("needs two cores, two numba threads and glibc's gettid")
+    import threading
+
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2 or numba.config.NUMBA_NUM_THREADS < cores or not sdm._GETTID:
+        pytest.skip("needs two cores or more, a numba thread for each and glibc's gettid")
     mesh = cochlea.mesh(cochlea.defaults)
     grid = Grid((24, 22, 12), (0.5, 0.5, 0.5), (-6.0, -5.5, -1.0))
     before, flag = numba.get_num_threads(), sdm.PIN_THREADS
     try:
-        sdm.set_threads(2)
+        sdm.set_threads(cores)
         pinned = exact_sdm(mesh, grid)
         tids = sdm._pinned["tids"]
-        assert len(tids) == 2 and os.getpid() not in tids  # numba's workers, never the caller's thread
-        cores = [os.sched_getaffinity(t) for t in tids]
-        assert all(len(c) == 1 for c in cores) and cores[0] != cores[1]
+        assert len(tids) == cores and threading.get_native_id() not in tids  # numba's workers, not the caller
+        on = [os.sched_getaffinity(t) for t in tids]
+        assert all(len(c) == 1 for c in on) and len(set().union(*on)) == cores  # one core each, all different
         sdm.set_threads(1)
         one = exact_sdm(mesh, grid)
         assert all(os.sched_getaffinity(t) == os.sched_getaffinity(0) for t in tids)
-        sdm.set_threads(2)
+        sdm.set_threads(cores)
         sdm.PIN_THREADS = False  # SDMNN_PIN_THREADS=0
         free = exact_sdm(mesh, grid)
         assert sdm._pinned["tids"] == () and all(os.sched_getaffinity(t) == os.sched_getaffinity(0) for t in tids)

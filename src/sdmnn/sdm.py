@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
 
 import numba
@@ -585,7 +586,9 @@ def pin_workers() -> bool:
     if want:
         out = np.zeros(n, np.int64)
         _worker_tids(out)
-        if np.all(out > 0) and len(set(out.tolist())) == n:  # one distinct worker per thread
+        # one distinct worker per thread, none of them the caller (as under the OpenMP layer, where the
+        # caller's thread is worker 0)
+        if np.all(out > 0) and len(set(out.tolist())) == n and threading.get_native_id() not in out:
             _pinned["tids"] = tuple(int(t) for t in out)
             for tid, cpu in zip(_pinned["tids"], allowed):
                 _set_affinity(tid, [cpu])
