@@ -10,7 +10,8 @@ import time
 import numpy as np
 import torch
 
-from sdmnn.dataset import OnlineSDMs, make_dataset
+from sdmnn.dataset import make_dataset
+from sdmnn.stream import OnlineSDMs
 from sdmnn.nn.model import SDMNN, SDMNNConfig
 from sdmnn.nn.train import weighted_mse
 

@@ -32,7 +32,7 @@ def run(quick: bool = False) -> str:
     model = sdmnn.load_model()
     n = 3 if quick else 9
     truths = cases(n)
-    forwards = ["nn", "hybrid"] if quick else ["nn", "hybrid", "exact"]
+    forwards = ["sdmnn", "hybrid"] if quick else ["sdmnn", "hybrid", "exact"]
     records = []
     for i, truth in enumerate(truths):
         sdm, grid = synthetic_target("cochlea", truth, "sdm", sigma=0.0)
@@ -43,7 +43,7 @@ def run(quick: bool = False) -> str:
                             "map": [r.params[k] for k in fam.names], "interval": [list(r.interval(0.9)[k]) for k in fam.names],
                             "seconds": r.seconds, "evaluations": r.evaluations})
             print(f"[fit] case {i} sdm {fw}: {r.seconds:.1f} s, rel. error {np.abs(np.array(records[-1]['map']) - truth) / span}", flush=True)
-        for fw in ["nn", "hybrid"]:
+        for fw in ["sdmnn", "hybrid"]:
             r = fit(labels, grid, observed_kind="labels", forward=fw, model=model, seed=0)
             records.append({"case": i, "target": "labels, boundary noise tau=0.05 mm", "forward": fw, "truth": truth.tolist(),
                             "map": [r.params[k] for k in fam.names], "interval": [list(r.interval(0.9)[k]) for k in fam.names],
@@ -61,8 +61,8 @@ def summarise(records, fam, quick):
         for fw in dict.fromkeys(r["forward"] for r in records if r["target"] == target):
             rs = [r for r in records if r["target"] == target and r["forward"] == fw]
             secs = [r["seconds"] for r in rs]
-            ev = {k: int(np.median([r["evaluations"][k] for r in rs])) for k in ("nn", "exact")}
-            rows_time.append([target, fw, len(rs), f"{np.median(secs):.1f}", f"{max(secs):.1f}", ev["nn"], ev["exact"]])
+            ev = {k: int(np.median([r["evaluations"][k] for r in rs])) for k in ("sdmnn", "exact")}
+            rows_time.append([target, fw, len(rs), f"{np.median(secs):.1f}", f"{max(secs):.1f}", ev["sdmnn"], ev["exact"]])
             err = np.array([np.abs(np.array(r["map"]) - r["truth"]) / span for r in rs])  # (cases, d)
             rows_err.append([target, fw, *[f"{100 * err[:, j].mean():.3f} / {100 * err[:, j].max():.3f}" for j in range(len(names))]])
             inside = np.array([[lo <= t <= hi for t, (lo, hi) in zip(r["truth"], r["interval"])] for r in rs])  # (cases, d)
@@ -70,7 +70,7 @@ def summarise(records, fam, quick):
     agree = []
     sdm_target = "sdm, noise-free"
     by = {(r["case"], r["forward"]): r for r in records if r["target"] == sdm_target}
-    for fw in ("nn", "hybrid"):
+    for fw in ("sdmnn", "hybrid"):
         if all((c, "exact") in by for c, f in by if f == fw):
             d = np.array([np.abs(np.array(by[(c, fw)]["map"]) - by[(c, "exact")]["map"]) for c, f in by if f == fw])
             agree.append([fw, *[f"{d[:, j].mean():.2e} / {d[:, j].max():.2e}" for j in range(len(names))]])

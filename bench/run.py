@@ -33,7 +33,7 @@ def main():
                         help="folder whose docs/ receives the results (default: the repository)")
     parser.add_argument("--output", default="docs/benchmarks.md")
     args = parser.parse_args()
-    from sdmnn.sdm import keep_freed_memory
+    from sdmnn.runtime import keep_freed_memory
 
     keep_freed_memory()  # as the command line does; every method timed in this process shares it
     Path(args.root, "docs").mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 import sdmnn
-from sdmnn import sdm
-from sdmnn.sdm import set_threads
+from sdmnn import runtime
+from sdmnn.runtime import set_threads
 
 from common import table, timeit, timeit_interleaved
 
@@ -60,11 +60,11 @@ PINNED, FREE = "sdmnn exact, scan (2 threads)", "sdmnn exact, scan (2 threads, w
 
 def scan(mesh, grid, pinned: bool):
     """The exact SDM by the scan, with numba's workers kept one per core (the default) or not."""
-    before, sdm.PIN_THREADS = sdm.PIN_THREADS, pinned
+    before, runtime.PIN_THREADS = runtime.PIN_THREADS, pinned
     try:
         return sdmnn.exact_sdm(mesh, grid, method="scan")
     finally:
-        sdm.PIN_THREADS = before
+        runtime.PIN_THREADS = before
 
 
 def run(quick: bool = False) -> str:
@@ -81,7 +81,7 @@ def run(quick: bool = False) -> str:
             grid = cube_grid(mesh, n)
             set_threads(2)
             # the scan on two threads and pysdf, run in turn: the figure the speed goal is about; then
-            # the same with numba's workers left where the scheduler puts them (sdm.pin_workers)
+            # the same with numba's workers left where the scheduler puts them (runtime.pin_workers)
             pysdf = {p: (lambda fn=fn: fn(mesh, grid)) for p, fn in others.items() if p.startswith("pysdf")}
             timed = timeit_interleaved({PINNED: lambda: scan(mesh, grid, True), **pysdf}, repeat=5 if quick or n > 64 else 15)
             free = timeit_interleaved({FREE: lambda: scan(mesh, grid, False), **pysdf}, repeat=5 if quick or n > 64 else 15)
@@ -124,10 +124,10 @@ def run(quick: bool = False) -> str:
         "building its tree and the voxel centres). Accuracy against libigl's exact SDM (pseudonormal sign): max",
         "|difference| in mm and the number of voxels whose sign differs (|d| > 1e-6 mm). 'vs pysdf' is pysdf's time",
         "divided by the method's (above 1: faster than pysdf). Peers use every core they want (2 here). The scan is",
-        "sdmnn's default on closed manifold meshes (characteristic scan conversion, src/sdmnn/csc.py); the BVH method is",
-        "the general one. The process runs with `sdmnn.sdm.keep_freed_memory()` (glibc keeps freed memory for reuse), as",
+        "sdmnn's default on closed manifold meshes (characteristic scan conversion, src/sdmnn/scan.py); the BVH method is",
+        "the general one. The process runs with `sdmnn.runtime.keep_freed_memory()` (glibc keeps freed memory for reuse), as",
         "the command line does; it applies to every method here. sdmnn keeps numba's two worker threads each on its own",
-        "core (`sdmnn.sdm.pin_workers`; Linux otherwise often wakes both on one core right after single-threaded work or",
+        "core (`sdmnn.runtime.pin_workers`; Linux otherwise often wakes both on one core right after single-threaded work or",
         "pysdf's call); the row 'workers not pinned' is the same scan with that off (`SDMNN_PIN_THREADS=0`), run in turn",
         "with pysdf again, its 'vs pysdf' against those pysdf runs.",
         "",

@@ -10,7 +10,7 @@ import numpy as np
 import sdmnn
 from sdmnn.dataset import design_points
 from sdmnn.nn import shipped_model_path
-from sdmnn.nn.train import sdm_errors
+from sdmnn.nn.metrics import sdm_errors
 
 from common import table, timeit
 from fit_bench import RESULTS
@@ -46,7 +46,7 @@ def run(quick: bool = False) -> str:
         r = fit(labels, grid, observed_kind="labels", forward="deepsdf", seed=0)
         err = np.abs(np.array([r.params[k] for k in fam.names]) - truth) / (fam.space.high - fam.space.low)
         fits["DeepSDF-style"] = f"{r.seconds:.0f} s (case 0 only)"
-        deepsdf_note = (f"The DeepSDF-style fit (case 0 of the study, labels) took {r.seconds:.0f} s with {r.evaluations['nn']} decoder volume "
+        deepsdf_note = (f"The DeepSDF-style fit (case 0 of the study, labels) took {r.seconds:.0f} s with {r.evaluations['deepsdf']} decoder volume "
                         f"evaluations; its MAP is off the truth by {', '.join(f'{100 * e:.2f} %' for e in err)} of the ranges of "
                         f"{', '.join(fam.names)}.")
     rows, acc_rows = [], []
@@ -93,7 +93,7 @@ def _fit_times() -> dict:
         return {}
     records = json.loads(RESULTS.read_text())
     out = {}
-    for fw, key in (("exact", "exact"), ("nn", "SDMNN"), ("hybrid", "hybrid")):
+    for fw, key in (("exact", "exact"), ("sdmnn", "SDMNN"), ("hybrid", "hybrid")):
         secs = [r["seconds"] for r in records if r["forward"] == fw and r["target"].startswith("labels")]
         secs = secs or [r["seconds"] for r in records if r["forward"] == fw]
         if secs:

@@ -28,7 +28,7 @@ def test_mesh_sdm_show_end_to_end(tmp_path):
     run("sdm", "cochlea", "-p", "a=3.5", "-o", "c.nii.gz", "--png", "c.png", cwd=tmp_path)
     sdm, grid = sdmnn.load_volume(tmp_path / "c.nii.gz")
     fam = sdmnn.get_family("cochlea")
-    assert grid.same_as(fam.grid) and sdm.min() < 0 < sdm.max()
+    assert grid == fam.grid and sdm.min() < 0 < sdm.max()
     assert np.allclose(sdm, sdmnn.exact_sdm(fam.mesh(fam.defaults), fam.grid), atol=1e-6)
     r = run("sdm", "--mesh", "c.stl", "--spacing", "0.25", "--margin", "1", "-o", "m.npy", cwd=tmp_path)
     assert "warning" not in r.stderr  # the STL's shared vertices are joined again: watertight
@@ -87,7 +87,7 @@ def test_fit_cli_writes_a_table_json_samples_and_pngs(tmp_path):
     truth = {"a": 3.6, "alpha": 0.5, "b": 0.11, "phi": -0.2}
     labels, grid = synthetic_target("cochlea", truth, "labels", tau=0.05, seed=1)
     sdmnn.save_volume(tmp_path / "target.nii.gz", labels, grid)
-    r = run("fit", "target.nii.gz", "--family", "cochlea", "--observed", "labels", "--forward", "nn", "-o", "res", cwd=tmp_path)
+    r = run("fit", "target.nii.gz", "--family", "cochlea", "--observed", "labels", "--forward", "sdmnn", "-o", "res", cwd=tmp_path)
     assert "90 % interval" in r.stdout and "alpha" in r.stdout
     import json
 

@@ -3,7 +3,7 @@ import pytest
 
 import sdmnn
 from sdmnn import Grid, ParameterError, SdmnnError
-from sdmnn.dataset import (DatasetError, OnlineSDMs, create_store, dataset_info, design_points, make_dataset,
+from sdmnn.dataset import (DatasetError, create_store, dataset_info, design_points, make_dataset,
                            open_dataset, run_task)
 
 COARSE = Grid((16, 14, 8), (0.8, 0.8, 0.8), (-5.4, -4.9, -1.7))  # the cochlea box, coarsely
@@ -129,13 +129,6 @@ def test_open_dataset_checks_family_and_grid(tmp_path, cochlea):
         open_dataset(path, grid=cochlea.grid)
     x, sdm = open_dataset(path)[0]
     assert x.shape == (4,) and float(x.abs().max()) <= 1 and tuple(sdm.shape) == COARSE.shape
-
-
-def test_online_stream_is_deterministic_whatever_the_workers():
-    a = OnlineSDMs("cochlea", COARSE, seed=3, workers=1)
-    b = OnlineSDMs("cochlea", COARSE, seed=3, workers=2)
-    for (xa, ya), (xb, yb), _ in zip(a, b, range(3)):
-        assert np.array_equal(xa.numpy(), xb.numpy()) and np.array_equal(ya.numpy(), yb.numpy())
 
 
 def test_dataset_cli_make_info_show(tmp_path):

@@ -4,24 +4,86 @@ import pytest
 from sdmnn import FileError, Grid, GridError, load_volume, save_volume
 
 
-@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".npy"])
-def test_volume_round_trip_keeps_values_and_grid(tmp_path, suffix):
-    g = Grid((5, 6, 7), (0.2, 0.3, 0.4), (-1.0, 2.0, 0.5))
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+def _rotation(axis, degrees):
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_rotvec(np.radians(degrees) * np.asarray(axis, float) / np.linalg.norm(axis)).as_matrix()
+
+
+GRIDS = {
+    "axis-aligned": Grid((5, 6, 7), (0.2, 0.3, 0.4), (-1.0, 2.0, 0.5)),
+    "flipped (ITK/Slicer)": Grid((5, 6, 7), (0.3, 0.3, 0.3), (4.0, 3.0, -2.0), np.diag([-1.0, -1.0, 1.0])),
+    "oblique, anisotropic": Grid((5, 6, 7), (0.25, 0.25, 0.5), (1.0, -2.0, 3.0), _rotation([1, 2, 3], 27)),
+    "oblique with a flip": Grid((5, 6, 7), (0.2, 0.3, 0.4), (0.0, 0.0, 0.0), _rotation([0, 1, 1], -40) @ np.diag([1.0, 1.0, -1.0])),
+}
+
+
+@pytest.mark.parametrize("name", GRIDS)
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha", ".npy"])
+def test_volume_round_trip_keeps_values_and_every_voxels_world_position(tmp_path, suffix, name):
+    g = GRIDS[name]
     v = np.random.default_rng(0).normal(size=g.shape).astype(np.float32)
     save_volume(tmp_path / f"v{suffix}", v, g)
     v2, g2 = load_volume(tmp_path / f"v{suffix}")
-    assert np.array_equal(v, v2) and g2.same_as(g)
-    if suffix != ".npy":
-        import nibabel as nib
-
-        assert np.allclose(nib.load(tmp_path / f"v{suffix}").affine, g.affine)
+    assert np.array_equal(v, v2) and g2 == g
+    assert np.allclose(g2.points(), g.points(), atol=1e-5)
 
 
-def test_failed_write_leaves_no_file(tmp_path):
+@pytest.mark.parametrize("name", GRIDS)
+def test_nifti_stores_the_lps_grid_as_ras(tmp_path, name):
+    """nibabel, an independent reader, finds every voxel at the RAS image of its LPS position."""
+    import nibabel as nib
+
+    g = GRIDS[name]
+    save_volume(tmp_path / "v.nii.gz", np.zeros(g.shape, np.float32), g)
+    affine = nib.load(tmp_path / "v.nii.gz").affine
+    ijk = np.array([[0, 0, 0], [4, 5, 6], [1, 3, 2]], float)
+    assert np.allclose(ijk @ affine[:3, :3].T + affine[:3, 3], g.to_world(ijk) @ LPS_TO_RAS, atol=1e-4)
+
+
+def test_a_nibabel_nifti_with_a_ras_affine_reads_as_a_flipped_lps_grid(tmp_path):
+    import nibabel as nib
+
+    affine = np.diag([0.3, 0.3, 0.3, 1.0])
+    affine[:3, 3] = (10.0, -20.0, 5.0)
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.uint8), affine), tmp_path / "ras.nii.gz")
+    _, g = load_volume(tmp_path / "ras.nii.gz")
+    assert np.allclose(g.direction, np.diag([-1.0, -1.0, 1.0])) and np.allclose(g.spacing, 0.3)
+    assert np.allclose(g.to_world([[3, 4, 5]]) @ LPS_TO_RAS, [[10.9, -18.8, 6.5]])
+
+
+def test_a_shape_mismatch_writes_nothing(tmp_path):
     g = Grid((5, 6, 7), (1, 1, 1))
     with pytest.raises(GridError):
         save_volume(tmp_path / "v.nii.gz", np.zeros((2, 2, 2)), g)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_that_fails_halfway_leaves_no_partial_file(tmp_path, monkeypatch):
+    import SimpleITK as sitk
+
+    def half_write(image, name, *args, **kwargs):
+        with open(name, "wb") as f:
+            f.write(b"\x00" * 100)  # the temporary file exists and holds a partial write
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(sitk, "WriteImage", half_write)
+    with pytest.raises(FileError, match="disk full"):
+        save_volume(tmp_path / "v.nrrd", np.zeros((2, 2, 2), np.float32), Grid((2, 2, 2), (1, 1, 1)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_detached_headers_are_read_but_not_written(tmp_path):
+    with pytest.raises(FileError, match="write .nrrd instead"):
+        save_volume(tmp_path / "v.nhdr", np.zeros((2, 2, 2)), Grid((2, 2, 2), (1, 1, 1)))
+
+
+def test_a_non_orthonormal_direction_is_refused():
+    with pytest.raises(GridError, match="orthonormal"):
+        Grid((2, 2, 2), (1, 1, 1), (0, 0, 0), [[1, 0.2, 0], [0, 1, 0], [0, 0, 1]])
 
 
 def test_unwritable_folder_is_one_sentence(tmp_path):

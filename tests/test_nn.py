@@ -1,5 +1,6 @@
 import json
 import os
+import socket
 import shutil
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def test_network_maps_parameters_to_a_volume():
 
 def test_checkpoint_round_trip_predicts_the_same(tiny_model, cochlea):
     m = load_model(tiny_model)
-    assert m.family.name == "cochlea" and m.grid.same_as(TINY)
+    assert m.family.name == "cochlea" and m.grid == TINY
     one = m.predict(cochlea.defaults)
     assert one.shape == TINY.shape and one.dtype == np.float32
     batch = m.predict(np.array([list(cochlea.defaults.values())] * 2))
@@ -112,7 +113,10 @@ def test_training_resumes_where_it_stopped(tiny_data, tmp_path):
 
 def test_ddp_training_with_two_gloo_processes(tiny_data, tmp_path):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    r = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port=29517", "-m", "sdmnn.train", "cochlea",
+    with socket.socket() as s:  # a free port, not a fixed one another job may hold
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = subprocess.run([torchrun, "--nproc_per_node=2", f"--master_port={port}", "-m", "sdmnn.nn.train", "cochlea",
                         "--data", str(tiny_data), "--steps", "2", "--batch", "2", "--channels", "8,8,8",
                         "--threads", "1", "-o", str(tmp_path / "ddp")],
                        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -143,10 +147,10 @@ def test_deepsdf_baseline_trains_saves_and_predicts_a_volume(tiny_data, tmp_path
 def test_shipped_model_is_accurate_on_held_out_parameters(cochlea):
     """Against the exact SDM on parameters it never saw (a seed no training design used)."""
     from sdmnn.dataset import design_points
-    from sdmnn.nn.train import sdm_errors
+    from sdmnn.nn.metrics import sdm_errors
 
     model = sdmnn.load_model()
-    assert model.family.name == "cochlea" and model.grid.same_as(cochlea.grid)
+    assert model.family.name == "cochlea" and model.grid == cochlea.grid
     for vector in design_points("random:3", cochlea, seed=123):
         e = sdm_errors(model.predict(vector), sdmnn.exact_sdm(cochlea.mesh(vector), cochlea.grid))
         assert e["mae"] < 0.08 and e["band_mae"] < 0.1 and e["wrong_sign"] < 0.01, e

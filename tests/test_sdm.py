@@ -245,7 +245,7 @@ def _twins_by_dict(F):
 
 @pytest.mark.parametrize("change", ["none", "drop a face", "flip a face", "duplicate a face"])
 def test_half_edge_twins_match_a_dictionary(cochlea, change):
-    from sdmnn.csc import half_edge_twins
+    from sdmnn.scan import half_edge_twins
 
     F = np.ascontiguousarray(cochlea.mesh(cochlea.defaults).faces, dtype=np.int64)
     F = {"none": F, "drop a face": F[1:], "flip a face": np.vstack([F[:1, ::-1], F[1:]]),
@@ -285,7 +285,7 @@ def test_scan_where_a_vertex_cone_has_more_rays_than_neighbours():
     """A bipyramid over an L-shaped base with three collinear points on two of its sides: each apex's
     fan is not convex and three of its edges share a plane, so the all-pairs search finds more cone
     rays (repeats) than the apex has neighbours, and the regions take their second path."""
-    from sdmnn import csc
+    from sdmnn import scan
 
     xy = np.array([(0, 0), (1, 0), (2, 0), (2, 1), (1, 1), (1, 2), (0, 2), (0, 1)], float)
     n = len(xy)
@@ -294,7 +294,7 @@ def test_scan_where_a_vertex_cone_has_more_rays_than_neighbours():
     mesh = trimesh.Trimesh(V, np.array(F), process=False)
     assert mesh.is_watertight and mesh.is_winding_consistent and mesh.volume > 0
     ring = np.arange(n - 1, -1, -1)  # the top apex's neighbours, in its fan's order
-    assert csc._cone_rays(V, n, ring, np.empty((n, 3)), np.empty((0, 3))) > n
+    assert scan._cone_rays(V, n, ring, np.empty((n, 3)), np.empty((0, 3))) > n
     grid = Grid((24, 24, 24), (0.12, 0.12, 0.12), (-0.4037, -0.4071, -1.4013))  # no voxel centre on a face
     _assert_same(*_both(mesh, grid))
 
@@ -303,7 +303,7 @@ def test_scan_where_a_vertex_cone_has_more_rays_than_neighbours():
 def test_vertex_cone_rays_match_all_pairs(cochlea, torus, shape):
     """The scan's vertex cones (adjacent pairs of a convex fan, all pairs otherwise) against all pairs,
     on convex, saddle (the torus's inner side), concave and flat-neighboured vertices."""
-    from sdmnn import csc
+    from sdmnn import scan
     from sdmnn import sdm as sdm_mod
 
     mesh = {"cochlea": lambda: cochlea.mesh(cochlea.defaults, (160, 16)), "torus": lambda: torus.mesh(torus.defaults, (48, 12)),
@@ -316,7 +316,7 @@ def test_vertex_cone_rays_match_all_pairs(cochlea, torus, shape):
         E = V[ring] - V[v]
         E /= np.linalg.norm(E, axis=1)[:, None]
         out = np.zeros((64, 3))
-        n = csc._cone_rays(V, v, ring, np.empty((len(ring), 3)), out)
+        n = scan._cone_rays(V, v, ring, np.empty((len(ring), 3)), out)
         expected = _cone_rays_by_pairs(E)
         kinds.add("none" if expected is None else "cone")
         if expected is None:
@@ -356,7 +356,7 @@ def test_scan_on_slices_and_lines(cochlea, shape):
 def test_keep_freed_memory_applies_on_glibc_and_changes_no_result(torus, small_grid):
     import platform
 
-    from sdmnn.sdm import keep_freed_memory
+    from sdmnn.runtime import keep_freed_memory
 
     mesh = torus.mesh(torus.defaults, (64, 16))
     before = exact_sdm(mesh, small_grid)
@@ -370,7 +370,7 @@ def test_scan_gives_the_same_numbers_on_any_number_of_threads(cochlea):
     how many write it, nor on their timing (run twice)."""
     import numba
 
-    from sdmnn.sdm import set_threads
+    from sdmnn.runtime import set_threads
 
     mesh = cochlea.mesh(cochlea.defaults)
     lo, hi = mesh.bounds
@@ -390,31 +390,51 @@ def test_scan_gives_the_same_numbers_on_any_number_of_threads(cochlea):
 def test_workers_are_pinned_one_per_core_when_they_use_every_core_and_released_on_one(cochlea):
     import numba
 
-    from sdmnn import sdm
-
     import threading
 
+    from sdmnn import _thread_ids, runtime
+
     cores = len(os.sched_getaffinity(0))
-    if cores < 2 or numba.config.NUMBA_NUM_THREADS < cores or not sdm._GETTID:
+    if cores < 2 or numba.config.NUMBA_NUM_THREADS < cores or not _thread_ids.AVAILABLE:
         pytest.skip("needs two cores or more, a numba thread for each and glibc's gettid")
     mesh = cochlea.mesh(cochlea.defaults)
     grid = Grid((24, 22, 12), (0.5, 0.5, 0.5), (-6.0, -5.5, -1.0))
-    before, flag = numba.get_num_threads(), sdm.PIN_THREADS
+    before, flag = numba.get_num_threads(), runtime.PIN_THREADS
     try:
-        sdm.set_threads(cores)
+        runtime.set_threads(cores)
         pinned = exact_sdm(mesh, grid)
-        tids = sdm._pinned["tids"]
+        tids = runtime._pinned["tids"]
         assert len(tids) == cores and threading.get_native_id() not in tids  # numba's workers, not the caller
         on = [os.sched_getaffinity(t) for t in tids]
         assert all(len(c) == 1 for c in on) and len(set().union(*on)) == cores  # one core each, all different
-        sdm.set_threads(1)
+        runtime.set_threads(1)
         one = exact_sdm(mesh, grid)
         assert all(os.sched_getaffinity(t) == os.sched_getaffinity(0) for t in tids)
-        sdm.set_threads(cores)
-        sdm.PIN_THREADS = False  # SDMNN_PIN_THREADS=0
+        runtime.set_threads(cores)
+        runtime.PIN_THREADS = False  # SDMNN_PIN_THREADS=0
         free = exact_sdm(mesh, grid)
-        assert sdm._pinned["tids"] == () and all(os.sched_getaffinity(t) == os.sched_getaffinity(0) for t in tids)
+        assert runtime._pinned["tids"] == () and all(os.sched_getaffinity(t) == os.sched_getaffinity(0) for t in tids)
         assert np.array_equal(pinned, one) and np.array_equal(pinned, free)
     finally:
-        sdm.PIN_THREADS = flag
-        sdm.set_threads(before)
+        runtime.PIN_THREADS = flag
+        runtime.set_threads(before)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_exact_sdm_on_an_oblique_grid_matches_libigl_at_the_voxels_world_positions(cochlea, flip):
+    """Oblique and flipped image grids (scanner geometry): the SDM at each voxel's world position."""
+    from scipy.spatial.transform import Rotation
+
+    mesh = cochlea.mesh(cochlea.defaults)
+    direction = Rotation.from_rotvec([0.3, -0.5, 0.8]).as_matrix() @ np.diag([-1.0, -1.0, 1.0] if flip else [1.0, 1.0, 1.0])
+    grid = Grid((30, 26, 14), (0.4, 0.45, 0.6), (0.0, 0.0, 0.0), direction)
+    centre = grid.to_world((np.array(grid.shape) - 1) / 2)
+    grid = Grid(grid.shape, grid.spacing, tuple(np.array(grid.origin) - centre + mesh.centroid), direction)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MeshWarning)  # a flipped grid must not look like an inverted mesh
+        sdm = exact_sdm(mesh, grid)
+    s, _, _, _ = igl.signed_distance(grid.points(), mesh.vertices, mesh.faces.astype(np.int64),
+                                     sign_type=igl.SIGNED_DISTANCE_TYPE_PSEUDONORMAL)
+    s = s.reshape(grid.shape)
+    assert (sdm < 0).sum() > 100
+    assert np.abs(sdm - s).max() < 1e-4 and np.sum((sdm < 0) != (s < 0)) == 0

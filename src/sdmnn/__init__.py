@@ -1,21 +1,42 @@
 """sdmnn: fast signed distance maps (SDMs) of parametric 3-D shapes.
 
 Millimetres everywhere, negative inside, arrays indexed [i, j, k] = [x, y, z]; see ``Grid``.
+The public names below are imported on first use (as scikit-image does), so ``import sdmnn`` is cheap
+and imports neither torch nor numba.
 """
 __version__ = "0.1.0"
 
-from .errors import FileError, GridError, MeshError, ModelError, ParameterError, SdmnnError
-from .grid import Grid
-from .io import load_mesh, load_volume, save_mesh, save_volume
-from .sdm import MeshWarning, exact_sdm, unsigned_distance, winding_number
-from .shapes import Family, families, get_family
-from .dataset import OnlineSDMs, make_dataset, open_dataset
-from .nn import load_model
-from .fit import FitResult, fit
+import importlib
 
-__all__ = [
-    "Grid", "Family", "get_family", "families", "exact_sdm", "unsigned_distance", "winding_number",
-    "open_dataset", "make_dataset", "OnlineSDMs", "load_model", "fit", "FitResult",
-    "save_volume", "load_volume", "load_mesh", "save_mesh", "MeshWarning",
-    "SdmnnError", "ParameterError", "GridError", "MeshError", "FileError", "ModelError",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "Grid": "grid",
+    "Family": "shapes", "get_family": "shapes", "families": "shapes",
+    "exact_sdm": "sdm", "unsigned_distance": "sdm", "winding_number": "sdm",
+    "open_dataset": "dataset", "make_dataset": "dataset", "OnlineSDMs": "stream",
+    "load_model": "nn.checkpoint",
+    "fit": "fit", "FitResult": "fit",
+    "save_volume": "io", "load_volume": "io", "load_mesh": "io", "save_mesh": "io",
+    "SdmnnError": "errors", "ParameterError": "errors", "GridError": "errors", "MeshError": "errors",
+    "FileError": "errors", "ModelError": "errors", "DatasetError": "errors", "FitError": "errors",
+    "MeshWarning": "errors",
+}
+_SUBMODULES = {"bvh", "cli", "dataset", "demo", "errors", "fit", "grid", "io", "nn", "runtime", "scan", "sdm", "stream",
+               "shapes", "viz"}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'sdmnn' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS, *_SUBMODULES])
+
+
+__all__ = list(_EXPORTS)

@@ -38,6 +38,21 @@ def parse_params(family, items: list[str] | None) -> dict:
     return params
 
 
+#: Old spellings of choices, refused with the new one.
+RENAMED = {"nn": "sdmnn"}
+#: How the exact SDM may be computed (sdmnn.sdm.METHODS, repeated here so that --help needs no numba).
+METHODS = ("auto", "scan", "bvh")
+
+
+def _choice(value: str, option: str, choices) -> str:
+    """``value`` if it is one of ``choices``; otherwise one sentence naming the option and the choices."""
+    if value in choices:
+        return value
+    if value in RENAMED and RENAMED[value] in choices:
+        raise SdmnnError(f"{option} {value} is called {option} {RENAMED[value]} now")
+    raise SdmnnError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
+
+
 @app.command()
 def families():
     """List the shape families, their parameters, units, ranges, defaults and grids."""
@@ -89,8 +104,11 @@ def sdm(family: Optional[str] = typer.Argument(None, help="Family name; or give 
         mesh_file: Optional[Path] = typer.Option(None, "--mesh", help="Any closed triangle mesh (STL, PLY, OBJ...)."),
         output: Path = typer.Option(..., "-o", "--output", help="Volume file: .nii.gz, .nii or .npy."),
         png: Optional[Path] = typer.Option(None, help="Also write three orthogonal slices as PNG."),
-        method: str = typer.Option("exact", help="exact (mesh -> exact SDM) or nn (the SDMNN model)."),
-        model: Optional[Path] = typer.Option(None, help="Model folder for --method nn (default: the shipped one)."),
+        forward: str = typer.Option("exact", metavar="[exact|sdmnn|deepsdf]",
+                                    help="exact (mesh -> exact SDM), sdmnn (the network) or deepsdf (the baseline network)."),
+        method: str = typer.Option("auto", metavar="[auto|scan|bvh]",
+                                   help="How the exact SDM is computed: scan, bvh, or auto (the scan on clean meshes)."),
+        model: Optional[Path] = typer.Option(None, help="Model folder for --forward sdmnn/deepsdf (default: the shipped one)."),
         spacing: float = typer.Option(0.2, help="Voxel size in mm, for --mesh."),
         margin: float = typer.Option(2.0, help="Margin around the mesh's bounding box in mm, for --mesh.")):
     """Compute a signed distance map (mm, negative inside) on the family grid, or around any mesh."""
@@ -99,6 +117,11 @@ def sdm(family: Optional[str] = typer.Argument(None, help="Family name; or give 
     from .sdm import exact_sdm
     from .shapes import get_family
 
+    forward = _choice(forward, "--forward", ("exact", "sdmnn", "deepsdf"))
+    if method in ("exact", "nn", "sdmnn", "deepsdf"):
+        raise SdmnnError(f"--method chooses how the exact SDM is computed ({', '.join(METHODS)}); "
+                         f"choose the model with --forward, e.g. --forward {RENAMED.get(method, method)}")
+    method = _choice(method, "--method", METHODS)
     t0 = time.perf_counter()
     if mesh_file is not None:
         if family is not None:
@@ -108,26 +131,24 @@ def sdm(family: Optional[str] = typer.Argument(None, help="Family name; or give 
 
         check_mesh(m)
         grid = Grid.covering(m.bounds, spacing, margin)
-        volume = exact_sdm(m, grid)
+        volume = exact_sdm(m, grid, method=method)
         what = f"{mesh_file.name} ({len(m.faces)} triangles)"
     else:
         if family is None:
             raise SdmnnError("give a family name (see `sdmnn families`) or --mesh FILE")
         fam = get_family(family)
         params = parse_params(fam, param)
-        if method == "exact":
+        if forward == "exact":
             grid = fam.grid
-            volume = exact_sdm(fam.mesh(params), grid)
-        elif method in ("nn", "deepsdf"):
-            from .nn import load_model
+            volume = exact_sdm(fam.mesh(params), grid, method=method)
+        else:
+            from .nn.checkpoint import load_model
 
-            net = load_model(model) if model else load_model(family=fam.name, arch=method)
+            net = load_model(model) if model else load_model(family=fam.name, arch=forward)
             if net.family.name != fam.name:
                 raise SdmnnError(f"the model is for the {net.family.name} family, not {fam.name}")
             grid = net.grid
             volume = net.predict(params)
-        else:
-            raise SdmnnError(f"method must be exact, nn or deepsdf, got {method!r}")
         what = f"{fam.name} {params}"
     seconds = time.perf_counter() - t0
     save_volume(output, volume, grid)
@@ -136,7 +157,7 @@ def sdm(family: Optional[str] = typer.Argument(None, help="Family name; or give 
 
         save_slices(png, volume, grid, title=what)
     console.print(f"wrote {output}: {grid.shape[0]}x{grid.shape[1]}x{grid.shape[2]} voxels of {grid.spacing[0]:g} mm, "
-                  f"SDM in [{volume.min():.3f}, {volume.max():.3f}] mm, {seconds:.3f} s ({method})")
+                  f"SDM in [{volume.min():.3f}, {volume.max():.3f}] mm, {seconds:.3f} s ({forward})")
 
 
 @app.command()
@@ -172,14 +193,9 @@ def dataset_make(family: str = typer.Argument(..., help="Family name."),
                  scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address (tcp://host:8786): run on that cluster."),
                  exclude: Optional[Path] = typer.Option(None, help="A dataset whose points this design must not repeat (held-out splits).")):
     """Compute exact SDMs for a design, in parallel; rerun the same command to resume."""
-    from .dataset import dataset_info, make_dataset
-    import numpy as np
+    from .dataset import dataset_info, dataset_params, make_dataset
 
-    excluded = None
-    if exclude is not None:
-        from .dataset import _open_group
-
-        excluded = np.asarray(_open_group(exclude)[0]["params"][:])
+    excluded = None if exclude is None else dataset_params(exclude)
     s = make_dataset(output, family, design, seed=seed, workers=workers, scheduler=scheduler, exclude=excluded)
     info = dataset_info(output)
     console.print(f"{output}: {info['complete']}/{info['count']} samples complete; this run wrote {s.written} "
@@ -234,7 +250,7 @@ def train(family: str = typer.Argument("cochlea", help="Family name."),
           batch: int = typer.Option(8, help="Batch size (per process under torchrun)."),
           lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, warm-up then cosine)."),
           near_weight: float = typer.Option(4.0, help="Loss weight near the surface: 1 + w*exp(-|d|/0.5 mm)."),
-          arch: str = typer.Option("sdmnn", help="sdmnn (the network) or deepsdf (the DeepSDF-style baseline)."),
+          arch: str = typer.Option("sdmnn", metavar="[sdmnn|deepsdf]", help="sdmnn (the network) or deepsdf (the DeepSDF-style baseline)."),
           channels: str = typer.Option("32,32,24", help="SDMNN decoder channels per scale, coarse to half resolution."),
           hidden: int = typer.Option(256, help="Width of the MLP (SDMNN) or of the decoder layers (DeepSDF)."),
           points: int = typer.Option(4096, help="DeepSDF: SDF samples per shape and step."),
@@ -245,6 +261,7 @@ def train(family: str = typer.Argument("cochlea", help="Family name."),
     """Train SDMNN (resumable: rerun the same command); under torchrun, with DDP."""
     from .nn.train import TrainConfig, train as run
 
+    arch = _choice(arch, "--arch", ("sdmnn", "deepsdf"))
     try:
         ch = tuple(int(c) for c in channels.split(","))
     except ValueError:
@@ -263,8 +280,9 @@ def evaluate(model: Optional[Path] = typer.Argument(None, help="Model folder (de
              seed: int = typer.Option(1, help="Seed of the held-out design."),
              json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full result as JSON.")):
     """Accuracy of a trained model against the exact SDM on held-out parameters, and the time of both."""
+    from .demo import speed_ratio
     from .io import write_json
-    from .nn import load_model
+    from .nn.checkpoint import load_model
     from .nn.evaluate import evaluate as run
 
     if n < 1:
@@ -278,8 +296,8 @@ def evaluate(model: Optional[Path] = typer.Argument(None, help="Model folder (de
                                     ("max_error", "max |error|", 1, "mm"), ("wrong_sign", "voxels with the wrong sign", 100, "%")):
         table.add_row(label, f"{scale * r['mean'][key]:.4f} {unit}", f"{scale * r['worst'][key]:.4f} {unit}")
     console.print(table)
-    console.print(f"time per SDM (median): exact {1e3 * r['exact_seconds']:.0f} ms (mesh + SDM), model {1e3 * r['model_seconds']:.1f} ms "
-                  f"-> {r['exact_seconds'] / r['model_seconds']:.0f}x faster")
+    console.print(f"time per SDM (median): exact {1e3 * r['exact_seconds']:.0f} ms (mesh + SDM), model {1e3 * r['model_seconds']:.1f} ms: "
+                  f"the model is {speed_ratio(r['exact_seconds'], r['model_seconds'])}")
     if json_out:
         write_json(json_out, r)
 
@@ -287,9 +305,10 @@ def evaluate(model: Optional[Path] = typer.Argument(None, help="Model folder (de
 @app.command()
 def fit(target: Path = typer.Argument(..., help="Observed image: a label map (0/1) or an SDM (mm), NIfTI or .npy."),
         family: str = typer.Option("cochlea", help="Family whose parameters are fitted."),
-        observed: str = typer.Option("labels", help="labels (Bernoulli, logistic shape model) or sdm (Gaussian)."),
-        forward: str = typer.Option("nn", help="nn, exact, hybrid (network search + exact polish) or deepsdf."),
-        model: Optional[Path] = typer.Option(None, help="Model folder for nn/hybrid/deepsdf (default: the shipped one)."),
+        observed: str = typer.Option("labels", metavar="[labels|sdm]", help="labels (Bernoulli, logistic shape model) or sdm (Gaussian)."),
+        forward: str = typer.Option("sdmnn", metavar="[sdmnn|exact|hybrid|deepsdf]",
+                                    help="sdmnn (the network), exact, hybrid (network search + exact polish) or deepsdf."),
+        model: Optional[Path] = typer.Option(None, help="Model folder for sdmnn/hybrid/deepsdf (default: the shipped one)."),
         seed: int = typer.Option(0),
         tau: Optional[float] = typer.Option(None, help="Label softness in mm (default: estimated)."),
         sigma: Optional[float] = typer.Option(None, help="SDM noise in mm (default: estimated)."),
@@ -298,14 +317,16 @@ def fit(target: Path = typer.Argument(..., help="Observed image: a label map (0/
     """Posterior over a family's parameters given an observed image; prints MAP, mean, std and 90 % intervals."""
     import numpy as np
 
-    from .fit import fit as run_fit
+    from .fit import FORWARD_MODELS, fit as run_fit
     from .io import load_volume, write_json
     from .viz import save_corner, save_slices
 
+    observed = _choice(observed, "--observed", ("labels", "sdm"))
+    forward = _choice(forward, "--forward", FORWARD_MODELS)
     volume, grid = load_volume(target)
     net = None
     if model is not None:
-        from .nn import load_model
+        from .nn.checkpoint import load_model
 
         net = load_model(model)
     r = run_fit(volume, grid, family=family, observed_kind=observed, forward=forward, seed=seed, model=net,
@@ -334,7 +355,7 @@ def fit(target: Path = typer.Argument(..., help="Observed image: a label map (0/
 
 def main():
     """Entry point: bad input -> one sentence on stderr and exit status 2, never a traceback."""
-    from .sdm import keep_freed_memory
+    from .runtime import keep_freed_memory
 
     keep_freed_memory()
     with warnings.catch_warnings():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import multiprocessing as mp
 import time
-from collections import deque
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,16 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import FileError, ParameterError, SdmnnError
+from .errors import DatasetError, FileError, ParameterError, SdmnnError
 from .grid import Grid
 from .shapes import Family, get_family
 
 FORMAT = 1
 TASK_SIZE = 16
-
-
-class DatasetError(SdmnnError):
-    """A dataset store that is corrupted, truncated, or does not match what was asked for."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,7 +160,7 @@ def run_task(path: str, start: int, stop: int, threads: int | None = None) -> di
 
     Returns {"written": n, "failed": [(index, message), ...]}; one failing sample does not stop the others.
     """
-    from .sdm import keep_freed_memory, set_threads
+    from .runtime import keep_freed_memory, set_threads
 
     keep_freed_memory()
     if threads:
@@ -268,6 +263,14 @@ def dataset_info(path) -> dict:
     return {**meta, "complete": int(done.sum()), "missing": int((~done).sum())}
 
 
+def dataset_params(path) -> np.ndarray:
+    """The (count, d) parameter vectors of a store's design, in the family's units (computed or not)."""
+    group, meta = _open_group(path)
+    if meta is None:
+        raise DatasetError(f"{path}: not an sdmnn dataset (no metadata)")
+    return np.asarray(group["params"][:])
+
+
 # ---------------------------------------------------------------------------------------------
 # torch-ready views
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +292,7 @@ class SDMDataset:
             raise DatasetError(f"{path} holds the {meta['family']} family, not {family}")
         self.family = get_family(meta["family"])
         self.grid = Grid.from_dict(meta["grid"])
-        if grid is not None and not grid.same_as(self.grid):
+        if grid is not None and grid != self.grid:
             raise DatasetError(f"{path} is on grid {self.grid.to_dict()}, not the expected {grid.to_dict()}")
         if meta["parameters"] != self.family.space.to_dict():
             raise DatasetError(f"{path} was made with other parameter ranges than the {self.family.name} family has now")
@@ -317,44 +320,3 @@ class SDMDataset:
 def open_dataset(path, family: str | None = None, grid: Grid | None = None) -> SDMDataset:
     """A torch-ready dataset: ``ds[i] -> (params normalised to [-1, 1], SDM in mm)``."""
     return SDMDataset(path, family, grid)
-
-
-def _online_sample(family_name: str, grid: Grid, seed: int, index: int):
-    family = get_family(family_name)
-    rng = np.random.default_rng([seed, index])
-    vector = family.space.low + rng.random(len(family.space)) * (family.space.high - family.space.low)
-    return vector, compute_sample(family, grid, vector)
-
-
-def _online_init():
-    from .sdm import keep_freed_memory, set_threads
-
-    keep_freed_memory()
-    set_threads(1)
-
-
-class OnlineSDMs:
-    """An endless, seeded stream of fresh random (normalised params, SDM) pairs computed in
-    ``workers`` background processes. Sample i depends only on (seed, i), so a stream is reproducible
-    whatever the number of workers. Iterate it directly or through a torch DataLoader (batch_size=...).
-    """
-
-    def __init__(self, family, grid: Grid | None = None, seed: int = 0, workers: int = 1, prefetch: int | None = None, start: int = 0):
-        self.family = get_family(family)
-        self.grid = grid or self.family.grid
-        self.seed, self.workers, self.start = seed, max(1, workers), start
-        self.prefetch = prefetch or 2 * self.workers
-
-    def __iter__(self):
-        import torch
-
-        with mp.get_context("spawn").Pool(self.workers, initializer=_online_init) as pool:
-            pending = deque()
-            counter = itertools.count(self.start)
-            for _ in range(self.prefetch):
-                pending.append(pool.apply_async(_online_sample, (self.family.name, self.grid, self.seed, next(counter))))
-            while True:
-                vector, sdm = pending.popleft().get()
-                pending.append(pool.apply_async(_online_sample, (self.family.name, self.grid, self.seed, next(counter))))
-                x = torch.from_numpy(self.family.space.normalise(vector).astype(np.float32))
-                yield x, torch.from_numpy(sdm)

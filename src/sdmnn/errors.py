@@ -23,3 +23,15 @@ class FileError(SdmnnError):
 
 class ModelError(SdmnnError):
     """A checkpoint that does not match its weights, its family or its grid."""
+
+
+class DatasetError(SdmnnError):
+    """A dataset store that is corrupted, truncated, or does not match what was asked for."""
+
+
+class FitError(SdmnnError):
+    """An observed image or a fit setting that cannot be used."""
+
+
+class MeshWarning(UserWarning):
+    """A mesh that is open, inconsistently oriented or inverted: the SDM uses the robust sign."""

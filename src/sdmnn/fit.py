@@ -8,7 +8,7 @@ errors are spatially correlated over about ``correlation_mm``, so its log-likeli
 number of voxels in that correlation volume: without that, independent-voxel posteriors are far too narrow.
 Priors are uniform over the family's ranges (or user-given sub-ranges).
 
-Inference: ``nn`` screens a scrambled Sobol set of parameter vectors with the network, runs L-BFGS from
+Inference: ``sdmnn`` screens a scrambled Sobol set of parameter vectors with the network, runs L-BFGS from
 the best few in a batch (torch, through a sigmoid map onto the box), and takes a Laplace approximation
 (autograd Hessian) at the MAP. ``exact`` screens with the exact SDM, polishes with Nelder-Mead (scipy) and
 takes a finite-difference Laplace approximation. ``hybrid`` does the network's search, then
@@ -27,13 +27,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .errors import SdmnnError
+from .errors import FitError, SdmnnError
 from .grid import Grid
 from .shapes import get_family
-
-
-class FitError(SdmnnError):
-    """An observed image or a fit setting that cannot be used."""
 
 
 @dataclass
@@ -44,7 +40,7 @@ class FitResult:
     std: dict
     samples: np.ndarray  # (S, d) posterior samples in the family's units
     seconds: float
-    evaluations: dict  # forward evaluations by model: {"nn": ..., "exact": ...}
+    evaluations: dict  # forward evaluations by model: {"sdmnn": ..., "exact": ...}
     forward: str
     observed_kind: str
     noise: dict  # tau or sigma actually used, model error, tempering
@@ -120,7 +116,21 @@ def _estimate_noise(kind, d, y, mask):
 # the fit
 # ---------------------------------------------------------------------------------------------
 
-def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "labels", forward: str = "nn", seed: int = 0,
+#: The forward models a fit can use: the SDMNN network, the exact SDM, the network's search with an exact
+#: polish, and the DeepSDF-style baseline.
+FORWARD_MODELS = ("sdmnn", "exact", "hybrid", "deepsdf")
+
+
+def check_forward(forward: str) -> str:
+    """``forward`` if it names a forward model; the old name ``nn`` is refused with a hint."""
+    if forward == "nn":
+        raise FitError("the network's forward model is called 'sdmnn' now; use forward='sdmnn' (--forward sdmnn)")
+    if forward not in FORWARD_MODELS:
+        raise FitError(f"forward must be one of {', '.join(FORWARD_MODELS)}, got {forward!r}")
+    return forward
+
+
+def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "labels", forward: str = "sdmnn", seed: int = 0,
         model=None, prior: dict | None = None, tau: float | None = None, sigma: float | None = None, band: float | None = None,
         n_starts: int = 3, n_screen: int = 64, n_samples: int = 4000, correlation_mm: float = 0.6,
         max_exact: int = 80) -> FitResult:
@@ -130,7 +140,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
     ----------
     observed : ndarray
         Label map (1 inside, 0 outside) or SDM (mm, negative inside) on ``grid``.
-    forward : {"nn", "exact", "hybrid", "deepsdf"}
+    forward : {"sdmnn", "exact", "hybrid", "deepsdf"}
         The forward model: a learned one (``model``, default the shipped one), the exact SDM, or both.
     prior : dict, optional
         name -> (low, high) sub-ranges of the uniform prior (default: the family's ranges).
@@ -141,24 +151,24 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
     """
     t0 = time.perf_counter()
     fam = get_family(family)
-    if forward not in ("nn", "exact", "hybrid", "deepsdf"):
-        raise FitError(f"forward must be nn, exact, hybrid or deepsdf, got {forward!r}")
+    check_forward(forward)
     y = check_observed(observed, observed_kind)
     if y.shape != grid.shape:
         raise FitError(f"the observed image's shape {y.shape} does not match its grid {grid.shape}")
     low, high = _prior_box(fam, prior)
     mask = np.ones_like(y) if band is None or observed_kind == "labels" else (np.abs(y) <= band).astype(np.float32)
-    evals = {"nn": 0, "exact": 0}
+    network = "deepsdf" if forward == "deepsdf" else "sdmnn"
+    evals = {network: 0, "exact": 0}
     rng = np.random.default_rng(seed)
-    learned = forward in ("nn", "hybrid", "deepsdf")
+    learned = forward != "exact"
     net = None
     if learned:
-        from .nn import load_model
+        from .nn.checkpoint import load_model
 
-        net = model or load_model(family=fam.name, arch="deepsdf" if forward == "deepsdf" else "sdmnn")
+        net = model or load_model(family=fam.name, arch=network)
         if net.family.name != fam.name:
             raise FitError(f"the model was trained for the {net.family.name} family, not {fam.name}")
-        if not net.grid.same_as(grid):
+        if net.grid != grid:
             raise FitError(f"the observed image's grid {grid.to_dict()} differs from the model's {net.grid.to_dict()}; "
                            "resample it onto the model grid, or use --forward exact")
 
@@ -256,7 +266,7 @@ def _nn_search(net, y, mask, kind, low, high, n_screen, n_starts, seed, tau, sig
 
     def nll(theta, scale):
         d = net.predict_torch(theta)
-        evals["nn"] += len(theta)
+        evals[net.arch] += len(theta)
         return _nll_labels(d, yt, scale) if kind == "labels" else _nll_sdm(d, yt, scale, mt)
 
     screen = torch.tensor(_sobol(n_screen, low, high, seed), dtype=torch.float32)
@@ -289,7 +299,7 @@ def _nn_laplace(net, y, mask, kind, noise, temper, theta, low, high, evals):
 
     def nll_u(u):
         d = net.predict_torch((lo + span * u)[None])
-        evals["nn"] += 1
+        evals[net.arch] += 1
         v = _nll_labels(d, yt, noise) if kind == "labels" else _nll_sdm(d, yt, noise, mt)
         return v[0] / temper
 

@@ -1,8 +1,12 @@
-"""The regular, axis-aligned voxel grid every SDM lives on.
+"""The regular voxel grid every SDM and image lives on.
 
-Conventions (shared by the whole package): lengths in millimetres; ``origin`` is the physical
-position of the *centre* of voxel (0, 0, 0) (the ITK convention); voxel (i, j, k) lies at
-``origin + (i*sx, j*sy, k*sz)``; arrays are indexed ``[i, j, k]`` = ``[x, y, z]``.
+Conventions (shared by the whole package, those of ITK): lengths in millimetres; ``origin`` is the
+physical position of the *centre* of voxel (0, 0, 0); ``direction`` is a 3x3 orthonormal matrix whose
+columns are the directions of the i, j and k axes; voxel (i, j, k) lies at
+``origin + direction @ (i*sx, j*sy, k*sz)``; arrays are indexed ``[i, j, k]``. World coordinates are
+LPS (x to the patient's left, y to posterior, z to superior), as in ITK, DICOM and 3D Slicer's model
+files; NIfTI stores RAS, converted by ``sdmnn.io``. The model grids of the families are axis-aligned
+(identity direction), so there ``[i, j, k]`` = ``[x, y, z]``.
 """
 from __future__ import annotations
 
@@ -32,18 +36,30 @@ def memory_budget() -> int:
         raise GridError(f"SDMNN_MAX_BYTES must be a number of bytes, got {value!r}") from None
 
 
-@dataclass(frozen=True)
+#: Two grids whose spacings and origins agree to this many mm are equal: a float32 affine (NIfTI) keeps
+#: about 7 digits, so a grid read back from a file equals the one written.
+TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True, eq=False)
 class Grid:
-    """A frozen regular grid: ``shape`` (nx, ny, nz), ``spacing`` (sx, sy, sz) in mm, ``origin`` in mm."""
+    """A frozen regular grid: ``shape`` (nx, ny, nz), ``spacing`` (sx, sy, sz) in mm, ``origin`` in mm.
+
+    ``direction`` (3x3, orthonormal, columns = the voxel axes in world coordinates) defaults to the
+    identity. ``==`` compares shapes exactly, spacings and origins to ``TOLERANCE`` mm and directions
+    to ``TOLERANCE``.
+    """
 
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: tuple[tuple[float, float, float], ...] = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 
     def __post_init__(self):
         shape = _triple(self.shape, "shape", int)
         spacing = _triple(self.spacing, "spacing", float)
         origin = _triple(self.origin, "origin", float)
+        direction = _direction(self.direction)
         if any(n < 1 for n in shape):
             raise GridError(f"grid shape must be three positive integers, got {shape}")
         if not all(math.isfinite(s) and s > 0 for s in spacing):
@@ -53,6 +69,7 @@ class Grid:
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "spacing", spacing)
         object.__setattr__(self, "origin", origin)
+        object.__setattr__(self, "direction", direction)
 
     @classmethod
     def covering(cls, bounds, spacing, margin: float = 0.0) -> "Grid":
@@ -81,27 +98,55 @@ class Grid:
         return self.shape[0] * self.shape[1] * self.shape[2]
 
     @property
+    def is_axis_aligned(self) -> bool:
+        """Whether the voxel axes are the world axes (identity direction)."""
+        return self.direction == IDENTITY
+
+    @property
     def affine(self) -> np.ndarray:
-        """The 4x4 voxel-index -> physical (mm) matrix, as NIfTI stores it."""
-        a = np.diag([*self.spacing, 1.0])
+        """The 4x4 voxel index -> world (mm, LPS) matrix: ``[[direction @ diag(spacing), origin], [0, 1]]``."""
+        a = np.eye(4)
+        a[:3, :3] = np.array(self.direction) * np.array(self.spacing)
         a[:3, 3] = self.origin
         return a
 
     @property
     def bounds(self) -> np.ndarray:
-        """``[[x, y, z] of the first voxel centre, [x, y, z] of the last]`` in mm."""
-        o, s, n = np.array(self.origin), np.array(self.spacing), np.array(self.shape)
-        return np.stack([o, o + (n - 1) * s])
+        """``[[xmin, ymin, zmin], [xmax, ymax, zmax]]``: the world box of the voxel centres, in mm (for an
+        axis-aligned grid, the first and the last voxel centre)."""
+        n = np.array(self.shape) - 1
+        corners = np.array([[i, j, k] for i in (0, n[0]) for j in (0, n[1]) for k in (0, n[2])], float)
+        world = self.to_world(corners)
+        return np.stack([world.min(0), world.max(0)])
 
     def axes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The voxel-centre coordinates along x, y and z (mm)."""
+        """The voxel-centre coordinates along x, y and z (mm) of an axis-aligned grid."""
+        if not self.is_axis_aligned:
+            raise GridError("an oblique or flipped grid has no per-axis coordinates; use points() or to_world()")
         return tuple(o + s * np.arange(n) for o, s, n in zip(self.origin, self.spacing, self.shape))
 
     def points(self, dtype=np.float64) -> np.ndarray:
-        """All voxel centres as an (nx*ny*nz, 3) array in C order of ``[i, j, k]``."""
+        """All voxel centres in world mm as an (nx*ny*nz, 3) array in C order of ``[i, j, k]``."""
         self.check_memory(bytes_per_voxel=3 * np.dtype(dtype).itemsize)
-        x, y, z = (a.astype(dtype) for a in self.axes())
-        return np.stack(np.meshgrid(x, y, z, indexing="ij"), axis=-1).reshape(-1, 3)
+        if self.is_axis_aligned:
+            x, y, z = (a.astype(dtype) for a in self.axes())
+            return np.stack(np.meshgrid(x, y, z, indexing="ij"), axis=-1).reshape(-1, 3)
+        i, j, k = np.meshgrid(*(np.arange(n) for n in self.shape), indexing="ij")
+        return self.to_world(np.stack([i, j, k], axis=-1).reshape(-1, 3)).astype(dtype)
+
+    def to_world(self, index: np.ndarray) -> np.ndarray:
+        """(..., 3) continuous voxel indices -> (..., 3) world positions in mm."""
+        index = np.asarray(index, dtype=float)
+        return index @ self.affine[:3, :3].T + np.array(self.origin)
+
+    def to_index(self, world: np.ndarray) -> np.ndarray:
+        """(..., 3) world positions in mm -> (..., 3) continuous voxel indices."""
+        world = np.asarray(world, dtype=float) - np.array(self.origin)
+        return (world @ np.array(self.direction)) / np.array(self.spacing)
+
+    def axis_aligned(self) -> "Grid":
+        """The same voxels in the grid's own frame: identity direction, origin 0 (mm along each voxel axis)."""
+        return Grid(self.shape, self.spacing, (0.0, 0.0, 0.0))
 
     def memory_estimate(self, bytes_per_voxel: int = BYTES_PER_VOXEL) -> int:
         """Bytes a computation over this grid needs at ``bytes_per_voxel``."""
@@ -119,19 +164,50 @@ class Grid:
             )
 
     def to_dict(self) -> dict:
-        return {"shape": list(self.shape), "spacing": list(self.spacing), "origin": list(self.origin)}
+        d = {"shape": list(self.shape), "spacing": list(self.spacing), "origin": list(self.origin)}
+        if not self.is_axis_aligned:
+            d["direction"] = [list(row) for row in self.direction]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Grid":
-        return cls(tuple(d["shape"]), tuple(d["spacing"]), tuple(d["origin"]))
+        return cls(tuple(d["shape"]), tuple(d["spacing"]), tuple(d["origin"]), d.get("direction", IDENTITY))
 
-    def same_as(self, other: "Grid", tol: float = 1e-6) -> bool:
-        """Equal shape, and spacing and origin equal within ``tol`` mm."""
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Grid):
+            return NotImplemented
         return (
             self.shape == other.shape
-            and np.allclose(self.spacing, other.spacing, atol=tol)
-            and np.allclose(self.origin, other.origin, atol=tol)
+            and np.allclose(self.spacing, other.spacing, rtol=0, atol=TOLERANCE)
+            and np.allclose(self.origin, other.origin, rtol=0, atol=TOLERANCE)
+            and np.allclose(self.direction, other.direction, rtol=0, atol=TOLERANCE)
         )
+
+    def __hash__(self) -> int:
+        return hash(self.shape)  # equal grids have equal shapes; spacing and origin only agree to a tolerance
+
+
+IDENTITY = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+
+
+def _direction(value) -> tuple:
+    """A 3x3 orthonormal matrix as a tuple of rows; rows within 1e-4 of orthonormal are made exactly so
+    (file formats store directions to a few digits)."""
+    try:
+        d = np.array(value, dtype=float)
+    except (TypeError, ValueError):
+        raise GridError(f"grid direction must be a 3x3 matrix, got {value!r}") from None
+    if d.shape != (3, 3) or not np.all(np.isfinite(d)):
+        raise GridError(f"grid direction must be a 3x3 matrix of finite numbers, got {value!r}")
+    if np.abs(d.T @ d - np.eye(3)).max() > 1e-4:
+        raise GridError("grid direction must be orthonormal (a rotation, possibly with flips); "
+                        f"got {np.round(d, 4).tolist()}")
+    if np.array_equal(d, np.eye(3)):
+        return IDENTITY
+    u, _, vt = np.linalg.svd(d)
+    d = u @ vt  # the nearest orthonormal matrix
+    d[np.abs(d) < 1e-12] = 0.0
+    return tuple(tuple(float(v) for v in row) for row in d)
 
 
 def _triple(value, name, kind):

@@ -1,7 +1,13 @@
-"""Reading and writing volumes (NIfTI, .npy) and meshes (via trimesh), always atomically.
+"""Reading and writing volumes and meshes, always atomically (a failure leaves no partial file).
 
-A volume file carries its grid: NIfTI through its affine (axis-aligned, the ITK voxel-centre
-convention, millimetres); ``.npy`` through a sidecar ``.json`` holding the grid.
+Volumes: NIfTI (.nii, .nii.gz), NRRD (.nrrd; .nhdr read only), MetaImage (.mha; .mhd read only) through
+SimpleITK, with any geometry (flips, oblique directions, anisotropic spacing); ``.npy`` with a sidecar
+``.json`` holding the grid. Every volume comes with its ``Grid`` in **LPS** world millimetres, as ITK,
+DICOM and 3D Slicer use: x grows to the patient's left, y to posterior, z to superior. NIfTI files store
+the same positions in **RAS** (x to the right, y to anterior): SimpleITK converts on reading and on
+writing, so a NIfTI affine diag(-s, -s, s) (what ITK and Slicer write for an image with identity
+direction) reads as a grid with identity direction, and a grid written and read back is the same grid.
+Meshes: STL, PLY, OBJ, OFF, GLB through trimesh, in the same world millimetres.
 """
 from __future__ import annotations
 
@@ -16,7 +22,9 @@ import numpy as np
 from .errors import FileError, GridError, MeshError
 from .grid import Grid
 
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".npy")
+#: Volume files read; all but the detached headers (.nhdr, .mhd) are also written.
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".npy")
+WRITE_ONLY_ATTACHED = {".nhdr": ".nrrd", ".mhd": ".mha"}
 MESH_SUFFIXES = (".stl", ".ply", ".obj", ".off", ".glb")
 
 
@@ -57,29 +65,42 @@ def atomic_path(path):
 
 
 def save_volume(path, volume: np.ndarray, grid: Grid) -> Path:
-    """Write ``volume`` (shape ``grid.shape``) to .nii, .nii.gz or .npy (+ .json grid sidecar)."""
+    """Write ``volume`` (shape ``grid.shape``, indexed ``[i, j, k]``) with its grid's geometry.
+
+    Formats by suffix: .nii, .nii.gz, .nrrd, .mha (SimpleITK; NIfTI stores the LPS grid as RAS), or .npy
+    with a .json grid sidecar. Boolean volumes are written as uint8.
+    """
     path = Path(path)
     kind = _suffix(path, VOLUME_SUFFIXES)
+    if kind in WRITE_ONLY_ATTACHED:
+        raise FileError(f"{path}: {kind} files keep their data in a second file; write {WRITE_ONLY_ATTACHED[kind]} instead")
     volume = np.asarray(volume)
     if volume.shape != grid.shape:
         raise GridError(f"the volume's shape {volume.shape} does not match the grid's {grid.shape}")
+    if volume.dtype == bool:
+        volume = volume.astype(np.uint8)
     if kind == ".npy":
         with atomic_path(path) as tmp:
             np.save(tmp, volume)
         with atomic_path(path.with_suffix(".json")) as tmp:
             tmp.write_text(json.dumps({"grid": grid.to_dict()}))
         return path
-    import nibabel as nib
+    import SimpleITK as sitk
 
-    image = nib.Nifti1Image(volume, grid.affine)
-    image.header.set_xyzt_units("mm")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.transpose(2, 1, 0)))  # ITK arrays are [k, j, i]
+    image.SetSpacing(grid.spacing)
+    image.SetOrigin(grid.origin)
+    image.SetDirection(np.array(grid.direction).ravel().tolist())
     with atomic_path(path) as tmp:
-        nib.save(image, tmp)
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=kind != ".nii")
+        except RuntimeError as e:
+            raise FileError(f"cannot write {path}: {_first_line(e)}") from None
     return path
 
 
 def load_volume(path) -> tuple[np.ndarray, Grid]:
-    """Read a volume and its grid from .nii, .nii.gz or .npy (grid from the .json sidecar)."""
+    """Read a 3-D volume (indexed ``[i, j, k]``) and its grid (LPS world mm) from any ``VOLUME_SUFFIXES`` file."""
     path = Path(path)
     kind = _suffix(path, VOLUME_SUFFIXES)
     if not path.is_file():
@@ -90,26 +111,31 @@ def load_volume(path) -> tuple[np.ndarray, Grid]:
             sidecar = path.with_suffix(".json")
             grid = Grid.from_dict(json.loads(sidecar.read_text())["grid"]) if sidecar.exists() else Grid(volume.shape, (1, 1, 1))
         else:
-            import nibabel as nib
+            import SimpleITK as sitk
 
-            image = nib.load(path)
-            volume = np.asarray(image.dataobj)
-            grid = _grid_from_affine(image.affine, volume.shape, path)
-    except GridError:
+            image = sitk.ReadImage(str(path))
+            if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+                raise FileError(f"{path}: expected a 3-D volume of scalars, got a {image.GetDimension()}-D image with "
+                                f"{image.GetNumberOfComponentsPerPixel()} component(s) per voxel")
+            volume = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+            direction = np.array(image.GetDirection()).reshape(3, 3)
+            grid = Grid(volume.shape, image.GetSpacing(), image.GetOrigin(), direction)
+    except (GridError, FileError):
         raise
-    except Exception as e:  # nibabel, numpy and gzip each raise their own kinds on a damaged file
-        raise FileError(f"{path}: cannot be read as a volume ({e})") from None
+    except Exception as e:  # SimpleITK, numpy and json each raise their own kinds on a damaged file
+        raise FileError(f"{path}: cannot be read as a volume ({_first_line(e)})") from None
     if volume.ndim != 3:
         raise FileError(f"{path}: expected a 3-D volume, got {volume.ndim} dimensions")
     return volume, grid
 
 
-def _grid_from_affine(affine: np.ndarray, shape, path) -> Grid:
-    a = np.asarray(affine, dtype=float)
-    off = a[:3, :3] - np.diag(np.diag(a[:3, :3]))
-    if np.abs(off).max() > 1e-6 or np.any(np.diag(a)[:3] <= 0):
-        raise GridError(f"{path}: only axis-aligned volumes with positive spacing are supported (the affine has rotations or flips)")
-    return Grid(tuple(shape[:3]), tuple(np.diag(a)[:3]), tuple(a[:3, 3]))
+def _first_line(error: Exception) -> str:
+    """The gist of a library's error: ITK's messages span many lines of source locations."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if "description:" in line.lower():
+            return line.split(":", 1)[1].strip()
+    return lines[-1] if lines else type(error).__name__
 
 
 def load_mesh(path):

@@ -23,41 +23,52 @@ def matplotlib_norm(low: float, high: float):
     return TwoSlopeNorm(vcenter=0.0, vmin=min(low, -1e-3), vmax=max(high, 1e-3))
 
 
-def save_slices(path, sdm: np.ndarray, grid: Grid, others: dict | None = None, title: str = "", index=None):
-    """Write a PNG of the three orthogonal slices through ``index`` (voxel; default: the slices
-    that cut the most of the inside).
+def save_slices(path, volume: np.ndarray, grid: Grid, others: dict | None = None, title: str = "", index=None,
+                image_label: str | None = None):
+    """Write a PNG of the three orthogonal slices through ``index`` (voxel; default: the slices that cut the
+    most of the inside of the first SDM).
 
-    ``others`` maps a label to further SDMs on the same grid whose zero contours are overlaid
-    (e.g. a prediction beside the exact SDM).
+    ``volume`` is an SDM (mm, negative inside; drawn with a diverging map and its zero contour) or, when
+    ``image_label`` names what it holds (e.g. "CT intensity"), an image drawn in grey. ``others`` maps a
+    label to SDMs on the same grid whose zero contours are overlaid (a prediction, a fitted surface).
+    An oblique or flipped grid is drawn in its own voxel frame (mm along the i, j and k axes).
     """
     plt = _figure()
     others = others or {}
+    is_image = image_label is not None
+    sdms = ([] if is_image else [volume]) + list(others.values())
     if index is None:  # the slices that cut the most of the inside
-        inside = sdm < 0
+        inside = sdms[0] < 0 if sdms else volume > np.median(volume)
         index = tuple(int(np.argmax(inside.sum(axis=tuple(b for b in range(3) if b != a)))) for a in range(3))
-    x, y, z = grid.axes()
-    norm = matplotlib_norm(float(np.nanmin(sdm)), float(np.nanmax(sdm)))
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), constrained_layout=True)
+    if grid.is_axis_aligned:
+        (x, y, z), names = grid.axes(), ("x", "y", "z")
+    else:
+        (x, y, z), names = (s * np.arange(n) for s, n in zip(grid.spacing, grid.shape)), ("i", "j", "k")
     views = [
-        ("axial  z = %.2f mm" % z[index[2]], lambda v: v[:, :, index[2]], x, y, "x (mm)", "y (mm)"),
-        ("coronal  y = %.2f mm" % y[index[1]], lambda v: v[:, index[1], :], x, z, "x (mm)", "z (mm)"),
-        ("sagittal  x = %.2f mm" % x[index[0]], lambda v: v[index[0], :, :], y, z, "y (mm)", "z (mm)"),
+        (f"{names[2]} = {z[index[2]]:.2f} mm", lambda v: v[:, :, index[2]], x, y, names[0], names[1]),
+        (f"{names[1]} = {y[index[1]]:.2f} mm", lambda v: v[:, index[1], :], x, z, names[0], names[2]),
+        (f"{names[0]} = {x[index[0]]:.2f} mm", lambda v: v[index[0], :, :], y, z, names[1], names[2]),
     ]
-    colours = ["black", "tab:green", "tab:orange", "tab:purple"]
+    if is_image:
+        style = {"cmap": "gray", "vmin": float(np.percentile(volume, 0.5)), "vmax": float(np.percentile(volume, 99.5))}
+    else:
+        style = {"cmap": "RdBu_r", "norm": matplotlib_norm(float(np.nanmin(volume)), float(np.nanmax(volume)))}
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), constrained_layout=True)
+    colours = ["black", "tab:green", "tab:orange", "tab:purple"] if not is_image else ["tab:red", "tab:green", "tab:orange"]
     for ax, (name, cut, h, v, hl, vl) in zip(axes, views):
-        image = ax.imshow(cut(sdm).T, origin="lower", cmap="RdBu_r", norm=norm,
-                          extent=(h[0], h[-1], v[0], v[-1]), aspect="equal")
-        for colour, vol in zip(colours, [sdm, *others.values()]):
-            s = cut(vol)
+        shown = ax.imshow(cut(volume).T, origin="lower", extent=(h[0], h[-1], v[0], v[-1]), aspect="equal", **style)
+        for colour, sdm in zip(colours, sdms):
+            s = cut(sdm)
             if s.min() < 0 < s.max():
                 ax.contour(h, v, s.T, levels=[0.0], colors=colour, linewidths=1.2)
         ax.set_title(name)
-        ax.set_xlabel(hl)
-        ax.set_ylabel(vl)
-    fig.colorbar(image, ax=axes, shrink=0.8, label="signed distance (mm), negative inside")
+        ax.set_xlabel(f"{hl} (mm)")
+        ax.set_ylabel(f"{vl} (mm)")
+    fig.colorbar(shown, ax=axes, shrink=0.8, label=image_label or "signed distance (mm), negative inside")
     if others:
-        handles = [plt.Line2D([], [], color=c) for c in colours[: 1 + len(others)]]
-        fig.legend(handles, ["zero contour", *others], loc="lower right")
+        labels = ([] if is_image else ["zero contour"]) + list(others)
+        handles = [plt.Line2D([], [], color=c) for c in colours[: len(labels)]]
+        fig.legend(handles, labels, loc="lower right")
     if title:
         fig.suptitle(title)
     with atomic_path(path) as tmp:

@@ -1,17 +1,19 @@
-"""The SDMNN network (parameters -> SDM volume): model, training, checkpoints."""
-from pathlib import Path
+"""The networks (parameters -> SDM volume): ``model`` (SDMNN), ``deepsdf`` (the DeepSDF-style baseline),
+``checkpoint`` (saving, loading, the shipped models), ``train``, ``metrics`` and ``evaluate``.
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+``load_model`` and ``shipped_model_path`` are re-exported from ``checkpoint``, imported (with torch)
+on first use.
+"""
 
-
-def shipped_model_path(family: str = "cochlea", arch: str = "sdmnn") -> Path | None:
-    """The folder of the model shipped in the package for ``family``, or None."""
-    path = MODELS / f"{family}-{arch}"
-    return path if (path / "model.json").exists() else None
+_FROM_CHECKPOINT = ("load_model", "shipped_model_path")
 
 
-def load_model(path=None, family: str = "cochlea", arch: str = "sdmnn"):
-    """A trained forward model (see ``sdmnn.nn.train.load_model``)."""
-    from .train import load_model as _load
+def __getattr__(name):
+    if name in _FROM_CHECKPOINT:
+        from . import checkpoint
 
-    return _load(path, family, arch)
+        return getattr(checkpoint, name)
+    raise AttributeError(f"module 'sdmnn.nn' has no attribute {name!r}")
+
+
+__all__ = list(_FROM_CHECKPOINT)

@@ -14,10 +14,17 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..errors import FileError, ModelError, ParameterError
+from ..errors import FileError, ModelError, ParameterError, SdmnnError
 from ..grid import Grid
 from ..io import atomic_path
 from ..shapes import Family, get_family
+from .deepsdf import DeepSDF, DeepSDFConfig
+from .model import SDMNN, SDMNNConfig
+
+#: The forward-model architectures a checkpoint may hold: name -> (module class, config dataclass).
+ARCHITECTURES = {"sdmnn": (SDMNN, SDMNNConfig), "deepsdf": (DeepSDF, DeepSDFConfig)}
+#: The models shipped inside the package, one folder ``{family}-{arch}`` each.
+MODELS = Path(__file__).resolve().parent.parent / "models"
 
 FORMAT = 1
 NORMALISATION = "u = 2 * (x - low) / (high - low) - 1, per parameter, from the family's declared ranges"
@@ -120,3 +127,35 @@ class Predictor:
                 out.append(self.predict_torch(x[s : s + batch_size]).numpy())
         sdm = np.concatenate(out)
         return sdm[0] if single else sdm
+
+
+def shipped_model_path(family: str = "cochlea", arch: str = "sdmnn") -> Path | None:
+    """The folder of the model shipped in the package for ``family``, or None."""
+    path = MODELS / f"{family}-{arch}"
+    return path if (path / "model.json").exists() else None
+
+
+def load_model(path=None, family: str = "cochlea", arch: str = "sdmnn") -> Predictor:
+    """A trained model: ``load_model()`` is the shipped cochlea SDMNN; ``load_model(folder)`` another."""
+    if path is None:
+        path = shipped_model_path(family, arch)
+        if path is None:
+            raise SdmnnError(f"no shipped {arch} model for the {family} family; train one with `sdmnn train`")
+    meta, tensors = read_checkpoint(path)
+    fam, grid = check_meta(meta, path)
+    if meta.get("arch") not in ARCHITECTURES:
+        raise SdmnnError(f"{path}: unknown architecture {meta.get('arch')!r} in model.json")
+    model_cls, config_cls = ARCHITECTURES[meta["arch"]]
+    try:
+        net = model_cls(config_cls(**meta["config"]))
+    except (TypeError, ValueError) as e:
+        raise SdmnnError(f"{path}: the architecture in model.json is not valid ({e})") from None
+    if tuple(net.config.out_shape) != grid.shape:
+        raise SdmnnError(f"{path}: the network's output shape {net.config.out_shape} does not match its grid {grid.shape}")
+    try:
+        net.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise SdmnnError(f"{path}: the weights do not match the architecture in model.json ({str(e).splitlines()[0]})") from None
+    if meta["arch"] == "sdmnn":
+        net = net.to(memory_format=torch.channels_last_3d)
+    return Predictor(net, fam, grid, meta, path)

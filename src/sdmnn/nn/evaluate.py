@@ -7,7 +7,7 @@ import numpy as np
 
 from ..dataset import design_points
 from ..sdm import exact_sdm
-from .train import sdm_errors
+from .metrics import sdm_errors
 
 
 def evaluate(model, n: int = 200, seed: int = 1, progress: bool = True) -> dict:

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from ..errors import SdmnnError
-from .checkpoint import Predictor, model_meta, read_checkpoint, save_checkpoint
+from .checkpoint import ARCHITECTURES, model_meta, read_checkpoint, save_checkpoint
+from .metrics import sdm_errors
 from .deepsdf import DeepSDF, DeepSDFConfig, sample_points
 from .model import SDMNN, SDMNNConfig
 
@@ -49,20 +50,6 @@ class TrainConfig:
         return asdict(self)
 
 
-def sdm_errors(pred: np.ndarray, exact: np.ndarray, band: float = 1.0) -> dict:
-    """Accuracy of predicted SDMs against exact ones: mean |error| over the volume and within
-    ``band`` mm of the surface, max |error|, and the share of voxels with the wrong sign."""
-    pred, exact = np.asarray(pred, dtype=np.float64), np.asarray(exact, dtype=np.float64)
-    err = np.abs(pred - exact)
-    near = np.abs(exact) <= band
-    return {
-        "mae": float(err.mean()),
-        "band_mae": float(err[near].mean()) if near.any() else float("nan"),
-        "max_error": float(err.max()),
-        "wrong_sign": float(np.mean((pred < 0) != (exact < 0))),
-    }
-
-
 def weighted_mse(pred, target, near_weight, near_scale):
     w = 1 + near_weight * torch.exp(-target.abs() / near_scale)
     return (w * (pred - target) ** 2).sum() / w.sum()
@@ -82,7 +69,7 @@ class _OnlineBuffer:
     is there and never waits for it."""
 
     def __init__(self, family, grid, seed, workers, capacity):
-        from ..dataset import OnlineSDMs
+        from ..stream import OnlineSDMs
 
         self.stream = OnlineSDMs(family, grid, seed=seed, workers=workers)
         self.x, self.y, self.capacity, self.count = [], [], capacity, 0
@@ -124,23 +111,23 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
     sets = [open_dataset(p, family=family.name) for p in cfg.data]
     grid = sets[0].grid if sets else family.grid
     for p, s in zip(cfg.data, sets):
-        if not s.grid.same_as(grid):
+        if s.grid != grid:
             raise SdmnnError(f"{p} is on another grid than {cfg.data[0]}")
     X = torch.cat([s.x for s in sets]) if sets else torch.empty(0, len(family.space))
     Y = torch.cat([s.sdm for s in sets]) if sets else torch.empty(0, *grid.shape)
     val = open_dataset(cfg.val, family=family.name, grid=grid) if cfg.val else None
 
+    if cfg.arch not in ARCHITECTURES:
+        raise SdmnnError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {cfg.arch!r}")
     torch.manual_seed(cfg.seed)
     if cfg.arch == "deepsdf":
         mcfg = DeepSDFConfig(n_params=len(family.space), out_shape=grid.shape, hidden=cfg.hidden, clamp=cfg.clamp)
         net = DeepSDF(mcfg)
         if val is not None:  # a full-volume prediction costs ~1 s per shape: validate on the first 8
             val.x, val.sdm = val.x[:8], val.sdm[:8]
-    elif cfg.arch == "sdmnn":
+    else:
         mcfg = SDMNNConfig(n_params=len(family.space), out_shape=grid.shape, channels=tuple(cfg.channels), hidden=cfg.hidden)
         net = SDMNN(mcfg).to(memory_format=torch.channels_last_3d)
-    else:
-        raise SdmnnError(f"arch must be sdmnn or deepsdf, got {cfg.arch!r}")
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
     out = Path(cfg.out)
     if rank == 0:
@@ -278,31 +265,10 @@ def _load_optimizer(opt, tensors, meta):
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def load_model(path=None, family: str = "cochlea", arch: str = "sdmnn") -> Predictor:
-    """A trained model: ``load_model()`` is the shipped cochlea SDMNN; ``load_model(folder)`` another."""
-    from . import shipped_model_path
-    from .checkpoint import check_meta
+if __name__ == "__main__":  # ``torchrun --nproc_per_node=2 -m sdmnn.nn.train FAMILY ...``: the ``sdmnn train`` command
+    import sys
 
-    if path is None:
-        path = shipped_model_path(family, arch)
-        if path is None:
-            raise SdmnnError(f"no shipped {arch} model for the {family} family; train one with `sdmnn train`")
-    meta, tensors = read_checkpoint(path)
-    fam, grid = check_meta(meta, path)
-    archs = {"sdmnn": (SDMNN, SDMNNConfig), "deepsdf": (DeepSDF, DeepSDFConfig)}
-    if meta.get("arch") not in archs:
-        raise SdmnnError(f"{path}: unknown architecture {meta.get('arch')!r} in model.json")
-    model_cls, config_cls = archs[meta["arch"]]
-    try:
-        net = model_cls(config_cls(**meta["config"]))
-    except (TypeError, ValueError) as e:
-        raise SdmnnError(f"{path}: the architecture in model.json is not valid ({e})") from None
-    if tuple(net.config.out_shape) != grid.shape:
-        raise SdmnnError(f"{path}: the network's output shape {net.config.out_shape} does not match its grid {grid.shape}")
-    try:
-        net.load_state_dict(tensors)
-    except RuntimeError as e:
-        raise SdmnnError(f"{path}: the weights do not match the architecture in model.json ({str(e).splitlines()[0]})") from None
-    if meta["arch"] == "sdmnn":
-        net = net.to(memory_format=torch.channels_last_3d)
-    return Predictor(net, fam, grid, meta, path)
+    from ..cli import main
+
+    sys.argv = [sys.argv[0], "train", *sys.argv[1:]]
+    main()

@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import trimesh
 
 from ..grid import Grid
 from .params import ParameterSpace
@@ -39,7 +38,7 @@ class Family:
     def defaults(self) -> dict[str, float]:
         return self.space.defaults
 
-    def mesh(self, params, resolution: tuple[int, int] | None = None) -> trimesh.Trimesh:
+    def mesh(self, params, resolution: tuple[int, int] | None = None) -> "trimesh.Trimesh":  # noqa: F821
         """The shape's surface for ``params`` (a mapping or a vector): watertight, outward normals, mm."""
         vector = self.space.vector(params)
         sections, points = resolution or self.resolution
@@ -63,7 +62,7 @@ class Family:
         }
 
 
-def tube_mesh(rings: np.ndarray, closed: bool) -> trimesh.Trimesh:
+def tube_mesh(rings: np.ndarray, closed: bool) -> "trimesh.Trimesh":  # noqa: F821 (imported when called)
     """Triangulate cross-section rings (S, P, 3) into a watertight tube.
 
     Each ring must run counter-clockwise about the direction in which the rings advance, so that
@@ -86,4 +85,6 @@ def tube_mesh(rings: np.ndarray, closed: bool) -> trimesh.Trimesh:
         vertices = np.concatenate([vertices, rings[0].mean(0)[None], rings[-1].mean(0)[None]])
         faces.append(np.stack([np.full(P, first), nxt[0], idx[0]], -1))
         faces.append(np.stack([np.full(P, last), idx[-1], nxt[-1]], -1))
+    import trimesh  # imported here: listing the families needs no mesh library
+
     return trimesh.Trimesh(vertices, np.concatenate(faces), process=False)

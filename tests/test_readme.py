@@ -1,0 +1,66 @@
+"""The README's own commands and Python example, run as a reader would, so that the first page cannot drift from
+the code. Commands come from its ```sh blocks (one a line, a trailing # comment allowed); those whose comment says
+``long`` (hours of work, a cluster) are skipped; the ```python block is run as a script."""
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+
+
+def commands() -> list[tuple[str, bool]]:
+    """(command, long) for every line of the README's sh blocks."""
+    out = []
+    for block in blocks("sh"):
+        for line in block.splitlines():
+            if line.strip():
+                command, _, comment = line.partition("  #")
+                out.append((command.strip(), re.search(r"\blong\b", comment) is not None))
+    return out
+
+
+def test_the_readme_shows_commands_and_marks_only_long_jobs_to_skip():
+    cmds = commands()
+    assert len(cmds) >= 12
+    for command, long in cmds:
+        assert command.startswith(("sdmnn ", "torchrun ")), command
+        assert long or command.startswith("sdmnn "), f"{command!r} is not an sdmnn command and not marked long"
+    assert any(c.startswith("sdmnn fit") for c, long in cmds if not long)
+
+
+def test_every_readme_command_runs(tmp_path):
+    for command, long in commands():
+        if long:
+            continue
+        args = shlex.split(command)[1:]
+        r = subprocess.run([sys.executable, "-m", "sdmnn.cli", *args], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, f"`{command}` failed:\n{r.stderr[-2000:]}"
+        assert "Traceback" not in r.stderr, command
+    for name in ("cochlea.stl", "cochlea.nii.gz", "cochlea.png", "cochlea_nn.nii.gz", "any.nii.gz", "slices.png",
+                 "fit/result.json", "sample3.png", "runs/tiny/model.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_the_readme_python_example_runs(tmp_path):
+    (code,) = blocks("python")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "x.nii.gz").exists()
+
+
+@pytest.mark.parametrize("old, hint", [(["sdm", "cochlea", "--method", "nn", "-o", "x.nii.gz"], "--forward sdmnn"),
+                                       (["sdm", "cochlea", "--forward", "nn", "-o", "x.nii.gz"], "--forward sdmnn")])
+def test_the_networks_old_name_is_refused_with_a_hint(tmp_path, old, hint):
+    r = subprocess.run([sys.executable, "-m", "sdmnn.cli", *old], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and hint in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x.nii.gz").exists()
