@@ -94,7 +94,36 @@ def test_fit_cli_writes_a_table_json_samples_and_pngs(tmp_path):
     result = json.loads((tmp_path / "res" / "result.json").read_text())
     assert abs(result["map"]["a"] - truth["a"]) < 0.1
     assert np.load(tmp_path / "res" / "samples.npy").shape[1] == 4
-    assert (tmp_path / "res" / "corner.png").exists() and (tmp_path / "res" / "slices.png").exists()
+    for name in ("corner.png", "overlay.png", "mesh.stl", "sdm.nii.gz", "labels.nii.gz"):
+        assert (tmp_path / "res" / name).exists(), name
+    fitted, g = sdmnn.load_volume(tmp_path / "res" / "labels.nii.gz")
+    assert g == grid and 2 * np.sum((fitted > 0) & (labels > 0)) / (np.sum(fitted > 0) + np.sum(labels > 0)) > 0.9
+
+
+@pytest.mark.parametrize("args, message", [
+    (["fit", "seg.nii.gz", "--tau", "0", "-o", "res"], "tau must be a number > 0"),
+    (["fit", "seg.nii.gz", "--band", "-1", "-o", "res"], "band must be a number > 0"),
+    (["fit", "seg.nii.gz", "--observed", "ct", "-o", "res"], "--observed must be one of labels, sdm, intensity"),
+    (["fit", "seg.nii.gz", "--pose", "affine", "-o", "res"], "--pose must be one of none, rigid"),
+    (["fit", "seg.nii.gz", "--centre", "1,2", "-o", "res"], "--centre takes 3 comma-separated numbers"),
+    (["fit", "seg.nii.gz", "--centre", "100,0,0", "--forward", "exact", "-o", "res"], "outside the image"),
+    (["fit", "seg.nii.gz", "--label", "3", "--forward", "exact", "-o", "res"], "no voxel of label 3"),
+    (["fit", "seg.nii.gz", "--mask", "small.nii.gz", "--forward", "exact", "-o", "res"], "not on the image's grid"),
+    (["fit", "missing.nrrd", "-o", "res"], "no such file"),
+    (["fit", "seg.txt", "-o", "res"], "unsupported file type"),
+    (["phantom", "cochlea", "--kind", "mri", "-o", "p.nii.gz"], "--kind must be one of labels, ct"),
+    (["phantom", "cochlea", "--spacing", "0,0.3,0.3", "-o", "p.nii.gz"], "spacing must be three numbers > 0"),
+    (["phantom", "cochlea", "--rotate", "x", "-o", "p.nii.gz"], "--rotate takes 3 comma-separated numbers"),
+])
+def test_bad_fit_and_phantom_options_are_one_sentence_and_exit_2(tmp_path, args, message):
+    fam = sdmnn.get_family("cochlea")
+    y = (sdmnn.exact_sdm(fam.mesh(fam.defaults), fam.grid) < 0).astype(np.uint8)
+    sdmnn.save_volume(tmp_path / "seg.nii.gz", y, fam.grid)
+    sdmnn.save_volume(tmp_path / "small.nii.gz", np.ones((3, 3, 3), np.uint8), sdmnn.Grid((3, 3, 3), (1, 1, 1)))
+    r = run(*args, cwd=tmp_path, ok=False)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert message in " ".join(r.stderr.split()), r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "res").exists() and not (tmp_path / "p.nii.gz").exists()
 
 
 def test_fit_cli_refuses_an_empty_label_map(tmp_path):

@@ -22,7 +22,7 @@ def commands() -> list[tuple[str, bool]]:
     for block in blocks("sh"):
         for line in block.splitlines():
             if line.strip():
-                command, _, comment = line.partition("  #")
+                command, _, comment = line.partition(" #")
                 out.append((command.strip(), re.search(r"\blong\b", comment) is not None))
     return out
 
@@ -46,12 +46,16 @@ def test_every_readme_command_runs(tmp_path):
         assert r.returncode == 0, f"`{command}` failed:\n{r.stderr[-2000:]}"
         assert "Traceback" not in r.stderr, command
     for name in ("cochlea.stl", "cochlea.nii.gz", "cochlea.png", "cochlea_nn.nii.gz", "any.nii.gz", "slices.png",
-                 "fit/result.json", "sample3.png", "runs/tiny/model.json"):
+                 "fit/result.json", "fit/mesh.stl", "fit/overlay.png", "fit-ct/sdm.nii.gz", "sample3.png",
+                 "runs/tiny/model.json"):
         assert (tmp_path / name).stat().st_size > 0, name
 
 
 def test_the_readme_python_example_runs(tmp_path):
     (code,) = blocks("python")
+    r = subprocess.run([sys.executable, "-m", "sdmnn.cli", "phantom", "cochlea", "--rotate", "20,-35,50", "--spacing", "0.4",
+                        "-o", "seg.nii.gz"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "x.nii.gz").exists()

@@ -19,7 +19,7 @@ _EXPORTS = {
     "save_volume": "io", "load_volume": "io", "load_mesh": "io", "save_mesh": "io",
     "SdmnnError": "errors", "ParameterError": "errors", "GridError": "errors", "MeshError": "errors",
     "FileError": "errors", "ModelError": "errors", "DatasetError": "errors", "FitError": "errors",
-    "MeshWarning": "errors",
+    "MeshWarning": "errors", "FitWarning": "errors",
 }
 _SUBMODULES = {"bvh", "cli", "dataset", "demo", "errors", "fit", "grid", "io", "nn", "runtime", "scan", "sdm", "stream",
                "shapes", "viz"}

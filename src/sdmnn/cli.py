@@ -303,54 +303,117 @@ def evaluate(model: Optional[Path] = typer.Argument(None, help="Model folder (de
 
 
 @app.command()
-def fit(target: Path = typer.Argument(..., help="Observed image: a label map (0/1) or an SDM (mm), NIfTI or .npy."),
+def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM (mm) or a CT-like image (NIfTI, NRRD, MHA or .npy), any geometry."),
         family: str = typer.Option("cochlea", help="Family whose parameters are fitted."),
-        observed: str = typer.Option("labels", metavar="[labels|sdm]", help="labels (Bernoulli, logistic shape model) or sdm (Gaussian)."),
-        forward: str = typer.Option("sdmnn", metavar="[sdmnn|exact|hybrid|deepsdf]",
-                                    help="sdmnn (the network), exact, hybrid (network search + exact polish) or deepsdf."),
+        observed: str = typer.Option("labels", metavar="[labels|sdm|intensity]",
+                                     help="labels (logistic shape model), sdm (Gaussian) or intensity (two tissues, blur, noise)."),
+        forward: str = typer.Option("hybrid", metavar="[hybrid|sdmnn|exact|deepsdf]",
+                                    help="hybrid (network search, exact polish), sdmnn (the network), exact, or deepsdf."),
+        pose: str = typer.Option("none", metavar="[none|rigid]", help="rigid: fit a rotation and a shift too (the shape anywhere in the image)."),
+        label: Optional[int] = typer.Option(None, help="The shape's value in a multi-label map (default: every non-zero voxel)."),
+        centre: Optional[str] = typer.Option(None, help="X,Y,Z: where the shape is about, world mm (LPS); default: found in the image."),
+        mask: Optional[Path] = typer.Option(None, help="A volume on the image's grid, non-zero where voxels may be used."),
         model: Optional[Path] = typer.Option(None, help="Model folder for sdmnn/hybrid/deepsdf (default: the shipped one)."),
         seed: int = typer.Option(0),
-        tau: Optional[float] = typer.Option(None, help="Label softness in mm (default: estimated)."),
-        sigma: Optional[float] = typer.Option(None, help="SDM noise in mm (default: estimated)."),
-        band: Optional[float] = typer.Option(None, help="For SDM targets: use only voxels within this many mm of the surface."),
-        output: Path = typer.Option(Path("fit"), "-o", "--output", help="Folder for result.json, samples.npy, corner.png, slices.png.")):
-    """Posterior over a family's parameters given an observed image; prints MAP, mean, std and 90 % intervals."""
+        tau: Optional[float] = typer.Option(None, help="Label softness or blur length in mm, > 0 (default: estimated)."),
+        sigma: Optional[float] = typer.Option(None, help="SDM noise in mm, > 0 (default: estimated)."),
+        band: Optional[float] = typer.Option(None, help="For SDM targets: use only voxels within this many mm of the surface (> 0)."),
+        threads: Optional[int] = typer.Option(None, help="Threads for the network and the exact SDM (default: all cores)."),
+        output: Path = typer.Option(Path("fit"), "-o", "--output", help="Folder for result.json, mesh.stl, sdm.nii.gz, labels.nii.gz, overlay.png...")):
+    """Posterior over a family's parameters (and pose) given an image; prints MAP, mean, std and 90 % intervals."""
     import numpy as np
 
-    from .fit import FORWARD_MODELS, fit as run_fit
-    from .io import load_volume, write_json
-    from .viz import save_corner, save_slices
+    from .fit import FORWARD_MODELS, OBSERVED_KINDS, POSES, fit as run_fit
+    from .io import load_volume
 
-    observed = _choice(observed, "--observed", ("labels", "sdm"))
+    observed = _choice(observed, "--observed", OBSERVED_KINDS)
     forward = _choice(forward, "--forward", FORWARD_MODELS)
+    pose = _choice(pose, "--pose", POSES)
+    where = _numbers(centre, "--centre", 3) if centre is not None else None
+    if threads is not None:
+        if threads < 1:
+            raise SdmnnError(f"--threads must be at least 1, got {threads}")
+        import torch
+
+        from .runtime import set_threads
+
+        torch.set_num_threads(threads)
+        set_threads(threads)
     volume, grid = load_volume(target)
+    mask_volume = None
+    if mask is not None:
+        mask_volume, mask_grid = load_volume(mask)
+        if mask_grid != grid:
+            raise SdmnnError(f"the mask {mask} is not on the image's grid (shape {grid.shape})")
     net = None
     if model is not None:
         from .nn.checkpoint import load_model
 
         net = load_model(model)
-    r = run_fit(volume, grid, family=family, observed_kind=observed, forward=forward, seed=seed, model=net,
-                tau=tau, sigma=sigma, band=band)
-    table = Table(title=f"{family} fit ({forward} forward model, {observed} target)", title_justify="left")
+    with err.status(f"fitting the {family} family to {target.name}") as status:
+        r = run_fit(volume, grid, family=family, observed_kind=observed, forward=forward, pose=pose, seed=seed, model=net,
+                    tau=tau, sigma=sigma, band=band, label=label, mask=mask_volume, centre=where, threads=threads,
+                    progress=lambda text: status.update(f"fitting {target.name}: {text}"))
+    table = Table(title=f"{family} fit ({forward} forward model, {observed} target, pose {pose})", title_justify="left")
     for col in ("parameter", "MAP", "mean", "std", "90 % interval"):
         table.add_column(col)
     for name, (lo, hi) in r.interval(0.9).items():
-        table.add_row(name, f"{r.params[name]:.5g}", f"{r.mean[name]:.5g}", f"{r.std[name]:.3g}", f"[{lo:.5g}, {hi:.5g}]")
+        table.add_row(name, f"{r.params.get(name, 0.0):.5g}", f"{r.mean[name]:.5g}", f"{r.std[name]:.3g}", f"[{lo:.5g}, {hi:.5g}]")
     console.print(table)
-    console.print(f"{r.seconds:.1f} s, forward evaluations: " + ", ".join(f"{k} {v}" for k, v in r.evaluations.items() if v))
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SdmnnError(f"cannot create the output folder {output}: {e.strerror}") from None
-    write_json(output / "result.json", r.to_dict())
-    np.save(output / "samples.npy", r.samples)
-    save_corner(output / "corner.png", r.samples, r.names, truth=None, map_point=[r.params[n] for n in r.names])
-    from .fit import fitted_sdm
+    quality = ", ".join(f"{k} {v:.4g}" for k, v in r.quality.items() if isinstance(v, float))
+    console.print(f"{r.seconds:.1f} s; forward evaluations: " + ", ".join(f"{k} {v}" for k, v in r.evaluations.items() if v)
+                  + f"; quality: {quality}")
+    if pose == "rigid":
+        console.print("pose (model -> world, mm):\n" + np.array2string(r.pose, precision=4, suppress_small=True))
+    written = r.save(output, image=volume if observed != "sdm" else None, target=str(target))
+    console.print(f"wrote {output}/: {', '.join(written)}")
 
-    target_sdm = volume if observed == "sdm" else np.where(volume > 0, -1.0, 1.0).astype("float32")
-    save_slices(output / "slices.png", target_sdm, grid, others={"fitted (MAP)": fitted_sdm(r, grid, family)},
-                title=f"target {target.name} and the fitted zero contour")
-    console.print(f"wrote {output}/result.json, samples.npy, corner.png, slices.png")
+
+@app.command()
+def phantom(family: str = typer.Argument(..., help="Family name."),
+            param: Optional[list[str]] = ParamOpt,
+            rotate: str = typer.Option("0,0,0", help="RX,RY,RZ: rotation vector in degrees, about the shape's centre."),
+            translate: str = typer.Option("0,0,0", help="TX,TY,TZ: shift in mm (the image stays centred on the unshifted shape)."),
+            spacing: str = typer.Option("0.3,0.3,0.3", help="SX,SY,SZ: voxel size in mm (one number for cubic voxels)."),
+            kind: str = typer.Option("labels", metavar="[labels|ct]", help="labels (partial-volume label map) or ct (two tissues, blur, noise)."),
+            noise: float = typer.Option(100.0, help="ct: Gaussian noise, intensity units (tissues: inside 0, outside 1000)."),
+            blur: float = typer.Option(0.25, help="ct: standard deviation of the point-spread function, mm."),
+            seed: int = typer.Option(0, help="Seed of the noise."),
+            output: Path = typer.Option(..., "-o", "--output", help="Image file (.nii.gz, .nrrd, .mha...); the truth goes to NAME.truth.json.")):
+    """A test image from a 4x finer mesh, posed, with partial volume (and blur and noise for ct), plus its truth."""
+    from .io import save_volume, write_json
+    from .phantom import KINDS, make_phantom
+    from .shapes import get_family
+
+    kind = _choice(kind, "--kind", KINDS)
+    fam = get_family(family)
+    params = parse_params(fam, param)
+    sp = _numbers(spacing, "--spacing", 3, allow_one=True)
+    image, grid, truth = make_phantom(fam, params, rotate=_numbers(rotate, "--rotate", 3), translate=_numbers(translate, "--translate", 3),
+                                      spacing=sp, kind=kind, noise=noise, blur=blur, seed=seed)
+    save_volume(output, image, grid)
+    name = output.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".npy"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    truth_path = output.with_name(name + ".truth.json")
+    write_json(truth_path, truth)
+    console.print(f"wrote {output} ({grid.shape[0]}x{grid.shape[1]}x{grid.shape[2]} voxels of {sp} mm) and {truth_path}")
+
+
+def _numbers(text: str, option: str, count: int, allow_one: bool = False) -> tuple:
+    """"1,2,3" -> (1.0, 2.0, 3.0), checked: ``count`` finite numbers (or one, repeated, when ``allow_one``)."""
+    import math
+
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if allow_one and len(values) == 1:
+        values = values * count
+    if len(values) != count or not all(math.isfinite(v) for v in values):
+        raise SdmnnError(f"{option} takes {count} comma-separated numbers" + (" (or one)" if allow_one else "") + f", got {text!r}")
+    return values
 
 
 def main():

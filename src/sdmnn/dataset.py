@@ -129,6 +129,10 @@ def create_store(path, family: Family, grid: Grid, design: str, seed: int, point
 
     meta = _metadata(family, grid, design, seed, len(points), task_size)
     path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FileError(f"cannot create the folder {path.parent}: {e.strerror}") from None
     if path.exists():
         group, old = _open_group(path, "r+")
         if old is None:

@@ -35,3 +35,7 @@ class FitError(SdmnnError):
 
 class MeshWarning(UserWarning):
     """A mesh that is open, inconsistently oriented or inverted: the SDM uses the robust sign."""
+
+
+class FitWarning(UserWarning):
+    """A fit that explains the observed image poorly (wrong family, label, pose or image)."""

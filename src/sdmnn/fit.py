@@ -1,124 +1,64 @@
-"""Bayesian fitting of shape parameters to an observed image, with the exact or a learned forward model.
+"""Bayesian fitting of a family's shape parameters, and of an unknown rigid pose, to an observed image.
 
-Likelihood (the logistic shape model for label maps): p(label = 1 at x) = sigmoid(-d_theta(x) / tau);
-for an observed SDM, Gaussian noise of scale sigma on the distances, optionally within a band of the
-surface. tau and sigma are estimated at the first MAP unless given. A learned forward model's own error
-(its validation mean |error| near the surface, as a Gaussian of that mean) is added to the noise, and its
-errors are spatially correlated over about ``correlation_mm``, so its log-likelihood is divided by the
-number of voxels in that correlation volume: without that, independent-voxel posteriors are far too narrow.
-Priors are uniform over the family's ranges (or user-given sub-ranges).
+The image is taken as it comes: any grid (flipped, oblique, anisotropic; ``Grid``), in world millimetres.
+Its voxels are compared with the SDM d(x) of the posed shape at their world positions x:
 
-Inference: ``sdmnn`` screens a scrambled Sobol set of parameter vectors with the network, runs L-BFGS from
-the best few in a batch (torch, through a sigmoid map onto the box), and takes a Laplace approximation
-(autograd Hessian) at the MAP. ``exact`` screens with the exact SDM, polishes with Nelder-Mead (scipy) and
-takes a finite-difference Laplace approximation. ``hybrid`` does the network's search, then
-Levenberg-Marquardt on the exact likelihood, first with the network's Jacobian (one exact SDM a step),
-then with the exact Jacobian by finite differences, and the Gauss-Newton Laplace approximation there:
-the exact model's accuracy at a fraction of its evaluations.
-Posterior samples are drawn from the Laplace Gaussian, truncated to the prior box.
+* ``labels`` (a segmentation; ``label`` picks one value of a multi-label map, default: non-zero):
+  Bernoulli with p(inside) = sigmoid(-d / tau), the logistic shape model;
+* ``sdm`` (an observed SDM in mm): Gaussian noise of scale sigma on the distances;
+* ``intensity`` (a CT-like image): I = b + (a - b) sigmoid(-d / tau) + Gaussian noise of scale sigma, two
+  tissue intensities blended by partial volume and blur. a, b and sigma are profiled out (closed-form
+  least squares at every evaluation), so the user gives no thresholds.
+
+tau (labels, intensity) and sigma are estimated at the MAP, and tau never below ``h / (2 pi)`` with h the
+voxel size: the logistic whose spread matches a surface known only to within one voxel.
+
+Pose: a rigid map from the model frame (where the family builds its mesh) to the world, about the model
+shape's centre ``c``: x_world = R (x_model - c) + p. It starts from the image itself (the principal axes of
+a label map or of an SDM's inside; for an intensity image, rotations near the identity and every shift within
+5 mm of the image's centre or of a ``centre`` hint), with a screen of shapes, then is fitted jointly with the
+shape. Its posterior is over small
+rotations about the world axes at the MAP (``rx, ry, rz``, radians) and shifts (``tx, ty, tz``, mm).
+
+Forward models (the SDM at the voxels, for given shape and pose):
+* ``exact``: the family's mesh, posed, and its exact SDM on the image's own grid (exact for any affine);
+* ``sdmnn`` (or ``deepsdf``): the network's SDM on its model grid, sampled at the voxels mapped into the
+  model frame (trilinear, differentiable; beyond the model grid, the border value plus the distance to it,
+  a sound upper bound of the distance there);
+* ``hybrid`` (the default): the network's search, then Levenberg-Marquardt on the exact likelihood, first
+  with the network's shape Jacobian (one exact SDM a step), then with the exact one by finite differences.
+
+Posterior: the Laplace approximation at the MAP with the Gauss-Newton (Fisher) Hessian. Residuals of
+real images are spatially correlated (blur, partial volume, the mesh's own discretisation), so the
+log-likelihood is divided by the effective number of voxels per independent one: the volume of the
+residuals' autocorrelation (summed over the lags where it is significant). Samples come from that
+Gaussian, the shape truncated to the prior box.
 """
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from torch.nn import functional as F
 
-from .errors import FitError, SdmnnError
+from .errors import FitError, FitWarning
 from .grid import Grid
 from .shapes import get_family
 
-
-@dataclass
-class FitResult:
-    names: tuple[str, ...]
-    params: dict  # MAP
-    mean: dict
-    std: dict
-    samples: np.ndarray  # (S, d) posterior samples in the family's units
-    seconds: float
-    evaluations: dict  # forward evaluations by model: {"sdmnn": ..., "exact": ...}
-    forward: str
-    observed_kind: str
-    noise: dict  # tau or sigma actually used, model error, tempering
-    log_posterior: float
-    covariance: np.ndarray = field(repr=False, default=None)
-
-    def interval(self, level: float = 0.9) -> dict:
-        """Central posterior interval of each parameter from the samples."""
-        lo, hi = np.quantile(self.samples, [(1 - level) / 2, (1 + level) / 2], axis=0)
-        return {n: (float(a), float(b)) for n, a, b in zip(self.names, lo, hi)}
-
-    def to_dict(self) -> dict:
-        return {
-            "forward": self.forward, "observed": self.observed_kind, "map": self.params, "mean": self.mean, "std": self.std,
-            "interval_90": {k: list(v) for k, v in self.interval(0.9).items()}, "seconds": self.seconds,
-            "evaluations": self.evaluations, "noise": self.noise, "log_posterior": self.log_posterior,
-            "covariance": self.covariance.tolist() if self.covariance is not None else None,
-        }
-
-
-# ---------------------------------------------------------------------------------------------
-# checks and likelihoods
-# ---------------------------------------------------------------------------------------------
-
-def check_observed(observed: np.ndarray, kind: str) -> np.ndarray:
-    observed = np.asarray(observed)
-    if observed.ndim != 3:
-        raise FitError(f"the observed image must be a 3-D volume, got {observed.ndim} dimensions")
-    if not np.all(np.isfinite(observed)):
-        raise FitError("the observed image holds NaN or infinite values")
-    if kind == "labels":
-        values = np.unique(observed)
-        if not np.all(np.isin(values, [0, 1])):
-            raise FitError(f"a label map holds only 0 (outside) and 1 (inside), found values such as {values[~np.isin(values, [0, 1])][:3].tolist()}")
-        if values.tolist() != [0, 1]:
-            raise FitError("the label map is all " + ("zeros" if values[0] == 0 else "ones") + ": there is no shape boundary to fit")
-        return observed.astype(np.float32)
-    if kind == "sdm":
-        if not (observed.min() < 0 < observed.max()):
-            raise FitError("the observed SDM has no zero crossing (no voxel inside or none outside)")
-        return observed.astype(np.float32)
-    raise FitError(f"observed must be 'labels' or 'sdm', got {kind!r}")
-
-
-def _nll_labels(d, y, tau):
-    """-log p(labels | d): Bernoulli with p(inside) = sigmoid(-d / tau). Works on numpy or torch."""
-    if isinstance(d, torch.Tensor):
-        z = -d / tau
-        return F.binary_cross_entropy_with_logits(z, y.expand_as(z), reduction="none").flatten(1).sum(1)
-    z = -d / tau
-    return float(np.sum(np.logaddexp(0, z) - y * z))
-
-
-def _nll_sdm(d, y, sigma, mask):
-    if isinstance(d, torch.Tensor):
-        r = (d - y) * mask
-        return 0.5 * (r**2).flatten(1).sum(1) / sigma**2
-    return float(0.5 * np.sum(((d - y) * mask) ** 2) / sigma**2)
-
-
-def _estimate_noise(kind, d, y, mask):
-    """MLE of tau (labels) or sigma (SDM) for the SDM ``d`` of the current MAP."""
-    if kind == "sdm":
-        return float(np.sqrt(np.sum(((d - y) * mask) ** 2) / max(mask.sum(), 1)))
-    from scipy.optimize import minimize_scalar
-
-    near = np.abs(d) < 3.0  # voxels far from the boundary carry no information on tau
-    r = minimize_scalar(lambda lt: _nll_labels(d[near], y[near], math.exp(lt)), bounds=(math.log(1e-3), math.log(2.0)), method="bounded")
-    return float(math.exp(r.x))
-
-
-# ---------------------------------------------------------------------------------------------
-# the fit
-# ---------------------------------------------------------------------------------------------
-
 #: The forward models a fit can use: the SDMNN network, the exact SDM, the network's search with an exact
 #: polish, and the DeepSDF-style baseline.
-FORWARD_MODELS = ("sdmnn", "exact", "hybrid", "deepsdf")
+FORWARD_MODELS = ("hybrid", "sdmnn", "exact", "deepsdf")
+OBSERVED_KINDS = ("labels", "sdm", "intensity")
+POSES = ("none", "rigid")
+POSE_NAMES = ("rx", "ry", "rz", "tx", "ty", "tz")
+#: Scales of the pose's parameters in the optimisers (radians, mm): steps of one unit move the surface
+#: by about a voxel's fraction alike.
+POSE_SCALE = np.array([0.1, 0.1, 0.1, 1.0, 1.0, 1.0])
+#: Quality below which a fit is said to explain the image poorly: the Dice of the labels, and the share of the
+#: intensities' variance within NEAR_MM of the fitted surface that the fit explains.
+MIN_DICE, MIN_R2, NEAR_MM = 0.8, 0.5, 1.0
 
 
 def check_forward(forward: str) -> str:
@@ -130,108 +70,864 @@ def check_forward(forward: str) -> str:
     return forward
 
 
-def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "labels", forward: str = "sdmnn", seed: int = 0,
-        model=None, prior: dict | None = None, tau: float | None = None, sigma: float | None = None, band: float | None = None,
-        n_starts: int = 3, n_screen: int = 64, n_samples: int = 4000, correlation_mm: float = 0.6,
-        max_exact: int = 80) -> FitResult:
-    """Posterior over a family's parameters given an observed label map or SDM on ``grid``.
+# ---------------------------------------------------------------------------------------------
+# the result
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class FitResult:
+    family: str
+    names: tuple[str, ...]  # the shape parameters, then the pose's (with pose="rigid")
+    params: dict  # MAP of the shape parameters
+    pose: np.ndarray  # (4, 4) model -> world (mm) at the MAP
+    pose_centre: np.ndarray  # (3,) the model-frame point the pose's rotations turn about (mm)
+    mean: dict
+    std: dict
+    samples: np.ndarray  # (S, len(names)) posterior samples: shape in the family's units, pose as in the module notes
+    seconds: float
+    evaluations: dict  # forward evaluations by model: {"sdmnn": ..., "exact": ...}
+    forward: str
+    observed_kind: str
+    noise: dict  # tau / sigma, appearance (intensities), the learned model's error, the correlation volume
+    quality: dict  # dice (labels, intensity), r2 (intensity), rms (sdm), residual statistics, warning
+    grid: Grid  # the observed image's grid
+    log_posterior: float
+    covariance: np.ndarray = field(repr=False, default=None)
+
+    def interval(self, level: float = 0.9) -> dict:
+        """Central posterior interval of each parameter (shape and pose) from the samples."""
+        lo, hi = np.quantile(self.samples, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        return {n: (float(a), float(b)) for n, a, b in zip(self.names, lo, hi)}
+
+    def mesh(self):
+        """The fitted surface (MAP shape at the MAP pose) as a trimesh in world mm."""
+        mesh = get_family(self.family).mesh(self.params)
+        return mesh.apply_transform(self.pose)
+
+    def sdm(self, grid: Grid | None = None) -> np.ndarray:
+        """The exact SDM of the fitted surface on ``grid`` (default: the observed image's grid), mm."""
+        from .sdm import exact_sdm
+
+        return exact_sdm(self.mesh(), grid or self.grid)
+
+    def save(self, folder, image: np.ndarray | None = None, target: str | None = None) -> list[str]:
+        """Write the fit for a clinician's tools: result.json (parameters, intervals, pose, quality...),
+        mesh.stl (the fitted surface, world mm), sdm.nii.gz and labels.nii.gz (on the image's own grid),
+        samples.npy, corner.png and, given the ``image``, overlay.png (its slices around the shape with the
+        fitted contour). Returns the names written."""
+        from pathlib import Path
+
+        from .errors import FileError
+        from .io import save_mesh, save_volume, write_json
+        from .viz import save_corner, save_slices
+
+        folder = Path(folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise FileError(f"cannot create the output folder {folder}: {e.strerror}") from None
+        write_json(folder / "result.json", {"target": target, **self.to_dict()})
+        mesh = self.mesh()
+        save_mesh(folder / "mesh.stl", mesh)
+        sdm = self.sdm()
+        save_volume(folder / "sdm.nii.gz", sdm, self.grid)
+        save_volume(folder / "labels.nii.gz", (sdm < 0).astype(np.uint8), self.grid)
+        from .io import atomic_path
+
+        with atomic_path(folder / "samples.npy") as tmp:
+            np.save(tmp, self.samples)
+        save_corner(folder / "corner.png", self.samples, self.names,
+                    map_point=[self.params.get(n, 0.0) for n in self.names])
+        written = ["result.json", "mesh.stl", "sdm.nii.gz", "labels.nii.gz", "samples.npy", "corner.png"]
+        if image is not None:
+            lo, hi = _index_box(self.grid, mesh.bounds[0], mesh.bounds[1], 2.0)
+            view = crop(self.grid, lo, hi)
+            lo = np.clip(lo, 0, np.array(self.grid.shape) - 1)
+            sl = tuple(slice(a, a + n) for a, n in zip(lo, view.shape))
+            shown = {"labels": "label (1 inside the shape)", "intensity": "image intensity"}.get(self.observed_kind)
+            save_slices(folder / "overlay.png", np.asarray(image, np.float32)[sl], view, others={"fitted surface": sdm[sl]},
+                        title=f"{target or 'image'}: the fitted {self.family} ({self.forward})", image_label=shown)
+            written.append("overlay.png")
+        return written
+
+    def to_dict(self) -> dict:
+        return {
+            "family": self.family, "forward": self.forward, "observed": self.observed_kind, "map": self.params,
+            "pose": self.pose.tolist(), "pose_centre": self.pose_centre.tolist(), "mean": self.mean, "std": self.std,
+            "interval_90": {k: list(v) for k, v in self.interval(0.9).items()}, "quality": self.quality,
+            "noise": self.noise, "seconds": self.seconds, "evaluations": self.evaluations,
+            "log_posterior": self.log_posterior, "grid": self.grid.to_dict(),
+            "covariance": self.covariance.tolist() if self.covariance is not None else None, "names": list(self.names),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# the observed image
+# ---------------------------------------------------------------------------------------------
+
+def check_observed(observed: np.ndarray, kind: str, label: int | None = None) -> np.ndarray:
+    """The observation as float32: labels as 0/1 (``label``: which value is inside; default non-zero)."""
+    if kind not in OBSERVED_KINDS:
+        raise FitError(f"observed_kind must be one of {', '.join(OBSERVED_KINDS)}, got {kind!r}")
+    observed = np.asarray(observed)
+    if observed.ndim != 3:
+        raise FitError(f"the observed image must be a 3-D volume, got {observed.ndim} dimensions")
+    if not np.issubdtype(observed.dtype, np.number) and observed.dtype != bool:
+        raise FitError(f"the observed image must hold numbers, got {observed.dtype}")
+    if not np.all(np.isfinite(observed)):
+        raise FitError("the observed image holds NaN or infinite values")
+    if kind == "labels":
+        if label is not None:
+            if not np.any(observed == label):
+                values = np.unique(observed)[:8].tolist()
+                raise FitError(f"the label map holds no voxel of label {label}; it holds {values}")
+            y = observed == label
+        else:
+            y = observed != 0
+        if y.all() or not y.any():
+            raise FitError("the label map is all " + ("ones" if y.all() else "zeros") + ": there is no shape boundary to fit")
+        return y.astype(np.float32)
+    if kind == "sdm" and not (observed.min() < 0 < observed.max()):
+        raise FitError("the observed SDM has no zero crossing (no voxel inside or none outside)")
+    if kind == "intensity" and not observed.max() > observed.min():
+        raise FitError("the observed image is constant: there is no contrast to fit")
+    return observed.astype(np.float32)
+
+
+def crop(grid: Grid, lo, hi) -> Grid:
+    """The sub-grid of voxels ``lo`` .. ``hi`` (inclusive index triples, clipped to the grid)."""
+    lo = np.clip(np.asarray(lo, int), 0, np.array(grid.shape) - 1)
+    hi = np.clip(np.asarray(hi, int), lo, np.array(grid.shape) - 1)
+    return Grid(tuple(int(n) for n in hi - lo + 1), grid.spacing, tuple(grid.to_world(lo).tolist()), grid.direction)
+
+
+def _index_box(grid: Grid, world_lo, world_hi, margin_mm: float):
+    """The voxel index box of ``grid`` covering a world box plus a margin."""
+    corners = np.array([[x, y, z] for x in (world_lo[0], world_hi[0]) for y in (world_lo[1], world_hi[1])
+                        for z in (world_lo[2], world_hi[2])])
+    idx = grid.to_index(corners)
+    pad = margin_mm / np.array(grid.spacing)
+    return np.floor(idx.min(0) - pad).astype(int), np.ceil(idx.max(0) + pad).astype(int)
+
+
+@dataclass
+class _Observation:
+    """The observed voxels the fit uses (a crop of the image around the shape), as flat arrays."""
+
+    kind: str
+    grid: Grid  # the crop
+    y: np.ndarray  # (N,) float64
+    mask: np.ndarray  # (N,) float64, 1 where used
+    points: np.ndarray  # (N, 3) world positions (mm)
+    h: float  # voxel size (geometric mean of the spacing), mm
+    offset: np.ndarray  # the crop's first voxel in the full image
+
+    @classmethod
+    def of(cls, kind, image, mask, grid: Grid, lo, hi):
+        sub = crop(grid, lo, hi)
+        lo = np.clip(np.asarray(lo, int), 0, np.array(grid.shape) - 1)
+        sl = tuple(slice(a, a + n) for a, n in zip(lo, sub.shape))
+        y = image[sl].astype(np.float64).ravel()
+        m = np.ones_like(y) if mask is None else mask[sl].astype(np.float64).ravel()
+        return cls(kind, sub, y, m, sub.points(), float(np.prod(sub.spacing)) ** (1 / 3), lo)
+
+
+# ---------------------------------------------------------------------------------------------
+# poses
+# ---------------------------------------------------------------------------------------------
+
+def rotation(rotvec) -> np.ndarray:
+    """The rotation matrix of a rotation vector (axis * angle in radians)."""
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_rotvec(np.asarray(rotvec, float)).as_matrix()
+
+
+@dataclass
+class Pose:
+    """x_world = R (x_model - centre) + position: a rigid pose about the model shape's centre."""
+
+    R: np.ndarray
+    position: np.ndarray
+    centre: np.ndarray
+
+    def matrix(self) -> np.ndarray:
+        """The 4x4 model -> world matrix."""
+        m = np.eye(4)
+        m[:3, :3] = self.R
+        m[:3, 3] = self.position - self.R @ self.centre
+        return m
+
+    def moved(self, step) -> "Pose":
+        """The pose after a small rotation ``step[:3]`` (radians, about world axes through the shape's
+        centre) and shift ``step[3:]`` (mm)."""
+        return Pose(rotation(step[:3]) @ self.R, self.position + np.asarray(step[3:], float), self.centre)
+
+    def to_world(self, V: np.ndarray) -> np.ndarray:
+        return (V - self.centre) @ self.R.T + self.position
+
+
+def _principal_axes(points: np.ndarray, weights=None):
+    """(centroid, axes as columns sorted by decreasing spread) of a point set."""
+    w = np.ones(len(points)) if weights is None else weights
+    c = (w[:, None] * points).sum(0) / w.sum()
+    cov = ((points - c).T * w) @ (points - c) / w.sum()
+    val, vec = np.linalg.eigh(cov)
+    vec = vec[:, ::-1].copy()
+    if np.linalg.det(vec) < 0:  # a right-handed frame, so that frames map onto each other by rotations
+        vec[:, 2] *= -1
+    return c, vec
+
+
+def _rotation_candidates(model_axes, image_axes, n_spin: int = 12) -> list[np.ndarray]:
+    """Rotations that map the model's least-spread axis onto the image's (either way), each spun about it
+    in ``n_spin`` steps: the two other axes are often too alike in spread to be matched reliably."""
+    out = []
+    for flip in (1.0, -1.0):
+        base = image_axes.copy()
+        base[:, 2] *= flip
+        base[:, 1] = np.cross(base[:, 2], base[:, 0])  # keep it a rotation
+        for k in range(n_spin):
+            spin = rotation(base[:, 2] * (2 * math.pi * k / n_spin))
+            out.append(spin @ base @ model_axes.T)
+    return out
+
+
+def _near_identity(max_degrees: float = 30.0) -> list[np.ndarray]:
+    """The identity and rotations of ``max_degrees`` * 2/3 about each axis, both ways (a CT's cochlea is
+    within ~30 degrees of the model's frame)."""
+    angle = math.radians(max_degrees) * 2 / 3
+    return [np.eye(3)] + [rotation(s * angle * e) for e in np.eye(3) for s in (1.0, -1.0)]
+
+
+# ---------------------------------------------------------------------------------------------
+# observation models
+# ---------------------------------------------------------------------------------------------
+
+def _softplus(x):
+    return np.logaddexp(0.0, x)
+
+
+def _sigmoid(x):
+    return 0.5 * (1 + np.tanh(0.5 * x))
+
+
+def tau_floor(h: float) -> float:
+    """The least label softness a voxel of size ``h`` mm allows: a logistic with the spread (standard
+    deviation) of a surface position known only to within the voxel, h / sqrt(12)."""
+    return h / (2 * math.pi)
+
+
+class _Likelihood:
+    """The observation model of one kind: negative log-likelihood of SDM values ``d`` at the observed
+    voxels, its noise estimate and its per-voxel derivatives."""
+
+    def __init__(self, obs: _Observation, scale: float | None):
+        self.obs, self.kind = obs, obs.kind
+        self.fixed = scale is not None
+        self.floor = tau_floor(obs.h) if obs.kind != "sdm" else 1e-3
+        self.scale = scale if scale is not None else (0.5 * obs.h if obs.kind != "sdm" else 0.2)
+        self.appearance = None  # (a inside, b outside, sigma) for intensity images
+
+    def nll(self, d, scale=None, every: int = 1):
+        """-log p(observed | d) up to a constant, at the current (or the given) scale: a float for d (N,),
+        one per row for d (B, N); ``every``: d holds every n-th voxel only."""
+        s = self.scale if scale is None else scale
+        y, m = self.obs.y[::every], self.obs.mask[::every]
+        if self.kind == "labels":
+            v = np.sum(m * (y * _softplus(d / s) + (1 - y) * _softplus(-d / s)), axis=-1)
+        elif self.kind == "sdm":
+            v = 0.5 * np.sum(m * (d - y) ** 2, axis=-1) / s**2 + m.sum() * math.log(s)
+        else:
+            _, _, sigma = _appearance(_sigmoid(-d / s), y, m)
+            v = m.sum() * np.log(sigma)
+        return float(v) if np.ndim(v) == 0 else v
+
+    def estimate(self, d) -> None:
+        """Set tau or sigma (and the intensities) to their MLE at the SDM ``d`` (unless given)."""
+        from scipy.optimize import minimize_scalar
+
+        if not self.fixed:
+            if self.kind == "sdm":
+                m = self.obs.mask
+                self.scale = max(float(np.sqrt(np.sum(m * (d - self.obs.y) ** 2) / max(m.sum(), 1))), self.floor)
+            else:
+                r = minimize_scalar(lambda lt: self.nll(d, math.exp(lt)), method="bounded",
+                                    bounds=(math.log(self.floor), math.log(max(4 * self.obs.h, 2.0))))
+                self.scale = max(float(math.exp(r.x)), self.floor)
+        if self.kind == "intensity":
+            self.appearance = _appearance(_sigmoid(-d / self.scale), self.obs.y, self.obs.mask)
+
+    def derivatives(self, d):
+        """(dNLL/dd, Fisher weight E[d2NLL/dd2]) per voxel."""
+        s, y, m = self.scale, self.obs.y, self.obs.mask
+        if self.kind == "labels":
+            p = _sigmoid(-d / s)
+            return m * (y - p) / s, m * p * (1 - p) / s**2
+        if self.kind == "sdm":
+            return m * (d - y) / s**2, m / s**2
+        p = _sigmoid(-d / s)
+        a, b, sigma = _appearance(p, y, m)
+        dr = (a - b) * p * (1 - p) / s  # d(residual)/dd, residual = y - b - (a - b) p
+        r = y - b - (a - b) * p
+        return m * r * dr / sigma**2, m * dr**2 / sigma**2
+
+    def residuals(self, d) -> np.ndarray:
+        """Standardised residuals per voxel (0 where unused), for the correlation volume."""
+        s, y, m = self.scale, self.obs.y, self.obs.mask
+        if self.kind == "labels":
+            p = _sigmoid(-d / s)
+            var = p * (1 - p)
+            near = var > 1e-4  # voxels that carry information on the surface
+            return np.where(near & (m > 0), (y - p) / np.sqrt(np.maximum(var, 1e-12)), 0.0)
+        if self.kind == "sdm":
+            return m * (d - y) / s
+        a, b, sigma = _appearance(_sigmoid(-d / s), y, m)
+        return m * (y - b - (a - b) * _sigmoid(-d / s)) / sigma
+
+
+def _appearance(p, y, m):
+    """Weighted least-squares intensities inside (a) and outside (b), and the noise sigma, for
+    y ~ b + (a - b) p over the voxels where m > 0; p (N,) or (B, N) gives scalars or (B,) arrays."""
+    n, sy, syy = m.sum(), np.sum(m * y), np.sum(m * y * y)
+    sp, spp, spy = np.sum(m * p, -1), np.sum(m * p * p, -1), np.sum(m * p * y, -1)
+    det = np.maximum(spp * n - sp * sp, 1e-12 * n * n)
+    slope = (spy * n - sp * sy) / det  # a - b
+    b = (sy - slope * sp) / n
+    rss = syy - 2 * b * sy - 2 * slope * spy + n * b * b + 2 * b * slope * sp + slope * slope * spp
+    sigma = np.sqrt(np.maximum(rss / n, 1e-12 * (syy / n + 1e-12)))
+    if np.ndim(sigma) == 0:
+        return float(b + slope), float(b), float(sigma)
+    return b + slope, b, sigma
+
+
+def correlation_volume(residuals: np.ndarray, shape, max_lag: int = 6) -> float:
+    """The number of voxels per independent residual: the sum of the residuals' autocorrelation over the
+    lags (up to ``max_lag`` voxels along each axis) where it is significantly positive (above twice the
+    standard error of a correlation estimated from that lag's pairs), at least 1."""
+    r = residuals.reshape(shape)
+    used = (r != 0).astype(np.float64)
+    if used.sum() < 10:
+        return 1.0
+    size = [2 * n for n in shape]
+    axes = tuple(range(r.ndim))
+    fr, fu = np.fft.rfftn(r, size, axes), np.fft.rfftn(used, size, axes)
+    ac = np.fft.irfftn(fr * np.conj(fr), size, axes)
+    pairs = np.fft.irfftn(fu * np.conj(fu), size, axes)
+    lags = [np.r_[0 : max_lag + 1, -max_lag:0] for _ in shape]
+    sub = np.ix_(*lags)
+    ac, pairs = ac[sub], np.round(pairs[sub])
+    var = ac.flat[0] / pairs.flat[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.where(pairs >= 10, ac / np.maximum(pairs, 1) / var, 0.0)
+        significant = rho > 2 / np.sqrt(np.maximum(pairs, 1))
+    return float(max(1.0, np.sum(rho[significant])))
+
+
+# ---------------------------------------------------------------------------------------------
+# forward models
+# ---------------------------------------------------------------------------------------------
+
+class _Exact:
+    """The exact SDM of the posed mesh at the observed voxels."""
+
+    def __init__(self, family, obs: _Observation, evals):
+        self.family, self.obs, self.evals = family, obs, evals
+
+    def __call__(self, vector, pose: Pose) -> np.ndarray:
+        import trimesh
+
+        from .sdm import exact_sdm
+
+        self.evals["exact"] += 1
+        mesh = self.family.mesh(np.clip(vector, self.family.space.low, self.family.space.high))
+        posed = trimesh.Trimesh(pose.to_world(mesh.vertices), mesh.faces, process=False)
+        return exact_sdm(posed, self.obs.grid).astype(np.float64).ravel()
+
+    def jacobian(self, vector, pose: Pose, d, low, high, free_pose: bool, h: float = 1e-3) -> np.ndarray:
+        """d SDM / d (unit-box shape, rotation / POSE_SCALE, shift / POSE_SCALE), (N, k): the shape's columns
+        by forward differences (one exact SDM each), the pose's from the SDM's gradient."""
+        span = high - low
+        u = (vector - low) / span
+        cols = []
+        for i in range(len(u)):
+            e = np.zeros(len(u))
+            e[i] = h if u[i] + h <= 1 else -h
+            cols.append((self(low + (u + e) * span, pose) - d) / e[i])
+        J = np.stack(cols, 1)
+        return np.concatenate([J, self.pose_jacobian(d, pose) * POSE_SCALE], 1) if free_pose else J
+
+    def pose_jacobian(self, d, pose: Pose) -> np.ndarray:
+        """d SDM / d (rotation, shift) at the voxels, (N, 6), from the SDM's gradient: moving the shape by
+        a small rigid motion moves its distance field along with it."""
+        g = self.obs.grid
+        grad_index = np.stack(np.gradient(d.reshape(g.shape), *g.spacing), -1).reshape(-1, 3)
+        grad = grad_index @ np.array(g.direction).T  # world gradient
+        arm = self.obs.points - pose.position
+        return np.concatenate([-np.cross(arm, grad), -grad], 1)
+
+
+class _Network:
+    """A learned model's SDM (on its model grid) at the observed voxels mapped into the model frame."""
+
+    def __init__(self, net, obs: _Observation, evals):
+        import torch
+
+        self.torch, self.net, self.obs, self.evals = torch, net, obs, evals
+        g = net.grid
+        self.origin = torch.tensor(g.origin, dtype=torch.float32)
+        self.spacing = torch.tensor(g.spacing, dtype=torch.float32)
+        self.top = torch.tensor((np.array(g.shape) - 1) * np.array(g.spacing), dtype=torch.float32)
+        self.points = torch.tensor(obs.points, dtype=torch.float32)
+
+    def volumes(self, vectors):
+        """(B, d) shape vectors -> (B, nx, ny, nz) SDMs on the model grid."""
+        torch = self.torch
+        self.evals[self.net.arch] += len(vectors)
+        with torch.no_grad():
+            return self.net.predict_torch(torch.as_tensor(np.asarray(vectors), dtype=torch.float32))
+
+    def sample(self, volumes, poses, every: int = 1) -> np.ndarray:
+        """SDMs (B, nx, ny, nz) at every ``every``-th observed voxel mapped into the model frame by ``poses``
+        (one each): (B, N). Beyond the model grid: the border value plus the distance to it."""
+        torch = self.torch
+        pts = self.points[::every]
+        R = torch.tensor(np.stack([p.R for p in poses]), dtype=torch.float32)
+        P = torch.tensor(np.stack([p.position for p in poses]), dtype=torch.float32)
+        with torch.no_grad():
+            x = torch.einsum("bji,bnj->bni", R, pts[None] - P[:, None, :])  # R^T (x - p): model frame
+            x = x + torch.tensor(poses[0].centre, dtype=torch.float32) - self.origin  # mm from the first voxel
+            inside = torch.minimum(torch.maximum(x, torch.zeros(3)), self.top)
+            beyond = torch.linalg.vector_norm(x - inside, dim=-1)
+            u = 2 * inside / self.top - 1  # [-1, 1] from the first to the last voxel centre
+            grid = u.flip(-1)[:, None, None]  # grid_sample wants (k, j, i) last: (B, 1, 1, N, 3)
+            vals = torch.nn.functional.grid_sample(volumes[:, None], grid, mode="bilinear", padding_mode="border",
+                                                   align_corners=True)
+            return (vals[:, 0, 0, 0] + beyond).double().numpy()
+
+    def __call__(self, vector, pose: Pose) -> np.ndarray:
+        """The network's SDM at the observed voxels, (N,)."""
+        return self.sample(self.volumes(np.asarray(vector)[None]), [pose])[0]
+
+    def jacobian(self, vector, pose: Pose, d, low, high, free_pose: bool, h: float = 5e-3) -> np.ndarray:
+        """d SDM / d (unit-box shape, rotation / POSE_SCALE, shift / POSE_SCALE), (N, k): the shape's columns
+        by forward differences of d + 1 network SDMs in one batch (steps of ``h`` of each range, inward at
+        the box's edges), the pose's by central differences of the SDM at ``vector``, resampled."""
+        span = high - low
+        u = (np.asarray(vector) - low) / span
+        k = len(u)
+        steps = np.eye(k) * np.where(u + h <= 1, h, -h)
+        vols = self.volumes(np.concatenate([np.asarray(vector)[None], low + (u + steps) * span]))
+        samples = self.sample(vols, [pose] * (k + 1))
+        J = ((samples[1:] - samples[0]) / np.diag(steps)[:, None]).T
+        if not free_pose:
+            return J
+        moves = np.concatenate([np.eye(6), -np.eye(6)]) * h
+        d_pose = self.sample(vols[:1].expand(12, *vols.shape[1:]), [pose.moved(e * POSE_SCALE) for e in moves])
+        return np.concatenate([J, ((d_pose[:6] - d_pose[6:]) / (2 * h)).T], 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the fit
+# ---------------------------------------------------------------------------------------------
+
+def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "labels", forward: str = "hybrid",
+        pose: str = "none", seed: int = 0, model=None, prior: dict | None = None, tau: float | None = None,
+        sigma: float | None = None, band: float | None = None, label: int | None = None, mask=None, centre=None,
+        n_shapes: int = 8, n_starts: int = 3, n_samples: int = 4000, max_exact: int = 40, threads: int | None = None,
+        progress=None) -> FitResult:
+    """Posterior over a family's shape parameters (and, with ``pose="rigid"``, a rigid pose) given an image.
 
     Parameters
     ----------
-    observed : ndarray
-        Label map (1 inside, 0 outside) or SDM (mm, negative inside) on ``grid``.
-    forward : {"sdmnn", "exact", "hybrid", "deepsdf"}
-        The forward model: a learned one (``model``, default the shipped one), the exact SDM, or both.
+    observed : (nx, ny, nz) ndarray
+        A label map, an SDM (mm, negative inside) or a CT-like intensity image, on ``grid``.
+    grid : Grid
+        The image's grid (any spacing and direction), world mm.
+    family : str or Family
+    observed_kind : {"labels", "sdm", "intensity"}
+    forward : {"hybrid", "sdmnn", "exact", "deepsdf"}
+        The forward model (see the module notes); the learned ones use ``model`` (default: the shipped one).
+    pose : {"none", "rigid"}
+        "none": the model frame is the world frame; "rigid": fit a rotation and a shift too.
     prior : dict, optional
         name -> (low, high) sub-ranges of the uniform prior (default: the family's ranges).
     tau, sigma : float, optional
-        Label softness / SDM noise in mm; estimated at the first MAP when not given.
+        Label softness or blur length (mm) / noise (mm for SDMs); estimated when not given.
     band : float, optional
         For SDM targets: use only voxels with |observed| <= band mm.
+    label : int, optional
+        The value of the shape in a multi-label map (default: every non-zero voxel).
+    mask : ndarray, optional
+        Non-zero where voxels may be used (on ``grid``).
+    centre : (3,) world mm, optional
+        Where the shape is about (the search starts there; default: the image's own estimate).
+    threads : int, optional
+        Threads for the network (default: every core on a quiet machine, one when the cores are busy).
+    progress : callable, optional
+        Called with a short text at each stage.
     """
     t0 = time.perf_counter()
     fam = get_family(family)
     check_forward(forward)
-    y = check_observed(observed, observed_kind)
-    if y.shape != grid.shape:
-        raise FitError(f"the observed image's shape {y.shape} does not match its grid {grid.shape}")
+    if pose not in POSES:
+        raise FitError(f"pose must be one of {', '.join(POSES)}, got {pose!r}")
+    for name, value in (("tau", tau), ("sigma", sigma), ("band", band)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise FitError(f"{name} must be a number > 0 mm, got {value}")
+    y_full = check_observed(observed, observed_kind, label)
+    if y_full.shape != grid.shape:
+        raise FitError(f"the observed image's shape {y_full.shape} does not match its grid {grid.shape}")
+    mask_full = None
+    if mask is not None:
+        mask_full = np.asarray(mask) != 0
+        if mask_full.shape != grid.shape:
+            raise FitError(f"the mask's shape {mask_full.shape} does not match the image's {grid.shape}")
+    if band is not None and observed_kind == "sdm":
+        near = np.abs(y_full) <= band
+        mask_full = near if mask_full is None else mask_full & near
     low, high = _prior_box(fam, prior)
-    mask = np.ones_like(y) if band is None or observed_kind == "labels" else (np.abs(y) <= band).astype(np.float32)
+    say = progress or (lambda text: None)
     network = "deepsdf" if forward == "deepsdf" else "sdmnn"
-    evals = {network: 0, "exact": 0}
-    rng = np.random.default_rng(seed)
-    learned = forward != "exact"
+    evals = {network: 0, "exact": 0} if forward != "exact" else {"exact": 0}
     net = None
-    if learned:
+    if forward != "exact":
         from .nn.checkpoint import load_model
 
         net = model or load_model(family=fam.name, arch=network)
         if net.family.name != fam.name:
             raise FitError(f"the model was trained for the {net.family.name} family, not {fam.name}")
-        if net.grid != grid:
-            raise FitError(f"the observed image's grid {grid.to_dict()} differs from the model's {net.grid.to_dict()}; "
-                           "resample it onto the model grid, or use --forward exact")
 
-    def exact_sdm_of(theta):
-        from .sdm import exact_sdm
+    if net is not None:
+        import torch
 
-        evals["exact"] += 1
-        return exact_sdm(fam.mesh(np.clip(theta, fam.space.low, fam.space.high)), grid)
+        from .runtime import torch_threads
 
-    # 1. global search
-    if learned:
-        theta, d_map = _nn_search(net, y, mask, observed_kind, low, high, n_screen, n_starts, seed, tau, sigma, evals)
+        threads_before = torch.get_num_threads()
+        torch.set_num_threads(threads or torch_threads())
+    try:
+        # 1. where the shape is: a crop of the image, the model's centre and the starting rotations
+        centre_model, model_axes, model_radius = _model_frame(fam)
+        foreground = {"labels": y_full, "sdm": (y_full < 0).astype(np.float32)}.get(observed_kind)
+        lo, hi, anchor, image_axes = _region(foreground, grid, centre, model_radius)
+        obs = _Observation.of(observed_kind, y_full, mask_full, grid, lo, hi)
+        if obs.mask.sum() < 8:
+            raise FitError("the mask leaves fewer than 8 voxels of the image to fit")
+        if pose == "rigid":
+            rotations = _rotation_candidates(model_axes, image_axes) if image_axes is not None else _near_identity()
+            position, search_shift = anchor, foreground is None
+        else:
+            rotations, position, search_shift = [np.eye(3)], centre_model, False
+        like = _Likelihood(obs, tau if observed_kind != "sdm" else sigma)
+
+        # 2. the search: a screen of rotations, shifts and shapes, then a joint local optimisation
+        shapes = _sobol(n_shapes, low, high, seed)
+        if net is not None:
+            say(f"searching {len(rotations)} rotations x {n_shapes} shapes" + (" x shifts" if search_shift else "")
+                + " with the network")
+            nnet = _Network(net, obs, evals)
+            picks = _screen(nnet, like, rotations, position, centre_model, shapes, search_shift)[:n_starts]
+            vector, best_pose = _best_of(nnet, like, picks, low, high, pose == "rigid")
+        else:
+            say(f"searching {len(rotations)} rotations x {n_shapes} shapes" + (" x shifts" if search_shift else "")
+                + " with the exact SDM")
+            picks = _screen(_exact_table(fam, obs, evals), like, rotations, position, centre_model, shapes, search_shift)
+            _, best_pose, vector = picks[0]
+
+        # 3. re-crop around the found shape (the polish needs only the voxels near its surface)
+        obs = _recrop(obs, y_full, mask_full, grid, fam, vector, best_pose, like)
+        exact = _Exact(fam, obs, evals)
+        like.obs = obs
+
+        # 4. the final model's MAP and the Gauss-Newton Hessian in (unit-box shape, rotation, shift)
+        span = high - low
+        free_pose = pose == "rigid"
+        if forward == "hybrid":
+            say("polishing with the exact SDM")
+            nnet = _Network(net, obs, evals)
+
+            def hybrid_jacobian(vector, pose, d, low, high, free_pose):  # the network's shape columns, the exact pose's
+                J = nnet.jacobian(vector, pose, None, low, high, False)
+                return np.concatenate([J, exact.pose_jacobian(d, pose) * POSE_SCALE], 1) if free_pose else J
+
+            vector, best_pose, d, J = _levenberg_marquardt(exact, [(hybrid_jacobian, 50), (exact.jacobian, 2)], like, vector,
+                                                           best_pose, low, high, max_exact, free_pose)
+            model_error = 0.0
+        elif forward == "exact":
+            say("polishing with the exact SDM")
+            vector, best_pose, d, J = _levenberg_marquardt(exact, [(exact.jacobian, 50)], like, vector, best_pose, low, high,
+                                                           max_exact, free_pose)
+            model_error = 0.0
+        else:
+            say("refining with the network")
+            nnet = _Network(net, obs, evals)
+            vector, best_pose, d, J = _levenberg_marquardt(nnet, [(nnet.jacobian, 20)], like, vector, best_pose, low, high,
+                                                           40, free_pose)
+            model_error = _model_error(net)
+        like.estimate(d)
+        scale_used = like.scale
+        if model_error and observed_kind == "labels":
+            like.scale = math.sqrt(like.scale**2 + 3 * model_error**2 / math.pi**2)
+        elif model_error and observed_kind == "sdm":
+            like.scale = math.sqrt(like.scale**2 + model_error**2)
+        _, w = like.derivatives(d)
+        temper = correlation_volume(like.residuals(d), obs.grid.shape)
+        H = J.T @ (w[:, None] * J) / temper
+        scales = np.concatenate([span, POSE_SCALE if free_pose else []])
+        cov_unit = _inverse(H)
+        cov = cov_unit * np.outer(scales, scales)
+        centre_theta = np.concatenate([vector, np.zeros(6) if free_pose else []])
+        samples = _truncated_gaussian(np.random.default_rng(seed), centre_theta, cov, low, high, n_samples)
+
+        # 5. quality
+        quality = _quality(like, d, obs)
+        names = tuple(fam.names) + (POSE_NAMES if free_pose else ())
+        result = FitResult(
+            family=fam.name, names=names, params=dict(zip(fam.names, map(float, vector))), pose=best_pose.matrix(),
+            pose_centre=np.asarray(best_pose.centre, float),
+            mean=dict(zip(names, map(float, samples.mean(0)))), std=dict(zip(names, map(float, samples.std(0)))),
+            samples=samples, seconds=time.perf_counter() - t0, evaluations=evals, forward=forward,
+            observed_kind=observed_kind,
+            noise={("sigma" if observed_kind == "sdm" else "tau"): scale_used, "tau_floor": like.floor if observed_kind != "sdm" else None,
+                   "appearance": dict(zip(("inside", "outside", "sigma"), like.appearance)) if like.appearance else None,
+                   "model_error": model_error, "correlation_volume": temper},
+            quality=quality, grid=grid, log_posterior=-like.nll(d) / temper, covariance=cov,
+        )
+        if quality.get("warning"):
+            warnings.warn(quality["warning"], FitWarning, stacklevel=2)
+        return result
+    finally:
+        if net is not None:
+            torch.set_num_threads(threads_before)
+
+
+def _model_frame(fam):
+    """The centre and principal axes of the solid shape at the centre of the family's box (its voxels
+    inside, as a label map's are), and the radius (mm) of the family's grid."""
+    from .sdm import exact_sdm
+
+    g = fam.grid
+    inside = exact_sdm(fam.mesh((fam.space.low + fam.space.high) / 2), g) < 0
+    centre, axes = _principal_axes(g.to_world(np.argwhere(inside)))
+    radius = float(np.linalg.norm((g.bounds[1] - g.bounds[0]) / 2))
+    return centre, axes, radius
+
+
+def _region(foreground, grid: Grid, centre, radius):
+    """The crop to search in (index box), the anchor point (world) and the image's principal axes (or None).
+
+    With a foreground (a label map's labels, an SDM's inside): its voxels plus 2 mm, its centroid and axes
+    (near the hint, when one is given). Otherwise: a box of the model's radius plus 5 mm about the hint or
+    the image's centre."""
+    if foreground is not None and centre is None:
+        idx = np.argwhere(foreground > 0.5)
+        anchor, axes = _principal_axes(grid.to_world(idx))
+        pad = np.ceil(2.0 / np.array(grid.spacing)).astype(int) + 2
+        return idx.min(0) - pad, idx.max(0) + pad, anchor, axes
+    anchor = np.asarray(centre, float) if centre is not None else grid.to_world((np.array(grid.shape) - 1) / 2)
+    if anchor.shape != (3,) or not np.all(np.isfinite(anchor)):
+        raise FitError(f"centre must be three world coordinates in mm, got {centre!r}")
+    half = radius + 5.0
+    lo, hi = _index_box(grid, anchor - half, anchor + half, 1.0)
+    if np.any(hi < 0) or np.any(lo >= np.array(grid.shape)):
+        raise FitError(f"the centre {np.round(anchor, 2).tolist()} mm lies outside the image")
+    if foreground is None:
+        return lo, hi, anchor, None
+    sub = crop(grid, lo, hi)  # a hint on a label map: the labels near it
+    lo_c = np.clip(lo, 0, np.array(grid.shape) - 1)
+    idx = np.argwhere(foreground[tuple(slice(a, a + n) for a, n in zip(lo_c, sub.shape))] > 0.5)
+    if len(idx) < 4:
+        raise FitError("no labelled (inside) voxel lies near the given centre")
+    return lo, hi, anchor, _principal_axes(sub.to_world(idx))[1]
+
+
+def _screen(table: _Network, like: _Likelihood, rotations, position, centre_model, shapes, search_shift: bool,
+            max_shift: float = 5.0, voxels: int = 60000):
+    """Score every (rotation, shape) pair at ``position``, or with ``search_shift`` at its best shift within
+    ``max_shift`` mm of it, with a model's SDMs (``table``) on at most ~``voxels`` voxels. Returns
+    [(score, Pose, shape vector)], best first, one per rotation (its best shape and shift)."""
+    vols = table.volumes(shapes)
+    if search_shift:
+        return _shift_screen(table, like, vols, rotations, position, centre_model, shapes, max_shift)
+    every = max(1, int(round(len(like.obs.y) / voxels)))
+    out = []
+    for R in rotations:
+        pose = Pose(R, np.asarray(position, float), centre_model)
+        scores = like.nll(table.sample(vols, [pose] * len(shapes), every), every=every)
+        i = int(np.argmin(scores))
+        out.append((float(scores[i]), pose, shapes[i]))
+    return sorted(out, key=lambda t: t[0])
+
+
+def _shift_screen(table, like, vols, rotations, position, centre_model, shapes, max_shift):
+    """_screen's shift search for intensity images, every integer voxel shift at once: with the intensities
+    profiled out, the residual sum of squares of a shifted template p = sigmoid(-d / tau) needs only its
+    correlation with the image, one FFT per (rotation, shape), on the crop at half resolution."""
+    obs = like.obs
+    g, image, mask = obs.grid, obs.y.reshape(obs.grid.shape), obs.mask.reshape(obs.grid.shape)
+    n2 = np.array(g.shape) // 2
+    if np.any(n2 < 2):
+        n2, factor = np.array(g.shape), 1
     else:
-        theta, d_map = _exact_screen(exact_sdm_of, y, mask, observed_kind, low, high, n_screen, seed, tau, sigma)
-    noise_value = (tau if observed_kind == "labels" else sigma) or _estimate_noise(observed_kind, d_map, y, mask)
+        factor = 2
+    half = lambda v: v[: 2 * n2[0], : 2 * n2[1], : 2 * n2[2]].reshape(n2[0], 2, n2[1], 2, n2[2], 2).mean((1, 3, 5)) if factor == 2 else v  # noqa: E731
+    coarse = Grid(tuple(int(n) for n in n2), tuple(np.array(g.spacing) * factor),
+                  tuple(g.to_world(np.full(3, (factor - 1) / 2))), g.direction)
+    I, M = half(image), half(mask)
+    centre = coarse.to_world((n2 - 1) / 2)
+    n, SI, SII = M.sum(), (M * I).sum(), (M * I * I).sum()
+    axes = (0, 1, 2)
+    F_MI, F_M = np.fft.rfftn(M * I, n2, axes), np.fft.rfftn(M, n2, axes)
+    reach = np.floor(max_shift / np.array(coarse.spacing)).astype(int)
+    shifts = np.stack(np.meshgrid(*(np.arange(-r, r + 1) for r in reach), indexing="ij"), -1).reshape(-1, 3)
+    at = tuple((shifts % n2).T)  # circular indices of the shifts
+    points = table.points
+    table.points = table.torch.tensor(coarse.points(), dtype=table.torch.float32)
+    out = []
+    try:
+        for R in rotations:
+            pose = Pose(R, centre + (np.asarray(position) - centre), centre_model)
+            template = _sigmoid(-table.sample(vols, [pose] * len(shapes)) / like.scale).reshape(len(shapes), *n2)
+            best = None
+            for s, p in enumerate(template):
+                FP, FPP = np.fft.rfftn(p, n2, axes), np.fft.rfftn(p * p, n2, axes)
+                SpI = np.fft.irfftn(F_MI * np.conj(FP), n2, axes)[at]  # sum over x of M I p(x - shift)
+                Sp = np.fft.irfftn(F_M * np.conj(FP), n2, axes)[at]
+                Spp = np.fft.irfftn(F_M * np.conj(FPP), n2, axes)[at]
+                det = np.maximum(n * Spp - Sp * Sp, 1e-12 * n * n)
+                rss = np.maximum(SII - (Spp * SI**2 - 2 * Sp * SI * SpI + n * SpI**2) / det, 1e-12 * SII)
+                k = int(np.argmin(rss))
+                score = 0.5 * n * math.log(rss[k] / n)
+                if best is None or score < best[0]:
+                    shift = coarse.to_world(shifts[k]) - coarse.to_world(np.zeros(3))
+                    best = (score, Pose(R, np.asarray(position, float) + shift, centre_model), shapes[s])
+            out.append(best)
+    finally:
+        table.points = points
+    return sorted(out, key=lambda t: t[0])
 
-    # 2. the noise model of the forward model that gives the posterior
-    final_is_exact = forward in ("exact", "hybrid")
-    model_err = 0.0 if final_is_exact else _model_error(net)
-    temper = 1.0 if final_is_exact else max(1.0, (correlation_mm / min(grid.spacing)) ** 3)
-    if observed_kind == "labels":
-        noise_eff = math.sqrt(noise_value**2 + 3 * model_err**2 / math.pi**2)
-    else:
-        noise_eff = math.sqrt(noise_value**2 + model_err**2)
 
-    def nll_np(d):
-        v = _nll_labels(d, y, noise_eff) if observed_kind == "labels" else _nll_sdm(d, y, noise_eff, mask)
-        return v / temper
+def _best_of(nnet: _Network, like: _Likelihood, picks, low, high, free_pose):
+    """Levenberg-Marquardt with the network from each pick; the best (vector, Pose)."""
+    best = None
+    for _, pose, vector in picks:
+        vector, pose, d, _ = _levenberg_marquardt(nnet, [(nnet.jacobian, 8)], like, vector, pose, low, high,
+                                                  budget=16, free_pose=free_pose, estimate=False)
+        f = like.nll(d)
+        if best is None or f < best[0]:
+            best = (f, vector, pose)
+    return best[1], best[2]
 
-    # 3. polish and Laplace approximation
+
+def _exact_table(fam, obs, evals) -> _Network:
+    """The exact SDMs of shapes on the family's grid, sampled as a network's would be (for the exact screen)."""
+    import torch
+
+    from .sdm import exact_sdm
+
+    class Table:
+        grid = fam.grid
+        arch = "exact"
+
+        def predict_torch(self, vectors):
+            return torch.stack([torch.from_numpy(exact_sdm(fam.mesh(v.double().numpy()), fam.grid)) for v in vectors])
+
+    return _Network(Table(), obs, evals)
+
+
+def _recrop(obs, y_full, mask_full, grid, fam, vector, pose, like):
+    """The observation re-cropped to the found shape's box plus a margin (4 tau and 2 voxels, at least 1.5 mm)."""
+    mesh = fam.mesh(vector)
+    world = pose.to_world(mesh.vertices)
+    margin = max(1.5, 4 * like.scale + 2 * max(grid.spacing))
+    lo, hi = _index_box(grid, world.min(0), world.max(0), margin)
+    lo = np.maximum(lo, obs.offset)
+    hi = np.minimum(hi, obs.offset + np.array(obs.grid.shape) - 1)
+    return _Observation.of(obs.kind, y_full, mask_full, grid, lo, hi)
+
+
+def _levenberg_marquardt(forward, phases, like: _Likelihood, vector, pose: Pose, low, high, budget: int, free_pose: bool,
+                         estimate: bool = True):
+    """Levenberg-Marquardt on the likelihood of ``forward(vector, pose)`` in (unit-box shape, rotation /
+    POSE_SCALE, shift / POSE_SCALE), with the Gauss-Newton (Fisher) matrix; ``phases`` lists (jacobian,
+    steps): e.g. the network's shape Jacobian first (cheap; with the exact forward model its fixed point is
+    the exact optimum whatever the network's bias), then the exact one for the last steps. ``budget`` bounds
+    the trial evaluations of ``forward``; ``estimate``: re-estimate the noise scale after each step.
+    Returns (vector, pose, forward there, the Jacobian there)."""
     span = high - low
-    if forward == "hybrid":
-        # a few Levenberg-Marquardt steps on the exact likelihood with the network's Jacobian (one exact SDM
-        # each), then two with the exact Jacobian by finite differences, which lands on the exact optimum
-        nn_jac = lambda th, d: _surrogate_jacobian(net, th, low, high)  # noqa: E731
-        ex_jac = lambda th, d: _exact_jacobian(exact_sdm_of, th, d, low, high)  # noqa: E731
-        theta, d_map, _ = _levenberg_marquardt(nn_jac, exact_sdm_of, nll_np, observed_kind, y, mask, lambda: noise_eff, theta, low, high, max_exact // 2)
-        theta, d_map, J = _levenberg_marquardt(ex_jac, exact_sdm_of, nll_np, observed_kind, y, mask, lambda: noise_eff, theta, low, high, max_exact // 2, max_iter=2)
-        if (tau if observed_kind == "labels" else sigma) is None:  # the noise at the exact MAP, for the posterior's width
-            noise_value = noise_eff = max(_estimate_noise(observed_kind, d_map, y, mask), 1e-3)
-        _, w = _likelihood_derivatives(observed_kind, d_map, y, mask, noise_eff)
-        hessian_u = J.T @ (w[:, None] * J) / temper  # Gauss-Newton (Fisher) Hessian with the exact Jacobian
-        log_post = -nll_np(d_map)
-    elif forward == "exact":
-        theta = _exact_polish(lambda th: nll_np(exact_sdm_of(th)), theta, low, high, max_exact)
-        d_map = exact_sdm_of(theta)
-        if (tau if observed_kind == "labels" else sigma) is None:
-            noise_value = noise_eff = max(_estimate_noise(observed_kind, d_map, y, mask), 1e-3)
-        hessian_u = _fd_hessian(lambda u: nll_np(exact_sdm_of(low + u * span)), (theta - low) / span)
-        log_post = -nll_np(d_map)
+    k_shape = len(vector)
+    vector = np.asarray(vector, float)
+    d = forward(vector, pose)
+    if estimate:
+        like.estimate(d)
+    f = like.nll(d)
+    lam, J, jacobian = 1e-3, None, phases[-1][0]
+    for jacobian, steps in phases:
+        for _ in range(steps):
+            if budget < 1:
+                break
+            J = jacobian(vector, pose, d, low, high, free_pose)
+            g_d, w = like.derivatives(d)
+            g, H = J.T @ g_d, J.T @ (w[:, None] * J)
+            accepted = False
+            while budget >= 1 and lam < 1e8:
+                step = -np.linalg.solve(H + lam * np.diag(np.diag(H) + 1e-12), g)
+                v_new = low + np.clip((vector - low) / span + step[:k_shape], 0, 1) * span
+                p_new = pose.moved(step[k_shape:] * POSE_SCALE) if free_pose else pose
+                d_new = forward(v_new, p_new)
+                budget -= 1
+                f_new = like.nll(d_new)
+                if f_new <= f:
+                    lam, accepted = max(lam / 10, 1e-9), True
+                    break
+                lam *= 10
+            if not accepted:
+                break
+            moved = np.abs(step).max()
+            vector, pose, d, J = v_new, p_new, d_new, None
+            if estimate:
+                like.estimate(d)
+            f = like.nll(d)
+            if moved < 1e-6:
+                break
+    if J is None:
+        J = jacobian(vector, pose, d, low, high, free_pose)
+    return vector, pose, d, J
+
+
+def _quality(like: _Likelihood, d, obs: _Observation) -> dict:
+    """How well the fit explains the image, and a warning when it explains it poorly."""
+    y, m = obs.y, obs.mask > 0
+    fitted = d < 0
+    q = {}
+    if like.kind == "labels":
+        inside = y > 0.5
+        q["dice"] = float(2 * np.sum(fitted & inside & m) / max(np.sum(fitted & m) + np.sum(inside & m), 1))
+        q["mislabelled_fraction"] = float(np.mean(fitted[m] != inside[m]))
+        if q["dice"] < MIN_DICE:
+            q["warning"] = (f"the fit explains the label map poorly (Dice {q['dice']:.2f} < {MIN_DICE}); "
+                            "is it the right family, label and pose?")
+    elif like.kind == "sdm":
+        near = m & (np.abs(y) <= 2.0)
+        q["rms_mm"] = float(np.sqrt(np.mean((d[near] - y[near]) ** 2))) if near.any() else float("nan")
+        q["dice"] = float(2 * np.sum(fitted & (y < 0) & m) / max(np.sum(fitted & m) + np.sum((y < 0) & m), 1))
+        if q["dice"] < MIN_DICE:
+            q["warning"] = f"the fit explains the SDM poorly (Dice of the insides {q['dice']:.2f} < {MIN_DICE})"
     else:
-        theta, hessian_u, log_post = _nn_laplace(net, y, mask, observed_kind, noise_eff, temper, theta, low, high, evals)
-    cov = _covariance(hessian_u, span)
-    samples = _truncated_gaussian(rng, theta, cov, low, high, n_samples)
-    names = fam.names
-    return FitResult(
-        names=names, params=dict(zip(names, map(float, theta))), mean=dict(zip(names, map(float, samples.mean(0)))),
-        std=dict(zip(names, map(float, samples.std(0)))), samples=samples, seconds=time.perf_counter() - t0,
-        evaluations=evals, forward=forward, observed_kind=observed_kind,
-        noise={"tau" if observed_kind == "labels" else "sigma": noise_value, "model_error": model_err,
-               "effective": noise_eff, "temper": temper},
-        log_posterior=float(log_post), covariance=cov,
-    )
+        a, b, sigma = like.appearance
+        p = _sigmoid(-d / like.scale)
+        r = y - b - (a - b) * p
+        near = m & (np.abs(d) <= NEAR_MM)  # where the shape explains the image; far voxels hold only noise
+        q["r2"] = float(1 - np.sum(r[near] ** 2) / max(np.sum((y[near] - y[near].mean()) ** 2), 1e-12))
+        q["contrast_to_noise"] = float(abs(a - b) / sigma)
+        bright = np.abs(y - a) < np.abs(y - b)
+        q["dice"] = float(2 * np.sum(fitted & bright & m) / max(np.sum(fitted & m) + np.sum(bright & m), 1))
+        if q["r2"] < MIN_R2:
+            q["warning"] = (f"the fit explains the image poorly (R^2 {q['r2']:.2f} < {MIN_R2}); is it the right "
+                            "family, and is the shape near the given centre?")
+    res = like.residuals(d)[m]
+    q["residual_mean"], q["residual_std"] = float(res.mean()), float(res.std())
+    return q
 
 
 def _prior_box(fam, prior):
@@ -258,209 +954,31 @@ def _sobol(n, low, high, seed):
     return low + qmc.Sobol(len(low), scramble=True, seed=seed).random(n) * (high - low)
 
 
-def _nn_search(net, y, mask, kind, low, high, n_screen, n_starts, seed, tau, sigma, evals):
-    """Screen Sobol points with the network, then batched L-BFGS from the best ``n_starts``."""
-    yt, mt = torch.from_numpy(y)[None], torch.from_numpy(mask)[None]
-    lo, span = torch.tensor(low, dtype=torch.float32), torch.tensor(high - low, dtype=torch.float32)
-    scale0 = tau or sigma or 0.5 * float(min(net.grid.spacing))
-
-    def nll(theta, scale):
-        d = net.predict_torch(theta)
-        evals[net.arch] += len(theta)
-        return _nll_labels(d, yt, scale) if kind == "labels" else _nll_sdm(d, yt, scale, mt)
-
-    screen = torch.tensor(_sobol(n_screen, low, high, seed), dtype=torch.float32)
-    with torch.no_grad():
-        scores = torch.cat([nll(screen[s : s + 16], scale0) for s in range(0, n_screen, 16)])
-    start = screen[torch.argsort(scores)[:n_starts]]
-    u = ((start - lo) / span).clamp(1e-4, 1 - 1e-4)
-    z = torch.logit(u).clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([z], lr=1, max_iter=25, line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
-
-    def closure():
-        opt.zero_grad()
-        loss = nll(lo + span * torch.sigmoid(z), scale0).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        theta = lo + span * torch.sigmoid(z)
-        losses = nll(theta, scale0)
-        best = theta[torch.argmin(losses)]
-        d = net.predict_torch(best[None])[0].numpy()
-    return best.double().numpy(), d
-
-
-def _nn_laplace(net, y, mask, kind, noise, temper, theta, low, high, evals):
-    """Refine the MAP with the final noise model, then the autograd Hessian in unit-box coordinates."""
-    yt, mt = torch.from_numpy(y)[None], torch.from_numpy(mask)[None]
-    lo, span = torch.tensor(low, dtype=torch.float32), torch.tensor(high - low, dtype=torch.float32)
-
-    def nll_u(u):
-        d = net.predict_torch((lo + span * u)[None])
-        evals[net.arch] += 1
-        v = _nll_labels(d, yt, noise) if kind == "labels" else _nll_sdm(d, yt, noise, mt)
-        return v[0] / temper
-
-    u0 = torch.tensor((theta - low) / (high - low), dtype=torch.float32).clamp(1e-4, 1 - 1e-4)
-    z = torch.logit(u0).clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([z], lr=1, max_iter=10, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = nll_u(torch.sigmoid(z))
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    u = torch.sigmoid(z).detach()
-    h = torch.autograd.functional.hessian(nll_u, u).double().numpy()
-    with torch.no_grad():
-        log_post = -float(nll_u(u))
-    return low + u.double().numpy() * (high - low), h, log_post
-
-
-def _surrogate_jacobian(net, theta, low, high, h: float = 1e-3) -> np.ndarray:
-    """d SDM / d u (unit-box coordinates) of the network at theta, by central differences: (N, d)."""
-    span = high - low
-    u = np.clip((theta - low) / span, h, 1 - h)
-    pts = np.concatenate([u + h * np.eye(len(u)), u - h * np.eye(len(u))])
-    with torch.no_grad():
-        d = net.predict_torch(torch.tensor(low + pts * span, dtype=torch.float32)).double().numpy()
-    k = len(u)
-    return ((d[:k] - d[k:]) / (2 * h)).reshape(k, -1).T
-
-
-def _likelihood_derivatives(kind, d, y, mask, noise):
-    """dNLL/dd and the Fisher weight d2NLL/dd2 per voxel, for the exact SDM ``d``."""
-    if kind == "labels":
-        p = 1 / (1 + np.exp(np.clip(d / noise, -60, 60)))  # sigmoid(-d / tau)
-        return (-(p - y) / noise).ravel(), (p * (1 - p) / noise**2).ravel()
-    m = mask.ravel()
-    return ((d - y).ravel() * m / noise**2), m / noise**2
-
-
-def _exact_jacobian(exact_sdm_of, theta, d, low, high, h: float = 1e-3) -> np.ndarray:
-    """d SDM / d u of the exact SDM at theta (whose SDM is ``d``), by forward differences: (N, d)."""
-    span = high - low
-    u = (theta - low) / span
-    cols = []
-    for i in range(len(u)):
-        step = h if u[i] + h <= 1 else -h
-        e = np.zeros(len(u))
-        e[i] = step
-        cols.append(((exact_sdm_of(low + (u + e) * span).astype(np.float64) - d) / step).ravel())
-    return np.stack(cols, 1)
-
-
-def _levenberg_marquardt(jacobian, exact_sdm_of, nll, kind, y, mask, noise, theta, low, high, max_exact, max_iter=50, tol=1e-6):
-    """Levenberg-Marquardt on the exact likelihood in unit-box coordinates. ``jacobian(theta, d)`` gives
-    d SDM / d u: the network's (cheap; then the fixed point has J^T dNLL/dd(exact) = 0, the exact optimum
-    on a noise-free target whatever the network's bias) or the exact one by finite differences.
-    Returns (theta, exact SDM there, the last Jacobian)."""
-    span = high - low
-    u = (theta - low) / span
-    d = exact_sdm_of(theta).astype(np.float64)
-    f = nll(d)
-    lam = 1e-3
-    J = None
-    for _ in range(max_iter):
-        if max_exact < 1:
-            break
-        J = jacobian(low + u * span, d)
-        g_d, w = _likelihood_derivatives(kind, d, y, mask, noise())
-        g, H = J.T @ g_d, J.T @ (w[:, None] * J)
-        accepted = False
-        while max_exact >= 1 and lam < 1e8:
-            u_new = np.clip(u - np.linalg.solve(H + lam * np.diag(np.diag(H) + 1e-12), g), 0, 1)
-            d_new = exact_sdm_of(low + u_new * span).astype(np.float64)
-            max_exact -= 1
-            f_new = nll(d_new)
-            if f_new <= f:
-                lam, accepted = max(lam / 10, 1e-9), True
-                break
-            lam *= 10
-        if not accepted:
-            break
-        moved = np.abs(u_new - u).max()
-        u, d, f = u_new, d_new, f_new
-        if moved < tol:
-            break
-    if J is None:
-        J = jacobian(low + u * span, d)
-    return low + u * span, d, J
-
-
-def _exact_screen(exact_sdm_of, y, mask, kind, low, high, n_screen, seed, tau, sigma):
-    scale0 = tau or sigma or 0.1
-    best, best_v, best_d = None, np.inf, None
-    for theta in _sobol(n_screen, low, high, seed):
-        d = exact_sdm_of(theta)
-        v = _nll_labels(d, y, scale0) if kind == "labels" else _nll_sdm(d, y, scale0, mask)
-        if v < best_v:
-            best, best_v, best_d = theta, v, d
-    return best, best_d
-
-
-def _exact_polish(f, theta, low, high, max_evals, step: float = 0.10):
-    """Bounded Nelder-Mead in unit-box coordinates from ``theta`` (a coarse screen's best), with an
-    initial simplex of ``step`` times each range."""
-    from scipy.optimize import minimize
-
-    span = high - low
-    u0 = (theta - low) / span
-    simplex = [u0] + [np.clip(u0 + step * e * (1 if u0[i] < 0.5 else -1), 0, 1) for i, e in enumerate(np.eye(len(u0)))]
-    r = minimize(lambda u: f(low + np.clip(u, 0, 1) * span), u0, method="Nelder-Mead", bounds=[(0, 1)] * len(u0),
-                 options={"initial_simplex": np.array(simplex), "maxfev": max_evals, "xatol": 1e-4, "fatol": 1e-2})
-    return low + np.clip(r.x, 0, 1) * span
-
-
-def _fd_hessian(f, u, h: float = 2e-3):
-    """Central finite-difference Hessian of f at u (unit-box coordinates), steps kept inside the box."""
-    n = len(u)
-    u = np.clip(u, h, 1 - h)
-    f0 = f(u)
-    H = np.zeros((n, n))
-    E = np.eye(n) * h
-    fp = [f(u + E[i]) for i in range(n)]
-    fm = [f(u - E[i]) for i in range(n)]
-    for i in range(n):
-        H[i, i] = (fp[i] - 2 * f0 + fm[i]) / h**2
-        for j in range(i + 1, n):
-            fpp, fmm = f(u + E[i] + E[j]), f(u - E[i] - E[j])
-            H[i, j] = H[j, i] = (fpp - fp[i] - fp[j] + 2 * f0 - fm[i] - fm[j] + fmm) / (2 * h**2)
-    return H
-
-
-def _covariance(hessian_u, span):
-    """Covariance in the family's units from a Hessian in unit-box coordinates (made positive definite)."""
-    w, V = np.linalg.eigh(0.5 * (hessian_u + hessian_u.T))
-    w = np.maximum(w, 1e-6)  # a flat direction gets a wide, not a negative, variance
-    cov_u = (V / w) @ V.T
-    return cov_u * np.outer(span, span)
+def _inverse(H):
+    """The inverse of a Hessian made positive definite (a flat direction gets a wide, not a negative, variance)."""
+    w, V = np.linalg.eigh(0.5 * (H + H.T))
+    w = np.maximum(w, 1e-6 * max(float(w.max()), 1e-12))
+    return (V / w) @ V.T
 
 
 def _truncated_gaussian(rng, mean, cov, low, high, n):
+    """Samples of N(mean, cov) whose first len(low) coordinates lie in [low, high]."""
+    k = len(low)
     out = np.empty((0, len(mean)))
     for _ in range(50):
         s = rng.multivariate_normal(mean, cov, size=2 * n)
-        out = np.concatenate([out, s[np.all((s >= low) & (s <= high), axis=1)]])
+        out = np.concatenate([out, s[np.all((s[:, :k] >= low) & (s[:, :k] <= high), axis=1)]])
         if len(out) >= n:
             return out[:n]
-    return np.clip(rng.multivariate_normal(mean, cov, size=n), low, high)  # mass almost all outside: clip
-
-
-def fitted_sdm(result: FitResult, grid: Grid, family: str) -> np.ndarray:
-    """The exact SDM of the MAP parameters on ``grid``."""
-    from .sdm import exact_sdm
-
-    return exact_sdm(get_family(family).mesh(result.params), grid)
+    s = rng.multivariate_normal(mean, cov, size=n)  # mass almost all outside the box: clip
+    s[:, :k] = np.clip(s[:, :k], low, high)
+    return s
 
 
 def synthetic_target(family: str, params, kind: str = "labels", tau: float = 0.05, sigma: float = 0.05, seed: int = 0, grid: Grid | None = None):
-    """An observed image for tests and studies: labels drawn from the logistic model around the exact
-    SDM (boundary noise of scale ``tau`` mm; tau=0: a clean label map), or the exact SDM plus Gaussian noise."""
+    """An observed image made by the forward model itself (for unit tests only; studies use ``sdmnn.phantom``):
+    labels drawn from the logistic model around the exact SDM (tau=0: a clean label map), or the exact SDM
+    plus Gaussian noise."""
     from .sdm import exact_sdm
 
     fam = get_family(family)

@@ -55,6 +55,18 @@ def set_threads(n: int | None) -> None:
     numba.set_num_threads(n or numba.config.NUMBA_NUM_THREADS)
 
 
+def torch_threads() -> int:
+    """How many threads torch should use now: every core on a quiet machine, one when other processes keep the
+    cores busy (the 1-minute load average above the cores less one half). torch's waiting threads spin, so on
+    busy cores two threads ran a network several times slower than one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return cores
+    return 1 if load > cores - 0.5 else cores
+
+
 #: Whether the SDM functions keep numba's worker threads each on its own core (see pin_workers).
 #: ``SDMNN_PIN_THREADS=0`` in the environment turns it off.
 PIN_THREADS = os.environ.get("SDMNN_PIN_THREADS", "1") != "0"

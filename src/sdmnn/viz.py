@@ -56,7 +56,9 @@ def save_slices(path, volume: np.ndarray, grid: Grid, others: dict | None = None
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), constrained_layout=True)
     colours = ["black", "tab:green", "tab:orange", "tab:purple"] if not is_image else ["tab:red", "tab:green", "tab:orange"]
     for ax, (name, cut, h, v, hl, vl) in zip(axes, views):
-        shown = ax.imshow(cut(volume).T, origin="lower", extent=(h[0], h[-1], v[0], v[-1]), aspect="equal", **style)
+        dh, dv = (h[1] - h[0] if len(h) > 1 else 1.0) / 2, (v[1] - v[0] if len(v) > 1 else 1.0) / 2  # voxels' edges
+        shown = ax.imshow(cut(volume).T, origin="lower", extent=(h[0] - dh, h[-1] + dh, v[0] - dv, v[-1] + dv),
+                          aspect="equal", **style)
         for colour, sdm in zip(colours, sdms):
             s = cut(sdm)
             if s.min() < 0 < s.max():
