@@ -172,3 +172,11 @@ def test_online_buffer_fills_in_the_background_and_training_runs_with_it(tiny_da
     result = train(TrainConfig(data=[str(tiny_data)], online=True, steps=3, batch=2, channels=TINY_CHANNELS, hidden=32,
                                out=str(tmp_path / "o")), progress=False)
     assert result["steps"] == 3
+
+
+def test_training_on_online_samples_only(tmp_path):
+    result = train(TrainConfig(data=[], online=True, steps=2, batch=1, channels=TINY_CHANNELS, hidden=32,
+                               out=str(tmp_path / "online")), progress=False)
+    assert result["steps"] == 2
+    meta = json.loads((tmp_path / "online" / "model.json").read_text())
+    assert meta["training"]["samples_seen"] == 2 and meta["training"]["config"]["online"] is True

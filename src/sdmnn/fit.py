@@ -58,7 +58,7 @@ POSE_NAMES = ("rx", "ry", "rz", "tx", "ty", "tz")
 POSE_SCALE = np.array([0.1, 0.1, 0.1, 1.0, 1.0, 1.0])
 #: Quality below which a fit is said to explain the image poorly: the Dice of the labels, and the share of the
 #: intensities' variance within NEAR_MM of the fitted surface that the fit explains.
-MIN_DICE, MIN_R2, NEAR_MM = 0.8, 0.5, 1.0
+MIN_DICE, MIN_R2, NEAR_MM = 0.8, 0.3, 1.0
 
 
 def check_forward(forward: str) -> str:
@@ -319,15 +319,45 @@ def tau_floor(h: float) -> float:
 
 
 class _Likelihood:
-    """The observation model of one kind: negative log-likelihood of SDM values ``d`` at the observed
-    voxels, its noise estimate and its per-voxel derivatives."""
+    """The observation model of one kind: negative log-likelihood of SDM values ``d`` at the observed voxels,
+    its noise estimate, and its Gauss-Newton gradient and Hessian. ``scale`` is tau (labels: the label
+    softness), sigma (SDMs: the noise) or the blur (intensity: the point-spread function's standard deviation,
+    mm; partial volume is the logistic of d at the voxel's own softness ``floor``)."""
 
     def __init__(self, obs: _Observation, scale: float | None):
         self.obs, self.kind = obs, obs.kind
         self.fixed = scale is not None
         self.floor = tau_floor(obs.h) if obs.kind != "sdm" else 1e-3
-        self.scale = scale if scale is not None else (0.5 * obs.h if obs.kind != "sdm" else 0.2)
+        if scale is not None:
+            self.scale = scale
+        else:
+            self.scale = {"labels": 0.5 * obs.h, "sdm": 0.2, "intensity": 0.5 * obs.h}[obs.kind]
         self.appearance = None  # (a inside, b outside, sigma) for intensity images
+
+    def blended(self, d, blur=None):
+        """Intensity images: the share of the inside tissue at each voxel, the logistic of the SDM (partial
+        volume) blurred by the point-spread function. On a subset of the voxels (the search's screen) the blur
+        is folded into the logistic instead (the same variance), which holds for surfaces flat at its scale."""
+        blur = self.scale if blur is None else blur
+        g = self.obs.grid
+        if np.ndim(d) == 1 and len(d) == g.size:
+            p = _sigmoid(-d / self.partial_volume(d))
+            if blur > 0:
+                from scipy.ndimage import gaussian_filter
+
+                p = gaussian_filter(p.reshape(g.shape), blur / np.array(g.spacing), mode="nearest").ravel()
+            return p
+        return _sigmoid(-d / math.sqrt(self.floor**2 + 3 * blur**2 / math.pi**2))
+
+    def partial_volume(self, d) -> np.ndarray:
+        """Each voxel's softness (mm) for the logistic of partial volume: the width of the voxel's extent along
+        the surface's normal, over 2 pi (the logistic with the spread of a box that wide); the normal is the SDM's
+        gradient, so anisotropic voxels soften each surface as much as they span across it."""
+        g = self.obs.grid
+        grad = np.stack(np.gradient(d.reshape(g.shape), *g.spacing), -1).reshape(-1, 3)
+        norm = np.linalg.norm(grad, axis=1, keepdims=True)
+        n = np.where(norm > 1e-9, grad / np.maximum(norm, 1e-9), 1 / math.sqrt(3))
+        return np.abs(n) @ np.array(g.spacing) / (2 * math.pi)
 
     def nll(self, d, scale=None, every: int = 1):
         """-log p(observed | d) up to a constant, at the current (or the given) scale: a float for d (N,),
@@ -339,38 +369,57 @@ class _Likelihood:
         elif self.kind == "sdm":
             v = 0.5 * np.sum(m * (d - y) ** 2, axis=-1) / s**2 + m.sum() * math.log(s)
         else:
-            _, _, sigma = _appearance(_sigmoid(-d / s), y, m)
+            _, _, sigma = _appearance(self.blended(d, s), y, m)
             v = m.sum() * np.log(sigma)
         return float(v) if np.ndim(v) == 0 else v
 
     def estimate(self, d) -> None:
-        """Set tau or sigma (and the intensities) to their MLE at the SDM ``d`` (unless given)."""
+        """Set tau, sigma or the blur (and the intensities) to their MLE at the SDM ``d`` (unless given)."""
         from scipy.optimize import minimize_scalar
 
         if not self.fixed:
             if self.kind == "sdm":
                 m = self.obs.mask
                 self.scale = max(float(np.sqrt(np.sum(m * (d - self.obs.y) ** 2) / max(m.sum(), 1))), self.floor)
-            else:
+            elif self.kind == "labels":
                 r = minimize_scalar(lambda lt: self.nll(d, math.exp(lt)), method="bounded",
                                     bounds=(math.log(self.floor), math.log(max(4 * self.obs.h, 2.0))))
                 self.scale = max(float(math.exp(r.x)), self.floor)
+            else:
+                r = minimize_scalar(lambda s: self.nll(d, s), method="bounded", bounds=(0.0, max(4 * self.obs.h, 2.0)))
+                self.scale = float(r.x)
         if self.kind == "intensity":
-            self.appearance = _appearance(_sigmoid(-d / self.scale), self.obs.y, self.obs.mask)
+            self.appearance = _appearance(self.blended(d), self.obs.y, self.obs.mask)
 
-    def derivatives(self, d):
-        """(dNLL/dd, Fisher weight E[d2NLL/dd2]) per voxel."""
+    def gauss_newton(self, d, J, scores: bool = False):
+        """(gradient (k,), Gauss-Newton (Fisher) Hessian (k, k)) of the NLL for SDM Jacobian J (N, k); with
+        ``scores``, also each voxel's gradient (N, k)."""
         s, y, m = self.scale, self.obs.y, self.obs.mask
         if self.kind == "labels":
             p = _sigmoid(-d / s)
-            return m * (y - p) / s, m * p * (1 - p) / s**2
-        if self.kind == "sdm":
-            return m * (d - y) / s**2, m / s**2
-        p = _sigmoid(-d / s)
-        a, b, sigma = _appearance(p, y, m)
-        dr = (a - b) * p * (1 - p) / s  # d(residual)/dd, residual = y - b - (a - b) p
-        r = y - b - (a - b) * p
-        return m * r * dr / sigma**2, m * dr**2 / sigma**2
+            g_d, w = m * (y - p) / s, m * p * (1 - p) / s**2
+        elif self.kind == "sdm":
+            g_d, w = m * (d - y) / s**2, m / s**2
+        else:  # residual r = y - b - (a - b) blended(d): its Jacobian blurs (dp/dd) J column by column
+            a, b, sigma = _appearance(self.blended(d), y, m)
+            soft = self.partial_volume(d)
+            p = _sigmoid(-d / soft)
+            dp = -p * (1 - p) / soft
+            g = self.obs.grid
+            cols = []
+            for j in range(J.shape[1]):
+                col = dp * J[:, j]
+                if s > 0:
+                    from scipy.ndimage import gaussian_filter
+
+                    col = gaussian_filter(col.reshape(g.shape), s / np.array(g.spacing), mode="nearest").ravel()
+                cols.append(-(a - b) * col)
+            Jr = np.stack(cols, 1)
+            r = y - b - (a - b) * self.blended(d)
+            out = Jr.T @ (m * r) / sigma**2, Jr.T @ (m[:, None] * Jr) / sigma**2
+            return (*out, Jr * (m * r / sigma**2)[:, None]) if scores else out
+        out = J.T @ g_d, J.T @ (w[:, None] * J)
+        return (*out, J * g_d[:, None]) if scores else out
 
     def residuals(self, d) -> np.ndarray:
         """Standardised residuals per voxel (0 where unused), for the correlation volume."""
@@ -382,8 +431,9 @@ class _Likelihood:
             return np.where(near & (m > 0), (y - p) / np.sqrt(np.maximum(var, 1e-12)), 0.0)
         if self.kind == "sdm":
             return m * (d - y) / s
-        a, b, sigma = _appearance(_sigmoid(-d / s), y, m)
-        return m * (y - b - (a - b) * _sigmoid(-d / s)) / sigma
+        p = self.blended(d)
+        a, b, sigma = _appearance(p, y, m)
+        return m * (y - b - (a - b) * p) / sigma
 
 
 def _appearance(p, y, m):
@@ -670,11 +720,10 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
             like.scale = math.sqrt(like.scale**2 + 3 * model_error**2 / math.pi**2)
         elif model_error and observed_kind == "sdm":
             like.scale = math.sqrt(like.scale**2 + model_error**2)
-        _, w = like.derivatives(d)
         temper = correlation_volume(like.residuals(d), obs.grid.shape)
-        H = J.T @ (w[:, None] * J) / temper
+        _, H, scores = like.gauss_newton(d, J, scores=True)
         scales = np.concatenate([span, POSE_SCALE if free_pose else []])
-        cov_unit = _inverse(H)
+        cov_unit = _posterior_covariance(H, scores, obs.grid.shape, temper)
         cov = cov_unit * np.outer(scales, scales)
         centre_theta = np.concatenate([vector, np.zeros(6) if free_pose else []])
         samples = _truncated_gaussian(np.random.default_rng(seed), centre_theta, cov, low, high, n_samples)
@@ -688,7 +737,8 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
             mean=dict(zip(names, map(float, samples.mean(0)))), std=dict(zip(names, map(float, samples.std(0)))),
             samples=samples, seconds=time.perf_counter() - t0, evaluations=evals, forward=forward,
             observed_kind=observed_kind,
-            noise={("sigma" if observed_kind == "sdm" else "tau"): scale_used, "tau_floor": like.floor if observed_kind != "sdm" else None,
+            noise={{"sdm": "sigma", "labels": "tau", "intensity": "blur"}[observed_kind]: scale_used,
+                   "tau_floor": like.floor if observed_kind != "sdm" else None,
                    "appearance": dict(zip(("inside", "outside", "sigma"), like.appearance)) if like.appearance else None,
                    "model_error": model_error, "correlation_volume": temper},
             quality=quality, grid=grid, log_posterior=-like.nll(d) / temper, covariance=cov,
@@ -787,7 +837,7 @@ def _shift_screen(table, like, vols, rotations, position, centre_model, shapes, 
     try:
         for R in rotations:
             pose = Pose(R, centre + (np.asarray(position) - centre), centre_model)
-            template = _sigmoid(-table.sample(vols, [pose] * len(shapes)) / like.scale).reshape(len(shapes), *n2)
+            template = like.blended(table.sample(vols, [pose] * len(shapes))).reshape(len(shapes), *n2)
             best = None
             for s, p in enumerate(template):
                 FP, FPP = np.fft.rfftn(p, n2, axes), np.fft.rfftn(p * p, n2, axes)
@@ -867,8 +917,7 @@ def _levenberg_marquardt(forward, phases, like: _Likelihood, vector, pose: Pose,
             if budget < 1:
                 break
             J = jacobian(vector, pose, d, low, high, free_pose)
-            g_d, w = like.derivatives(d)
-            g, H = J.T @ g_d, J.T @ (w[:, None] * J)
+            g, H = like.gauss_newton(d, J)
             accepted = False
             while budget >= 1 and lam < 1e8:
                 step = -np.linalg.solve(H + lam * np.diag(np.diag(H) + 1e-12), g)
@@ -915,8 +964,7 @@ def _quality(like: _Likelihood, d, obs: _Observation) -> dict:
             q["warning"] = f"the fit explains the SDM poorly (Dice of the insides {q['dice']:.2f} < {MIN_DICE})"
     else:
         a, b, sigma = like.appearance
-        p = _sigmoid(-d / like.scale)
-        r = y - b - (a - b) * p
+        r = y - b - (a - b) * like.blended(d)
         near = m & (np.abs(d) <= NEAR_MM)  # where the shape explains the image; far voxels hold only noise
         q["r2"] = float(1 - np.sum(r[near] ** 2) / max(np.sum((y[near] - y[near].mean()) ** 2), 1e-12))
         q["contrast_to_noise"] = float(abs(a - b) / sigma)
@@ -952,6 +1000,28 @@ def _sobol(n, low, high, seed):
     from scipy.stats import qmc
 
     return low + qmc.Sobol(len(low), scramble=True, seed=seed).random(n) * (high - low)
+
+
+def _posterior_covariance(H, scores, shape, temper):
+    """The posterior's covariance: the larger (in every direction) of the Laplace one with the likelihood
+    tempered by the correlation volume, H^-1 * temper, and the cluster-robust sandwich H^-1 M H^-1, where M
+    sums the outer products of the voxels' gradients summed over blocks a correlation length across. The
+    sandwich holds when the model is wrong in ways the noise model does not say (partial volume, blur),
+    the tempered Laplace when the residuals are what the model says."""
+    H_inv = _inverse(H)
+    side = max(2, math.ceil(2 * temper ** (1 / 3)))
+    idx = np.indices(shape).reshape(3, -1) // side
+    blocks = np.ravel_multi_index(tuple(idx), tuple(np.array(shape) // side + 1))
+    summed = np.zeros((blocks.max() + 1, scores.shape[1]))
+    np.add.at(summed, blocks, scores)
+    sandwich = H_inv @ (summed.T @ summed) @ H_inv
+    laplace = H_inv * temper
+    # the larger of two covariances: the sandwich made at least the Laplace one, direction by direction
+    w, V = np.linalg.eigh(0.5 * (laplace + laplace.T))
+    root = V * np.sqrt(np.maximum(w, 0))
+    root_inv = V / np.sqrt(np.maximum(w, 1e-300))
+    s_w, s_V = np.linalg.eigh(root_inv.T @ sandwich @ root_inv)
+    return root @ (s_V * np.maximum(s_w, 1.0)) @ s_V.T @ root.T
 
 
 def _inverse(H):
