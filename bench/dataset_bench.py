@@ -51,7 +51,7 @@ def run(quick: bool = False) -> str:
         times.append(time.perf_counter() - t)
     consumed = 8 / float(np.median(times[1:]))
     return "\n".join([
-        "## Dataset generation (issue: datasets)",
+        "## Dataset generation",
         "",
         f"`sdmnn dataset make cochlea --design sobol:{n}` on the family grid (64x56x32 voxels of 0.2 mm, 25,600-triangle",
         "meshes), exact SDMs written to Zarr. One worker uses numba's two threads; each of two workers uses one thread.",

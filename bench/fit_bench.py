@@ -5,7 +5,6 @@ surface, parameter and pose errors, time, and the coverage of the 90 % intervals
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -142,7 +141,7 @@ def summarise(records, fam):
     every = [r for r in records]
     shape_all = sum(sum(lo <= t <= hi for t, (lo, hi) in zip(r["truth"], r["interval"][:len(names)])) for r in every)
     return "\n".join([
-        "## Shape and pose fits to phantoms (issue: fitting real images)",
+        "## Shape and pose fits to phantoms",
         "",
         "Images the fit's forward model did not make (`bench/fit_bench.py`, `sdmnn.phantom`): the cochlea's mesh at 4x its",
         "resolution (1600 x 128 sections), at a random pose, sampled with partial volume (sub-voxels of at most 0.1 mm).",

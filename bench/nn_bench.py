@@ -83,7 +83,7 @@ def run(quick: bool = False) -> str:
     contour_figure(model, pts, [sdmnn.exact_sdm(fam.mesh(p), grid) for p in pts], FIGURE)
     training = model.meta["training"]
     return "\n".join([
-        "## SDMNN (issue: the network)",
+        "## SDMNN",
         "",
         f"The shipped cochlea model ({sum(p.numel() for p in model.net.parameters()):,} weights), trained with "
         f"`{training.get('command')}` ({training['steps']} steps, {training['seconds'] / 60:.0f} min on this machine's 2 cores).",

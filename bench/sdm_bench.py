@@ -114,7 +114,7 @@ def run(quick: bool = False) -> str:
                 rel = f"{peer_time / t:.2f}x" if peer_time else "-"
                 rows.append([f"{name} ({len(mesh.faces):,} tri)", f"{n}^3", method, f"{t:.3f}", rel, *acc])
     text = [
-        "## Exact SDM of a mesh (issue: foundation)",
+        "## Exact SDM of a mesh",
         "",
         "Median wall time after a warm-up (numba compilation excluded). The scan on 2 threads and pysdf run in turn, 15",
         "times each (5 at 128^3), so that both see the same state of this machine, whose speed drifts by 20-40 % over",

@@ -62,7 +62,7 @@ def run(quick: bool = False) -> str:
         rows.append(["hybrid fit (SDMNN search, exact polish)", "-", fits["hybrid"], "-", "-"])
     _scaling_plot(fam, others, quick)
     return "\n".join([
-        "## The poster's tables, measured here (issue: baseline and tables)",
+        "## The poster's tables, measured here",
         "",
         "### Table 1: time for one SDM and for one shape fit",
         "",

@@ -6,12 +6,13 @@ Its voxels are compared with the SDM d(x) of the posed shape at their world posi
 * ``labels`` (a segmentation; ``label`` picks one value of a multi-label map, default: non-zero):
   Bernoulli with p(inside) = sigmoid(-d / tau), the logistic shape model;
 * ``sdm`` (an observed SDM in mm): Gaussian noise of scale sigma on the distances;
-* ``intensity`` (a CT-like image): I = b + (a - b) sigmoid(-d / tau) + Gaussian noise of scale sigma, two
-  tissue intensities blended by partial volume and blur. a, b and sigma are profiled out (closed-form
-  least squares at every evaluation), so the user gives no thresholds.
+* ``intensity`` (a CT-like image): I = b + (a - b) B + Gaussian noise of scale sigma, B the partial-volume
+  share of the inside tissue (a logistic of d as soft as the voxel is wide across the surface) blurred by a
+  Gaussian point-spread function: two tissue intensities blended by partial volume and blur. a, b and sigma
+  are profiled out (closed-form least squares at every evaluation), so the user gives no thresholds.
 
-tau (labels, intensity) and sigma are estimated at the MAP, and tau never below ``h / (2 pi)`` with h the
-voxel size: the logistic whose spread matches a surface known only to within one voxel.
+tau (labels), the blur (intensity) and sigma are estimated at the MAP, and tau never below ``h / (2 pi)`` with
+h the voxel size: the logistic whose spread matches a surface known only to within one voxel.
 
 Pose: a rigid map from the model frame (where the family builds its mesh) to the world, about the model
 shape's centre ``c``: x_world = R (x_model - c) + p. It starts from the image itself (the principal axes of
@@ -28,11 +29,12 @@ Forward models (the SDM at the voxels, for given shape and pose):
 * ``hybrid`` (the default): the network's search, then Levenberg-Marquardt on the exact likelihood, first
   with the network's shape Jacobian (one exact SDM a step), then with the exact one by finite differences.
 
-Posterior: the Laplace approximation at the MAP with the Gauss-Newton (Fisher) Hessian. Residuals of
-real images are spatially correlated (blur, partial volume, the mesh's own discretisation), so the
-log-likelihood is divided by the effective number of voxels per independent one: the volume of the
-residuals' autocorrelation (summed over the lags where it is significant). Samples come from that
-Gaussian, the shape truncated to the prior box.
+Posterior: a Gaussian at the MAP. Residuals of real images are spatially correlated (blur, partial volume,
+the mesh's own discretisation), so the Laplace approximation (Gauss-Newton Hessian) has its log-likelihood
+divided by the number of voxels per independent one: the volume of the residuals' autocorrelation (summed
+over the lags where it is significant); where the cluster-robust sandwich is wider (a model wrong in ways
+its noise does not say), it is used instead, direction by direction. Samples come from that Gaussian, the
+shape truncated to the prior box.
 """
 from __future__ import annotations
 

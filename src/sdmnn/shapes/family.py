@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..grid import Grid
 from .params import ParameterSpace
+
+if TYPE_CHECKING:  # imported when a mesh is built: listing the families needs no mesh library
+    import trimesh
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,7 @@ class Family:
     def defaults(self) -> dict[str, float]:
         return self.space.defaults
 
-    def mesh(self, params, resolution: tuple[int, int] | None = None) -> "trimesh.Trimesh":  # noqa: F821
+    def mesh(self, params, resolution: tuple[int, int] | None = None) -> trimesh.Trimesh:
         """The shape's surface for ``params`` (a mapping or a vector): watertight, outward normals, mm."""
         vector = self.space.vector(params)
         sections, points = resolution or self.resolution
@@ -62,7 +66,7 @@ class Family:
         }
 
 
-def tube_mesh(rings: np.ndarray, closed: bool) -> "trimesh.Trimesh":  # noqa: F821 (imported when called)
+def tube_mesh(rings: np.ndarray, closed: bool) -> trimesh.Trimesh:
     """Triangulate cross-section rings (S, P, 3) into a watertight tube.
 
     Each ring must run counter-clockwise about the direction in which the rings advance, so that
@@ -85,6 +89,6 @@ def tube_mesh(rings: np.ndarray, closed: bool) -> "trimesh.Trimesh":  # noqa: F8
         vertices = np.concatenate([vertices, rings[0].mean(0)[None], rings[-1].mean(0)[None]])
         faces.append(np.stack([np.full(P, first), nxt[0], idx[0]], -1))
         faces.append(np.stack([np.full(P, last), idx[-1], nxt[-1]], -1))
-    import trimesh  # imported here: listing the families needs no mesh library
+    import trimesh
 
     return trimesh.Trimesh(vertices, np.concatenate(faces), process=False)
