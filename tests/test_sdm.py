@@ -336,6 +336,7 @@ def test_unknown_method_is_refused(small_grid):
 def test_scan_safety_net_fills_unreached_voxels(torus, small_grid):
     """Voxels no region reached would be redone with nearest-triangle queries: the helper it uses
     agrees with the grid kernel."""
+    from sdmnn import bvh
     from sdmnn import sdm as sdm_mod
 
     mesh = torus.mesh(torus.defaults, (64, 16))
@@ -343,7 +344,7 @@ def test_scan_safety_net_fills_unreached_voxels(torus, small_grid):
     F = np.ascontiguousarray(mesh.faces, np.int64)
     topo = sdm_mod._Topology.of(V, F)
     pts = small_grid.points()[::97]
-    got = sdm_mod._points(pts, np.ascontiguousarray(V[F]), topo.FN, topo.EN, topo.VN, True)
+    got = bvh.at_points(pts, np.ascontiguousarray(V[F]), topo.FN, topo.EN, topo.VN, True)
     assert np.abs(got - exact_sdm(mesh, small_grid).ravel()[::97]).max() < 1e-6
 
 
