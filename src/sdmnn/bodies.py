@@ -4,9 +4,12 @@ On a closed mesh the generalised winding number w is an integer off the surface.
 side of the nearest feature) is the winding-number sign (inside where |w| >= 1/2) only where every sheet of
 surface separates w = 0 from w = 1. Bodies that cross or touch each other or themselves, a body nested in
 another with the same orientation, or an inverted body standing alone make w = 2 or w = -1 somewhere, and
-the points whose nearest sheet bounds such a region get the wrong sign from it. ``overlap`` finds them:
-triangle pairs that intersect (hashed into a uniform grid of cells, then exact-in-double triangle tests) and
-the winding number of the other bodies at one point of each body.
+the points whose nearest sheet bounds such a region get the wrong sign from it. ``overlap`` finds them on
+a mesh of several bodies: triangle pairs that intersect (hashed into a uniform grid of cells, then triangle
+tests in double precision) and the winding number of the other bodies at one point of each body. A mesh of
+one body is not searched for places where it crosses itself: that search costs about a tenth of the scan's
+time on a clean mesh of one body (most pairs of triangles whose boxes meet are neighbours, and telling them
+apart is the cost), and ``exact_sdm(..., sign="winding")`` is the way to sign such a mesh.
 
 Written with numba because neither trimesh nor libigl's Python bindings find self-intersections.
 """
@@ -66,17 +69,18 @@ def orient(F: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def overlap(V: np.ndarray, F: np.ndarray, twin: np.ndarray) -> str:
-    """Why the pseudonormal sign does not hold on this closed, consistently oriented mesh ('' when it
-    does): triangles that intersect, or bodies nested with the same orientation or inverted."""
-    a, b = _crossing(V, F)
+    """Why the pseudonormal sign does not hold on this closed, consistently oriented mesh of several
+    bodies ('' when it does, and for a mesh of one body): triangles that intersect, or bodies nested with
+    the same orientation or inverted."""
     label, count = components(F, twin)
+    if count == 1:
+        return ""
+    a, b = _crossing(V, F)
     if a >= 0:
         where = ", ".join(f"{x:.4g}" for x in V[F[a]].mean(axis=0))
         if label[a] != label[b]:
             return f"two of the mesh's {count} bodies intersect (near ({where}) mm)"
-        return f"the mesh intersects itself (near ({where}) mm)"
-    if count == 1:
-        return ""
+        return f"a body of the mesh intersects itself (near ({where}) mm)"
     # no sheet crosses another: the other bodies' winding number is constant on each body, and the body
     # adds its own orientation (+-1) inside it; both sides must be 0 or 1. At a point inside one of a
     # body's faces that body's own winding number is exactly half its orientation.
@@ -102,15 +106,17 @@ def overlap(V: np.ndarray, F: np.ndarray, twin: np.ndarray) -> str:
 def _crossing(V, F):
     """A pair of triangles that share no vertex and intersect or touch, (a, b), or (-1, -1). Each triangle
     goes into the cells of a uniform grid that its box meets; a pair is tested in the one cell that holds
-    the low corner of the intersection of their boxes."""
+    the low corner of the intersection of their boxes. Most pairs whose boxes meet are neighbours sharing a
+    vertex, which touch by construction and are skipped."""
     nf = F.shape[0]
     lo = np.empty((nf, 3))
     hi = np.empty((nf, 3))
-    size = 0.0
-    for f in range(nf):
+    for f in prange(nf):
         for k in range(3):
             a, b, c = V[F[f, 0], k], V[F[f, 1], k], V[F[f, 2], k]
             lo[f, k], hi[f, k] = min(a, b, c), max(a, b, c)
+    size = 0.0
+    for f in range(nf):
         size += max(hi[f, 0] - lo[f, 0], hi[f, 1] - lo[f, 1], hi[f, 2] - lo[f, 2])
     mlo = np.empty(3)
     mhi = np.empty(3)
@@ -120,61 +126,65 @@ def _crossing(V, F):
     eps = 1e-9 * extent  # within this of a plane is on it (rounding and near-flat patches)
     cell = max(CELL * size / nf, extent / 1024.0, 1e-300)
     dims = np.empty(3, np.int64)
-    while True:  # larger cells until there are few enough cells and entries (a bounded loop: at most 1024 per axis)
+    cmin = np.empty((nf, 3), np.int64)  # each triangle's first and last cell along each axis
+    cmax = np.empty((nf, 3), np.int64)
+    while True:  # larger cells until there are few enough cells and entries (at most 1024 cells an axis)
+        inv = 1.0 / cell
         for k in range(3):
-            dims[k] = int((mhi[k] - mlo[k]) / cell) + 1
+            dims[k] = int((mhi[k] - mlo[k]) * inv) + 1
         entries = 0
         for f in range(nf):
             n = 1
             for k in range(3):
-                n *= int((hi[f, k] - mlo[k]) / cell) - int((lo[f, k] - mlo[k]) / cell) + 1
+                cmin[f, k], cmax[f, k] = int((lo[f, k] - mlo[k]) * inv), int((hi[f, k] - mlo[k]) * inv)
+                n *= cmax[f, k] - cmin[f, k] + 1
             entries += n
         if (dims[0] * dims[1] * dims[2] <= MAX_CELLS * nf + 64 and entries <= MAX_ENTRIES * nf + 64) or dims.max() <= 2:
             break
         cell *= 2.0
     ncell = dims[0] * dims[1] * dims[2]
     start = np.zeros(ncell + 1, np.int64)
-    fill = start[:-1]
-    members = np.empty(0, np.int64)
-    for fill_in in range(2):  # count, then fill
-        if fill_in:
-            for c in range(ncell):
-                start[c + 1] += start[c]
-            fill = start[:-1].copy()
-            members = np.empty(start[ncell], np.int64)
-        for f in range(nf):
-            i0, j0, k0 = _cell(lo[f], mlo, cell)
-            i1, j1, k1 = _cell(hi[f], mlo, cell)
-            for i in range(i0, i1 + 1):
-                for j in range(j0, j1 + 1):
-                    for k in range(k0, k1 + 1):
-                        c = (i * dims[1] + j) * dims[2] + k
-                        if fill_in:
-                            members[fill[c]] = f
-                            fill[c] += 1
-                        else:
-                            start[c + 1] += 1
+    for f in range(nf):
+        for i in range(cmin[f, 0], cmax[f, 0] + 1):
+            for j in range(cmin[f, 1], cmax[f, 1] + 1):
+                for k in range(cmin[f, 2], cmax[f, 2] + 1):
+                    start[(i * dims[1] + j) * dims[2] + k + 1] += 1
+    for c in range(ncell):
+        start[c + 1] += start[c]
+    fill = start[:-1].copy()
+    # per entry, in cell order: the triangle, its box, its first cell and its corners (contiguous for the
+    # pair loop)
+    tri = np.empty(entries, np.int64)
+    box = np.empty((entries, 6))
+    first = np.empty((entries, 3), np.int64)
+    corner = np.empty((entries, 3), np.int64)
+    for f in range(nf):
+        for i in range(cmin[f, 0], cmax[f, 0] + 1):
+            for j in range(cmin[f, 1], cmax[f, 1] + 1):
+                for k in range(cmin[f, 2], cmax[f, 2] + 1):
+                    c = (i * dims[1] + j) * dims[2] + k
+                    e = fill[c]
+                    fill[c] += 1
+                    tri[e] = f
+                    for q in range(3):
+                        box[e, q], box[e, 3 + q], first[e, q], corner[e, q] = lo[f, q], hi[f, q], cmin[f, q], F[f, q]
     hit = np.full(ncell, -1, np.int64)
     other = np.full(ncell, -1, np.int64)
     for c in prange(ncell):
         ci, cj, ck = c // (dims[1] * dims[2]), (c // dims[2]) % dims[1], c % dims[2]
         for x in range(start[c], start[c + 1]):
-            a = members[x]
             for y in range(x + 1, start[c + 1]):
-                b = members[y]
-                if (lo[a, 0] > hi[b, 0] or lo[b, 0] > hi[a, 0] or lo[a, 1] > hi[b, 1] or lo[b, 1] > hi[a, 1]
-                        or lo[a, 2] > hi[b, 2] or lo[b, 2] > hi[a, 2]):
+                if (box[x, 0] > box[y, 3] or box[y, 0] > box[x, 3] or box[x, 1] > box[y, 4] or box[y, 1] > box[x, 4]
+                        or box[x, 2] > box[y, 5] or box[y, 2] > box[x, 5]):
                     continue
                 # the pair's own cell: the one holding the low corner of their boxes' intersection
-                if (int((max(lo[a, 0], lo[b, 0]) - mlo[0]) / cell) != ci or int((max(lo[a, 1], lo[b, 1]) - mlo[1]) / cell) != cj
-                        or int((max(lo[a, 2], lo[b, 2]) - mlo[2]) / cell) != ck):
+                if max(first[x, 0], first[y, 0]) != ci or max(first[x, 1], first[y, 1]) != cj or max(first[x, 2], first[y, 2]) != ck:
                     continue
-                shared = False
-                for p in range(3):
-                    for q in range(3):
-                        shared = shared or F[a, p] == F[b, q]
-                if not shared and _triangles_meet(V, F, a, b, eps):
-                    hit[c], other[c] = a, b
+                p0, p1, p2, q0, q1, q2 = corner[x, 0], corner[x, 1], corner[x, 2], corner[y, 0], corner[y, 1], corner[y, 2]
+                if p0 == q0 or p0 == q1 or p0 == q2 or p1 == q0 or p1 == q1 or p1 == q2 or p2 == q0 or p2 == q1 or p2 == q2:
+                    continue
+                if _triangles_meet(V, F, tri[x], tri[y], eps):
+                    hit[c], other[c] = tri[x], tri[y]
                     break
             if hit[c] >= 0:
                 break
@@ -182,12 +192,6 @@ def _crossing(V, F):
         if hit[c] >= 0:
             return hit[c], other[c]
     return -1, -1
-
-
-@njit(cache=True, inline="always")
-def _cell(p, mlo, cell):
-    """The cell holding point p (at least mlo, at most 1024 cells beyond)."""
-    return int((p[0] - mlo[0]) / cell), int((p[1] - mlo[1]) / cell), int((p[2] - mlo[2]) / cell)
 
 
 @njit(cache=True, inline="always")
@@ -200,13 +204,11 @@ def _plane_sides(V, F, a, b, eps):
     nx, ny, nz = uy * vz - uz * vy, uz * vx - ux * vz, ux * vy - uy * vx
     nn = max(math.sqrt(nx * nx + ny * ny + nz * nz), 1e-300)  # (no degenerate face reaches here)
     nx, ny, nz = nx / nn, ny / nn, nz / nn
-    d = np.empty(3)
-    for i in range(3):
-        w = F[b, i]
-        d[i] = (V[w, 0] - V[p, 0]) * nx + (V[w, 1] - V[p, 1]) * ny + (V[w, 2] - V[p, 2]) * nz
-        if abs(d[i]) <= eps:
-            d[i] = 0.0
-    return d, nx, ny, nz
+    w0, w1, w2 = F[b, 0], F[b, 1], F[b, 2]
+    d0 = (V[w0, 0] - V[p, 0]) * nx + (V[w0, 1] - V[p, 1]) * ny + (V[w0, 2] - V[p, 2]) * nz
+    d1 = (V[w1, 0] - V[p, 0]) * nx + (V[w1, 1] - V[p, 1]) * ny + (V[w1, 2] - V[p, 2]) * nz
+    d2 = (V[w2, 0] - V[p, 0]) * nx + (V[w2, 1] - V[p, 1]) * ny + (V[w2, 2] - V[p, 2]) * nz
+    return (d0 if abs(d0) > eps else 0.0), (d1 if abs(d1) > eps else 0.0), (d2 if abs(d2) > eps else 0.0), nx, ny, nz
 
 
 @njit(cache=True)
@@ -214,40 +216,40 @@ def _triangles_meet(V, F, a, b, eps):
     """Whether triangles a and b (non-degenerate) intersect or touch (Moeller 1997: each must meet the
     other's plane, and their segments on the planes' common line must overlap; coplanar ones are
     tested in the plane)."""
-    db, nax, nay, naz = _plane_sides(V, F, a, b, eps)
-    if (db[0] > 0 and db[1] > 0 and db[2] > 0) or (db[0] < 0 and db[1] < 0 and db[2] < 0):
+    b0, b1, b2, nax, nay, naz = _plane_sides(V, F, a, b, eps)
+    if (b0 > 0 and b1 > 0 and b2 > 0) or (b0 < 0 and b1 < 0 and b2 < 0):
         return False
-    da, nbx, nby, nbz = _plane_sides(V, F, b, a, eps)
-    if (da[0] > 0 and da[1] > 0 and da[2] > 0) or (da[0] < 0 and da[1] < 0 and da[2] < 0):
+    a0, a1, a2, nbx, nby, nbz = _plane_sides(V, F, b, a, eps)
+    if (a0 > 0 and a1 > 0 and a2 > 0) or (a0 < 0 and a1 < 0 and a2 < 0):
         return False
-    if (db[0] == 0.0 and db[1] == 0.0 and db[2] == 0.0) or (da[0] == 0.0 and da[1] == 0.0 and da[2] == 0.0):
+    if (b0 == 0.0 and b1 == 0.0 and b2 == 0.0) or (a0 == 0.0 and a1 == 0.0 and a2 == 0.0):
         return _coplanar_meet(V, F, a, b, nax, nay, naz)
     # the common line's direction; project onto its largest axis
     lx, ly, lz = nay * nbz - naz * nby, naz * nbx - nax * nbz, nax * nby - nay * nbx
     axis = 0 if abs(lx) >= abs(ly) and abs(lx) >= abs(lz) else (1 if abs(ly) >= abs(lz) else 2)
-    a0, a1 = _segment(V, F, a, da, axis)
-    b0, b1 = _segment(V, F, b, db, axis)
-    return max(a0, b0) <= min(a1, b1)
+    s0, s1 = _segment(V, F, a, a0, a1, a2, axis)
+    t0, t1 = _segment(V, F, b, b0, b1, b2, axis)
+    return max(s0, t0) <= min(s1, t1)
 
 
 @njit(cache=True, inline="always")
-def _segment(V, F, t, d, axis):
-    """Where triangle t crosses the other's plane, as an interval of coordinate ``axis`` along the
-    common line: its lone corner (the one on its own side) joined to the other two."""
-    if d[0] * d[1] > 0.0:
-        i = 2
-    elif d[0] * d[2] > 0.0:
-        i = 1
-    elif d[1] * d[2] > 0.0 or d[0] != 0.0:
-        i = 0
-    elif d[1] != 0.0:
-        i = 1
+def _segment(V, F, t, d0, d1, d2, axis):
+    """Where triangle t, its corners at signed distances d from the other's plane, crosses that plane,
+    as an interval of coordinate ``axis`` along the planes' common line: its lone corner (the one on
+    its own side) joined to the other two."""
+    if d0 * d1 > 0.0:
+        i, di, dj, dk = 2, d2, d0, d1
+    elif d0 * d2 > 0.0:
+        i, di, dj, dk = 1, d1, d2, d0
+    elif d1 * d2 > 0.0 or d0 != 0.0:
+        i, di, dj, dk = 0, d0, d1, d2
+    elif d1 != 0.0:
+        i, di, dj, dk = 1, d1, d2, d0
     else:
-        i = 2
-    j, k = (i + 1) % 3, (i + 2) % 3
-    pi, pj, pk = V[F[t, i], axis], V[F[t, j], axis], V[F[t, k], axis]
-    s = pi if d[i] == d[j] else pi + (pj - pi) * d[i] / (d[i] - d[j])
-    e = pi if d[i] == d[k] else pi + (pk - pi) * d[i] / (d[i] - d[k])
+        i, di, dj, dk = 2, d2, d0, d1
+    pi, pj, pk = V[F[t, i], axis], V[F[t, (i + 1) % 3], axis], V[F[t, (i + 2) % 3], axis]
+    s = pi if di == dj else pi + (pj - pi) * di / (di - dj)
+    e = pi if di == dk else pi + (pk - pi) * di / (di - dk)
     return min(s, e), max(s, e)
 
 

@@ -408,20 +408,24 @@ def _near_flat(unit, nx, ny, nz):
     the cone (s normal to n) has m . e <= 0 for the edge e whose projection normal to n is nearest s in
     angle, which gives sin(p) mu <= |cos(p)| eps, with eps the largest |n . e| and mu the shortest
     projection times cos(gap / 2), gap the widest angle between projections next to each other around n
-    (t = inf when it is half a turn or more: the fan does not go around n). ``flat``: t and the angle
-    between n and every face at the vertex are at most FLAT, so that its faces' prisms cover its cone to
-    within the tolerance."""
+    (t = inf when it is half a turn or more: the fan does not go around n; only eps, a lower bound of t,
+    when that is above NEAR_FLAT: most vertices). ``flat``: t and the angle between n and every face at the
+    vertex are at most FLAT, so that its faces' prisms cover its cone to within the tolerance."""
     nn = math.sqrt(nx * nx + ny * ny + nz * nz)
     if not nn > 0.0:
         return np.inf, False
     nx, ny, nz = nx / nn, ny / nn, nz / nn
-    s1x, s1y, s1z, s2x, s2y, s2z = _frame(nx, ny, nz)
     k = unit.shape[0]
-    eps, pmin = 0.0, 1.0
+    eps = 0.0
+    for q in range(k):
+        eps = max(eps, abs(unit[q, 0] * nx + unit[q, 1] * ny + unit[q, 2] * nz))
+    if eps > NEAR_FLAT:
+        return eps, False
+    s1x, s1y, s1z, s2x, s2y, s2z = _frame(nx, ny, nz)
+    pmin = 1.0
     ang = np.empty(k)
     for q in range(k):
         d = unit[q, 0] * nx + unit[q, 1] * ny + unit[q, 2] * nz
-        eps = max(eps, abs(d))
         px, py, pz = unit[q, 0] - d * nx, unit[q, 1] - d * ny, unit[q, 2] - d * nz
         pmin = min(pmin, math.sqrt(px * px + py * py + pz * pz))
         ang[q] = math.atan2(px * s2x + py * s2y + pz * s2z, px * s1x + py * s1y + pz * s1z)

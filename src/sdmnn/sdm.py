@@ -52,9 +52,10 @@ def check_mesh(mesh: trimesh.Trimesh) -> None:
 
 
 def mesh_is_clean(mesh: trimesh.Trimesh) -> tuple[bool, str]:
-    """Whether the pseudonormal sign is exact on this mesh, and if not, why."""
+    """Whether the pseudonormal sign is exact on this mesh, and if not, why (for an open or non-manifold
+    mesh: how many edges and where)."""
     if not mesh.is_watertight:
-        return False, "the mesh is not watertight (open or non-manifold)"
+        return False, _unpaired_edges(np.asarray(mesh.vertices), np.asarray(mesh.faces))
     if not mesh.is_winding_consistent:
         return False, "the mesh's faces are not consistently oriented"
     scale = max(float(np.ptp(mesh.vertices, axis=0).max()), 1e-300)
@@ -168,11 +169,28 @@ def _closed(V: np.ndarray, F: np.ndarray) -> "tuple[_Topology | None, str]":
     return topo, f"{n} of the mesh's {len(F)} faces were flipped to orient it consistently"
 
 
+def _edge_counts(F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mesh's edges (E, 2), each as its two vertices in increasing order, and how many faces each joins."""
+    e = np.sort(np.stack([F, np.roll(F, -1, axis=1)], axis=2).reshape(-1, 2), axis=1)
+    return np.unique(e, axis=0, return_counts=True)
+
+
 def _edges_paired(F: np.ndarray) -> bool:
     """Whether every edge of the mesh joins exactly two faces, whatever their orientation."""
-    e = np.sort(np.stack([F, np.roll(F, -1, axis=1)], axis=2).reshape(-1, 2), axis=1)
-    _, counts = np.unique(e[:, 0] * (int(F.max()) + 1) + e[:, 1], return_counts=True)
-    return bool(np.all(counts == 2))
+    return bool(np.all(_edge_counts(F)[1] == 2))
+
+
+def _unpaired_edges(V: np.ndarray, F: np.ndarray) -> str:
+    """What makes a mesh not watertight, in words: how many edges bound a hole (one face) or are shared by
+    more than two faces, and where one of them is (mm)."""
+    edges, counts = _edge_counts(F)
+    parts = []
+    for what, bad in (("edges on the boundary of a hole (open)", counts == 1),
+                      ("edges shared by more than two faces (non-manifold)", counts > 2)):
+        if bad.any():
+            where = ", ".join(f"{x:.4g}" for x in V[edges[np.argmax(bad)]].mean(axis=0))
+            parts.append(f"{int(bad.sum())} {what}, one at ({where}) mm")
+    return "the mesh is not watertight" + (": " + "; ".join(parts) if parts else "")
 
 
 def in_grid_frame(mesh: trimesh.Trimesh, grid: Grid) -> trimesh.Trimesh:
