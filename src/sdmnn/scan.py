@@ -43,6 +43,10 @@ FLAT = 1e-10
 #: region is safe (a vertex's distance is a true distance) where computing the exact cone from
 #: near-parallel edges is not.
 NEAR_FLAT = 1e-6
+#: So does a vertex whose edges all lie within this (a sine) of its tangent plane, however wide the square
+#: cones must be (a vertex a hair off a sliver's long edge): the all-pairs search, whose tolerance is 1e-9,
+#: could find rays of its cone on both sides.
+LEVEL = 1e-8
 #: Every edge's and vertex's rays make at least this cosine with their mean ray (the region is a pointed
 #: cone, so the mean and the midpoints that split it are well defined); the scan refuses any other.
 POINTED = 1e-3
@@ -245,11 +249,13 @@ def regions(V, F, twin, FN, VN, nbr, nptr, vface):
     for v in prange(nv):
         s, e = nptr[v], nptr[v + 1]
         _unit_edges(V, v, nbr[s:e], units[s:e])
-        t, flat = _near_flat(units[s:e], VN[v, 0], VN[v, 1], VN[v, 2])
+        eps, t, flat = _near_flat(units[s:e], VN[v, 0], VN[v, 1], VN[v, 2])
         if flat:
             continue
-        if t <= NEAR_FLAT:
-            vrays[v], halfwidth[v] = 8, 2.0 * t + FLAT  # twice the bound, for rounding: enlarging is safe
+        if t <= NEAR_FLAT or (eps <= LEVEL and t < np.inf):
+            b = 2.0 * t + FLAT  # twice the bound, for rounding: enlarging is safe
+            # the square cones' corner rays make the cosine 1 / sqrt(1 + 2 b^2) with n: pointed, or refused
+            vrays[v], halfwidth[v] = (8, b) if 1.0 + 2.0 * b * b <= POINTED**-2 else (-1, 0.0)
         else:
             vrays[v] = _cone_rays(units[s:e], vbuf[s:e])
     vidx = np.empty(nv, np.int64)
@@ -403,24 +409,25 @@ def _frame(n0, n1, n2):
 
 @njit(cache=True)
 def _near_flat(unit, nx, ny, nz):
-    """How flat a vertex is, from its unit edges ``unit`` in fan order and its pseudonormal n: (t, flat).
-    Its normal cone lies within the angle atan(t) of +n or of -n: a direction m = cos(p) n + sin(p) s of
-    the cone (s normal to n) has m . e <= 0 for the edge e whose projection normal to n is nearest s in
-    angle, which gives sin(p) mu <= |cos(p)| eps, with eps the largest |n . e| and mu the shortest
-    projection times cos(gap / 2), gap the widest angle between projections next to each other around n
-    (t = inf when it is half a turn or more: the fan does not go around n; only eps, a lower bound of t,
-    when that is above NEAR_FLAT: most vertices). ``flat``: t and the angle between n and every face at the
-    vertex are at most FLAT, so that its faces' prisms cover its cone to within the tolerance."""
+    """How flat a vertex is, from its unit edges ``unit`` in fan order and its pseudonormal n: (eps, t,
+    flat), eps the largest |n . e| over its unit edges e. Its normal cone lies within the angle atan(t) of
+    +n or of -n: a direction m = cos(p) n + sin(p) s of the cone (s normal to n) has m . e <= 0 for the
+    edge e whose projection normal to n is nearest s in angle, which gives sin(p) mu <= |cos(p)| eps, with
+    mu the shortest projection times cos(gap / 2), gap the widest angle between projections next to each
+    other around n (t = inf when it is half a turn or more: the fan does not go around n; t = eps, a
+    lower bound, when eps is above NEAR_FLAT: most vertices). ``flat``: t and the angle between n and
+    every face at the vertex are at most FLAT, so that its faces' prisms cover its cone to within the
+    tolerance."""
     nn = math.sqrt(nx * nx + ny * ny + nz * nz)
     if not nn > 0.0:
-        return np.inf, False
+        return np.inf, np.inf, False
     nx, ny, nz = nx / nn, ny / nn, nz / nn
     k = unit.shape[0]
     eps = 0.0
     for q in range(k):
         eps = max(eps, abs(unit[q, 0] * nx + unit[q, 1] * ny + unit[q, 2] * nz))
     if eps > NEAR_FLAT:
-        return eps, False
+        return eps, eps, False
     s1x, s1y, s1z, s2x, s2y, s2z = _frame(nx, ny, nz)
     pmin = 1.0
     ang = np.empty(k)
@@ -435,10 +442,10 @@ def _near_flat(unit, nx, ny, nz):
         gap = max(gap, ang[q] - ang[q - 1])
     mu = pmin * math.cos(0.5 * gap)
     if not (gap < math.pi and mu > 0.0):
-        return np.inf, False
+        return eps, np.inf, False
     t = eps / mu
     if not t <= FLAT:
-        return t, False
+        return eps, t, False
     for q in range(k):  # the face between neighbours q and q + 1 has the normal e[q + 1] x e[q]
         a, b = (q + 1) % k, q
         cx = unit[a, 1] * unit[b, 2] - unit[a, 2] * unit[b, 1]
@@ -446,11 +453,11 @@ def _near_flat(unit, nx, ny, nz):
         cz = unit[a, 0] * unit[b, 1] - unit[a, 1] * unit[b, 0]
         cn = math.sqrt(cx * cx + cy * cy + cz * cz)
         if not cn > 1e-5:  # a face whose corner here is too thin to tell its normal: not flat
-            return t, False
+            return eps, t, False
         sx, sy, sz = cy * nz - cz * ny, cz * nx - cx * nz, cx * ny - cy * nx
         if cx * nx + cy * ny + cz * nz <= 0.0 or math.sqrt(sx * sx + sy * sy + sz * sz) > FLAT * cn:
-            return t, False
-    return t, True
+            return eps, t, False
+    return eps, t, True
 
 
 @njit(cache=True, inline="always")
