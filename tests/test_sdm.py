@@ -452,3 +452,78 @@ def test_exact_sdm_on_an_oblique_grid_matches_libigl_at_the_voxels_world_positio
     s = s.reshape(grid.shape)
     assert (sdm < 0).sum() > 100
     assert np.abs(sdm - s).max() < 1e-4 and np.sum((sdm < 0) != (s < 0)) == 0
+
+
+# --- real-world meshes: crossing and nested bodies, flipped faces, regions the scan cannot sweep ------
+
+def _exact_inside(mesh, grid):
+    """Where the exact generalised winding number (libigl) is at least 1/2 in magnitude: the truth."""
+    return np.abs(igl.winding_number(np.asarray(mesh.vertices, float), np.asarray(mesh.faces, np.int64), grid.points())) >= 0.5
+
+
+def _bodies(*meshes):
+    return trimesh.util.concatenate(list(meshes))
+
+
+@pytest.mark.parametrize("layout", ["crossing", "nested, same orientation", "nested, a cavity"])
+def test_sign_of_a_mesh_of_several_bodies_is_the_winding_numbers(layout):
+    """Two spheres as two bodies of one mesh. Crossing, or one inside the other with the same orientation,
+    the pseudonormal of the nearest sheet is wrong somewhere (inside one body, nearest to the other's
+    surface): those get the winding-number sign, with a warning. A cavity (inner sphere inverted) keeps the
+    pseudonormal sign, exact there."""
+    big = trimesh.creation.icosphere(subdivisions=3, radius=1.0)
+    if layout == "crossing":
+        other = trimesh.creation.icosphere(subdivisions=3, radius=0.8)
+        other.apply_translation([1.1, 0.2, 0.1])
+    else:
+        other = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
+        other.apply_translation([0.1, 0.05, 0.0])
+        if layout == "nested, a cavity":
+            other.invert()
+    mesh = _bodies(big, other)
+    grid = Grid((36, 30, 30), (0.1, 0.1, 0.1), (-1.25, -1.45, -1.45))
+    truth = _exact_inside(mesh, grid)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MeshWarning)
+        sdm = exact_sdm(mesh, grid).ravel()
+    said = " ".join(str(w.message) for w in caught)
+    off = np.abs(sdm) > 1e-6
+    assert np.array_equal((sdm < 0)[off], truth[off])
+    pseudonormal = exact_sdm(mesh, grid, sign="pseudonormal").ravel()
+    wrong = np.sum((pseudonormal < 0)[off] != truth[off])
+    if layout == "nested, a cavity":
+        assert said == "" and wrong == 0
+    else:
+        assert ("intersect" if layout == "crossing" else "nested") in said and wrong > 0
+    assert np.allclose(np.abs(sdm), np.abs(pseudonormal), atol=1e-6)  # the distances are the scan's either way
+
+
+@pytest.mark.parametrize("flipped", [3, 20])
+def test_a_few_flipped_faces_flip_no_sign(flipped, rng):
+    """A closed mesh with some faces turned inside out is oriented consistently first (each body keeping
+    the orientation most of its faces had), with a warning: the SDM is the unflipped mesh's, exactly."""
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    faces = sphere.faces.copy()
+    pick = rng.choice(len(faces), flipped, replace=False)
+    faces[pick] = faces[pick][:, ::-1]
+    grid = Grid((30, 30, 30), (0.08, 0.08, 0.08), (-1.17, -1.16, -1.15))
+    with pytest.warns(MeshWarning, match=f"{flipped} of the mesh's {len(faces)} faces were flipped"):
+        sdm = exact_sdm(trimesh.Trimesh(sphere.vertices, faces, process=False), grid)
+    assert np.array_equal(sdm, exact_sdm(sphere, grid))
+
+
+def test_scan_hands_a_knife_edge_to_the_bvh_with_a_warning():
+    """A prism over a triangle with a 0.05-degree corner: at that edge the two faces fold onto each other
+    (their normals are nearly opposite) and its end vertices' cones are nearly half-spaces, regions the
+    scan cannot split; the BVH method takes the mesh and the SDM is still libigl's."""
+    a = np.radians(0.05)
+    xy = np.array([(0.0, 0.0), (2.0, 2.0 * np.tan(a)), (2.0, 0.0)])[::-1]
+    V = np.concatenate([np.c_[xy, np.zeros(3)], np.c_[xy, np.ones(3)]])
+    F = np.array([(0, 2, 1), (3, 4, 5), (0, 1, 4), (0, 4, 3), (1, 2, 5), (1, 5, 4), (2, 0, 3), (2, 3, 5)])
+    mesh = trimesh.Trimesh(V, F, process=False)
+    assert mesh.is_watertight and mesh.is_winding_consistent and mesh.volume > 0
+    grid = Grid((20, 12, 14), (0.13, 0.1, 0.1), (-0.31, -0.52, -0.23))
+    with pytest.warns(MeshWarning, match="(fold onto each other|is not a pointed cone); using the BVH method"):
+        sdm = exact_sdm(mesh, grid, method="scan")
+    s, _, _, _ = igl.signed_distance(grid.points(), V, F.astype(np.int64), sign_type=igl.SIGNED_DISTANCE_TYPE_PSEUDONORMAL)
+    assert np.abs(sdm.ravel() - s).max() < 1e-5

@@ -81,23 +81,29 @@ def overlap(V: np.ndarray, F: np.ndarray, twin: np.ndarray) -> str:
         if label[a] != label[b]:
             return f"two of the mesh's {count} bodies intersect (near ({where}) mm)"
         return f"a body of the mesh intersects itself (near ({where}) mm)"
-    # no sheet crosses another: the other bodies' winding number is constant on each body, and the body
-    # adds its own orientation (+-1) inside it; both sides must be 0 or 1. At a point inside one of a
-    # body's faces that body's own winding number is exactly half its orientation.
+    # no sheet crosses another, so the winding number is constant along each side of each body's
+    # surface: it must be 0 on one side and 1 on the other, checked just off one face of each body
     import igl
 
     T = V[F]
-    area = np.linalg.norm(np.cross(T[:, 1] - T[:, 0], T[:, 2] - T[:, 0]), axis=1)
-    volume = np.bincount(label, weights=np.einsum("ij,ij->i", T[:, 0], np.cross(T[:, 1], T[:, 2])), minlength=count)
-    own = np.where(volume >= 0, 1, -1)
-    face = np.array([np.flatnonzero(label == k)[np.argmax(area[label == k])] for k in range(count)])
-    w = igl.fast_winding_number(V, np.ascontiguousarray(F, dtype=np.int64), T[face].mean(axis=1))
-    others = np.rint(w - own / 2.0)
-    bad = (others < 0) | (others > 1) | (others + own < 0) | (others + own > 1)
+    normal = np.cross(T[:, 1] - T[:, 0], T[:, 2] - T[:, 0])
+    area = np.linalg.norm(normal, axis=1)
+    order = np.lexsort((-area, label))  # each body's largest face first
+    face = order[np.searchsorted(label[order], np.arange(count))]
+    step = 1e-3 * normal[face] / np.sqrt(area[face])[:, None]  # a thousandth of the face's size
+    centre = T[face].mean(axis=1)
+    points = np.concatenate([centre + step, centre - step])
+    FF = np.ascontiguousarray(F, dtype=np.int64)
+    w = igl.fast_winding_number(V, FF, points)
+    unsure = np.abs(w - np.rint(w)) > 0.1
+    if unsure.any():
+        w[unsure] = igl.winding_number(V, FF, points[unsure])
+    w = np.rint(w).reshape(2, count)
+    bad = (w < 0).any(axis=0) | (w > 1).any(axis=0)
     if bad.any():
         k = int(np.argmax(bad))
-        where = ", ".join(f"{x:.4g}" for x in T[face[k]].mean(axis=0))
-        kind = "an inverted body" if others[k] == 0 else "a body nested in another with the same orientation"
+        where = ", ".join(f"{x:.4g}" for x in centre[k])
+        kind = "a body nested in another with the same orientation" if w[:, k].max() > 1 else "an inverted body"
         return f"the mesh has {kind} (near ({where}) mm)"
     return ""
 
