@@ -80,6 +80,30 @@ def test_open_mesh_warns_and_still_writes(tmp_path):
     assert (tmp_path / "o.nii.gz").exists()
 
 
+def test_a_mesh_that_cannot_be_read_is_one_sentence_and_exit_2(tmp_path):
+    (tmp_path / "bad.obj").write_text("v 0 0 0\nv 1 0 0\nv nan 1 0\nf 1 2 3\n")
+    r = run("sdm", "--mesh", "bad.obj", "-o", "x.nii.gz", cwd=tmp_path, ok=False)
+    assert r.returncode == 2 and "NaN" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_defect_is_one_sentence_asking_to_report_it_and_exit_3(tmp_path):
+    """Any exception that is not about the input (here one planted in the exact SDM) is a defect of sdmnn."""
+    import trimesh
+
+    trimesh.creation.box().export(tmp_path / "box.stl")
+    plant = ("import sys, sdmnn.sdm, sdmnn.cli\n"
+             "def broken(*args, **kwargs):\n    return 1 / 0\n"
+             "sdmnn.sdm.exact_sdm = broken\n"
+             "sys.argv = ['sdmnn', 'sdm', '--mesh', 'box.stl', '-o', 'x.nii.gz']\n"
+             "sdmnn.cli.main()\n")
+    r = subprocess.run([sys.executable, "-c", plant], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 3, r.stderr
+    said = " ".join(r.stderr.split())
+    assert "internal error: ZeroDivisionError: division by zero" in said and "please report it" in said
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 2  # one sentence, wrapped at most once
+    assert not (tmp_path / "x.nii.gz").exists()
+
+
 @pytest.mark.skipif(sdmnn.nn.shipped_model_path() is None, reason="no shipped model")
 def test_fit_cli_writes_a_table_json_samples_and_pngs(tmp_path):
     from sdmnn.fit import synthetic_target

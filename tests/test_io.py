@@ -100,3 +100,19 @@ def test_unreadable_volume_is_one_sentence(tmp_path):
         load_volume(tmp_path / "x.txt")
     with pytest.raises(FileError, match="no such file"):
         load_volume(tmp_path / "missing.nii.gz")
+
+
+def test_a_textured_mesh_split_at_its_uv_seams_loads_watertight(tmp_path):
+    """An OBJ whose faces each carry their own texture coordinates has its corners split (one vertex per
+    position and UV); the loader joins them by position, so the closed mesh is closed again."""
+    import trimesh
+
+    from sdmnn import load_mesh
+
+    box = trimesh.creation.box()
+    soup = trimesh.Trimesh(box.triangles.reshape(-1, 3), np.arange(36).reshape(-1, 3), process=False)
+    soup.visual = trimesh.visual.TextureVisuals(uv=np.random.default_rng(0).random((36, 2)))
+    soup.export(tmp_path / "seams.obj")
+    assert not trimesh.load_mesh(tmp_path / "seams.obj", process=True).is_watertight  # trimesh keeps UV seams
+    mesh = load_mesh(tmp_path / "seams.obj")
+    assert mesh.is_watertight and len(mesh.vertices) == 8

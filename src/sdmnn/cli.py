@@ -417,7 +417,8 @@ def _numbers(text: str, option: str, count: int, allow_one: bool = False) -> tup
 
 
 def main():
-    """Entry point: bad input -> one sentence on stderr and exit status 2, never a traceback."""
+    """Entry point: bad input -> one sentence on stderr and exit status 2; a defect in sdmnn (any other
+    exception) -> one sentence asking to report it and exit status 3; never a traceback."""
     from .runtime import keep_freed_memory
 
     keep_freed_memory()
@@ -432,6 +433,17 @@ def main():
         except KeyboardInterrupt:
             err.print("interrupted")
             sys.exit(130)
+        except Exception as e:  # a defect, not the input: say so in one sentence instead of a traceback
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            err.print(f"[red]internal error:[/] {type(e).__name__}{': ' + first if first else ''}; this is a defect in "
+                      f"sdmnn {_version()}, please report it with the command that caused it", highlight=False)
+            sys.exit(3)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 if __name__ == "__main__":

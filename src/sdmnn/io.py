@@ -140,7 +140,9 @@ def _first_line(error: Exception) -> str:
 
 
 def load_mesh(path):
-    """Read a triangle mesh (STL, PLY, OBJ, OFF, GLB) with trimesh; identical vertices are joined."""
+    """Read a triangle mesh (STL, PLY, OBJ, OFF, GLB) with trimesh; vertices at the same position are joined,
+    whatever texture coordinates or normals they carry (seams split a textured surface into patches that
+    share positions only)."""
     import trimesh
 
     path = Path(path)
@@ -153,7 +155,7 @@ def load_mesh(path):
         raise FileError(f"{path}: cannot be read as a mesh ({type(e).__name__}: {e})") from None
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
         raise MeshError(f"{path}: the file holds no triangles")
-    mesh.merge_vertices()  # STL stores a triangle soup: join identical vertices, change no geometry
+    mesh.merge_vertices(merge_tex=True, merge_norm=True)  # STL stores a triangle soup; OBJ splits at UV seams
     return mesh
 
 

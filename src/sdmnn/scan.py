@@ -34,6 +34,25 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 FACE, EDGE, VERTEX = 0, 1, 2
+#: An edge whose dihedral angle, or a vertex whose normal cone, is within this angle (radians, its sine or
+#: tangent) of flat has no region: what it leaves uncovered is within 2 * FLAT * distance of its faces'
+#: prisms, which the scan's tolerance (``tolerance``) covers everywhere on the grid.
+FLAT = 1e-10
+#: A vertex whose normal cone is within this angle of a line (a vertex a rounding error off a flat patch)
+#: gets two thin square cones around its pseudonormal, one each side, that hold its cone: enlarging a
+#: region is safe (a vertex's distance is a true distance) where computing the exact cone from
+#: near-parallel edges is not.
+NEAR_FLAT = 1e-6
+#: So does a vertex whose edges all lie within this (a sine) of its tangent plane, however wide the square
+#: cones must be (a vertex a hair off a sliver's long edge): the all-pairs search, whose tolerance is 1e-9,
+#: could find rays of its cone on both sides.
+LEVEL = 1e-8
+#: Every edge's and vertex's rays make at least this cosine with their mean ray (the region is a pointed
+#: cone, so the mean and the midpoints that split it are well defined); the scan refuses any other.
+POINTED = 1e-3
+#: Vertices with more neighbours than this and a fan that is not convex are refused (the all-pairs
+#: search for their cone's rays is cubic in the number of neighbours).
+MAX_PAIRS = 256
 #: Each swept piece's rays make at least this cosine with its sweep axis (at most ~78 degrees);
 #: wider regions are split.
 WIDE = 0.2
@@ -45,6 +64,14 @@ WHOLE_PLANES = 2
 CHUNK = 1024
 #: The bits of +inf as a float64: a voxel no region has reached yet.
 INF_BITS = 0x7FF0000000000000
+
+
+def tolerance(V: np.ndarray, bounds: np.ndarray) -> float:
+    """How far (mm) the scan enlarges every region: 1e-9 of the largest coordinate of the mesh and the grid
+    (``bounds``), plus 1e-9 mm. It absorbs rounding on shared boundaries and covers what flat edges and
+    vertices leave uncovered: within 2 * FLAT * distance of their faces' prisms, and no voxel is farther
+    than 2 * sqrt(3) times the largest coordinate from the mesh."""
+    return 1e-9 * (max(float(np.abs(V).max()), float(np.abs(bounds).max())) + 1.0)
 
 
 def half_edge_twins(F: np.ndarray, nv: int) -> np.ndarray | None:
@@ -178,12 +205,15 @@ def pseudonormals(F, twin, FN, VN):
 @njit(cache=True, parallel=True)
 def regions(V, F, twin, FN, VN, nbr, nptr, vface):
     """The regions of every face, convex edge and non-flat vertex of a mesh that normals_and_fans
-    accepted: (kind, outside, base, cons_a, cons_b, cptr, rays, rptr). base[f] holds the face's
-    corners, the edge's end points or the vertex (a face's unit normal is its ray); its half-spaces are
-    cons_a . v <= cons_b over cptr[f]:cptr[f+1] and its rays rays[rptr[f]:rptr[f+1]]. An edge's or a
-    vertex's region lies wholly outside the surface (outside[f] = +1) or wholly inside (-1): the
-    segment from the feature to a point whose nearest feature it is crosses no surface, and near the
-    feature the side is that of its pseudonormal; a face's region has both sides (0)."""
+    accepted: (kind, outside, base, cons_a, cons_b, cptr, rays, rptr, bad_vertex, bad_edge). base[f]
+    holds the face's corners, the edge's end points or the vertex (a face's unit normal is its ray); its
+    half-spaces are cons_a . v <= cons_b over cptr[f]:cptr[f+1] and its rays rays[rptr[f]:rptr[f+1]]. An
+    edge's or a vertex's region lies wholly outside the surface (outside[f] = +1) or wholly inside (-1):
+    the segment from the feature to a point whose nearest feature it is crosses no surface, and near the
+    feature the side is that of its pseudonormal; a face's region has both sides (0). A near-flat vertex
+    (NEAR_FLAT) has two regions, one each side. bad_vertex, bad_edge: the first vertex and half-edge
+    whose region is not a pointed cone (POINTED; a vertex with both +n and -n in its computed cone, a
+    knife edge), -1 for none: the scan cannot sweep those, and their regions are left out."""
     nf, nv = F.shape[0], V.shape[0]
 
     # --- which edges and vertices have regions, and where each feature's rows go -----------------
@@ -192,31 +222,53 @@ def regions(V, F, twin, FN, VN, nbr, nptr, vface):
     nh = 3 * nf
     half = (nh + 1) // 2
     esign = np.zeros(nh)  # +1/-1: the side on which the edge is convex; 0: no region
+    ebad = np.zeros(nh, np.bool_)
     for i in prange(nh):
         h = i // 2 if i % 2 == 0 else half + i // 2
         if twin[h] > h:
             esign[h] = _edge_side(V, F, FN, twin, h)
+            f, g = h // 3, twin[h] // 3
+            # the wedge's rays are the two face normals: pointed unless the faces fold onto each other
+            ebad[h] = esign[h] != 0.0 and FN[f, 0] * FN[g, 0] + FN[f, 1] * FN[g, 1] + FN[f, 2] * FN[g, 2] < 2.0 * POINTED**2 - 1.0
+            if ebad[h]:
+                esign[h] = 0.0
     edges = np.empty(nh, np.int64)  # the half-edge of each edge with a region
     ne = 0
     for h in range(nh):
         if esign[h] != 0.0:
             edges[ne] = h
             ne += 1
+    # per vertex: its rays (0: no region; -1: a cone the scan cannot sweep) and, for a near-flat one, the
+    # half-width of its two square cones (0 for any other)
     vrays = np.zeros(nv, np.int64)
+    halfwidth = np.zeros(nv)
     # each vertex's unit edges and (up to one per neighbour, which is all a cone with that many facets
     # has) its cone's rays, in the vertex's slots of its fan; copied into place below
     units = np.empty((nptr[nv], 3))
     vbuf = np.empty((nptr[nv], 3))
     for v in prange(nv):
         s, e = nptr[v], nptr[v + 1]
-        vrays[v] = _cone_rays(V, v, nbr[s:e], units[s:e], vbuf[s:e])
+        _unit_edges(V, v, nbr[s:e], units[s:e])
+        eps, t, flat = _near_flat(units[s:e], VN[v, 0], VN[v, 1], VN[v, 2])
+        if flat:
+            continue
+        if t <= NEAR_FLAT or (eps <= LEVEL and t < np.inf):
+            b = 2.0 * t + FLAT  # twice the bound, for rounding: enlarging is safe
+            # the square cones' corner rays make the cosine 1 / sqrt(1 + 2 b^2) with n: pointed, or refused
+            vrays[v], halfwidth[v] = (8, b) if 1.0 + 2.0 * b * b <= POINTED**-2 else (-1, 0.0)
+        else:
+            vrays[v] = _cone_rays(units[s:e], vbuf[s:e])
     vidx = np.empty(nv, np.int64)
     vcon = np.empty(nv, np.int64)
     vray = np.empty(nv, np.int64)
     nvf, ncv, nrv = 0, 0, 0
     for v in range(nv):
         vidx[v], vcon[v], vray[v] = nvf, ncv, nrv
-        if vrays[v] > 0:
+        if halfwidth[v] > 0.0:
+            nvf += 2
+            ncv += 8
+            nrv += 8
+        elif vrays[v] > 0:
             nvf += 1
             ncv += nptr[v + 1] - nptr[v]
             nrv += vrays[v]
@@ -276,9 +328,12 @@ def regions(V, F, twin, FN, VN, nbr, nptr, vface):
             cons_b[row + 2 + i] = wx * V[a, 0] + wy * V[a, 1] + wz * V[a, 2]
 
     for v in prange(nv):  # vertices: the normal cone, {m : m . (x - v) <= 0 for every neighbour x}
-        if vrays[v] == 0:
+        if vrays[v] <= 0:
             continue
         m, row, ray = nf + ne + vidx[v], 3 * nf + 4 * ne + vcon[v], nf + 2 * ne + vray[v]
+        if halfwidth[v] > 0.0:
+            _square_cones(V, v, VN, halfwidth[v], m, row, ray, kind, outside, base, cons_a, cons_b, cptr, rays, rptr)
+            continue
         k = nptr[v + 1] - nptr[v]
         kind[m] = VERTEX
         cptr[m + 1], rptr[m + 1] = row + k, ray + vrays[v]
@@ -286,7 +341,7 @@ def regions(V, F, twin, FN, VN, nbr, nptr, vface):
         if vrays[v] <= k:
             rays[ray : ray + vrays[v]] = vbuf[nptr[v] : nptr[v] + vrays[v]]
         else:  # more rays than slots (near-coincident ones from the all-pairs search): again, in place
-            _cone_rays(V, v, nbr[nptr[v] : nptr[v + 1]], unit, rays[ray : ray + vrays[v]])
+            _cone_rays(unit, rays[ray : ray + vrays[v]])
         for q in range(3):
             base[m, 0, q] = V[v, q]
         dot = 0.0  # the side: the cone's mean ray against the vertex's pseudonormal
@@ -297,7 +352,112 @@ def regions(V, F, twin, FN, VN, nbr, nptr, vface):
             for d in range(3):
                 cons_a[row + q, d] = unit[q, d]
             cons_b[row + q] = unit[q, 0] * V[v, 0] + unit[q, 1] * V[v, 1] + unit[q, 2] * V[v, 2]
-    return kind, outside, base, cons_a, cons_b, cptr, rays, rptr
+    bad_vertex = -1
+    for v in range(nv):
+        if vrays[v] < 0:
+            bad_vertex = v
+            break
+    bad_edge = -1
+    for h in range(nh):
+        if ebad[h]:
+            bad_edge = h
+            break
+    return kind, outside, base, cons_a, cons_b, cptr, rays, rptr, bad_vertex, bad_edge
+
+
+@njit(cache=True)
+def _square_cones(V, v, VN, b, m, row, ray, kind, outside, base, cons_a, cons_b, cptr, rays, rptr):
+    """A near-flat vertex's two regions, features m (outside) and m + 1 (inside): the square cones
+    {c (sg n + x s1 + y s2) : |x|, |y| <= b, c >= 0} around its unit pseudonormal n (sg = +1, then -1),
+    each bounded by four planes through the vertex with unit normals (+-s_i - b sg n) / sqrt(1 + b^2),
+    written without differences of near-equal rays."""
+    nn = math.sqrt(VN[v, 0] ** 2 + VN[v, 1] ** 2 + VN[v, 2] ** 2)
+    n0, n1, n2 = VN[v, 0] / nn, VN[v, 1] / nn, VN[v, 2] / nn
+    s1x, s1y, s1z, s2x, s2y, s2z = _frame(n0, n1, n2)
+    inv = 1.0 / math.sqrt(1.0 + b * b)
+    for side in range(2):
+        sg = 1.0 - 2.0 * side
+        f, r0, c0 = m + side, ray + 4 * side, row + 4 * side
+        kind[f], outside[f] = VERTEX, 1 if side == 0 else -1
+        cptr[f + 1], rptr[f + 1] = c0 + 4, r0 + 4
+        for q in range(3):
+            base[f, 0, q] = V[v, q]
+        for c in range(4):
+            x = b if c == 0 or c == 1 else -b  # the corners in turn: (b, b), (b, -b), (-b, -b), (-b, b)
+            y = b if c == 0 or c == 3 else -b
+            rx, ry, rz = sg * n0 + x * s1x + y * s2x, sg * n1 + x * s1y + y * s2y, sg * n2 + x * s1z + y * s2z
+            rn = math.sqrt(rx * rx + ry * ry + rz * rz)
+            rays[r0 + c, 0], rays[r0 + c, 1], rays[r0 + c, 2] = rx / rn, ry / rn, rz / rn
+            # the sides: +-s1, +-s2
+            e = 1.0 if c < 2 else -1.0
+            sx, sy, sz = (s1x, s1y, s1z) if c % 2 == 0 else (s2x, s2y, s2z)
+            ax, ay, az = (e * sx - b * sg * n0) * inv, (e * sy - b * sg * n1) * inv, (e * sz - b * sg * n2) * inv
+            cons_a[c0 + c, 0], cons_a[c0 + c, 1], cons_a[c0 + c, 2] = ax, ay, az
+            cons_b[c0 + c] = ax * V[v, 0] + ay * V[v, 1] + az * V[v, 2]
+
+
+@njit(cache=True, inline="always")
+def _frame(n0, n1, n2):
+    """Two unit vectors s1, s2 making a right-handed frame with the unit vector n."""
+    ax, ay, az = (1.0, 0.0, 0.0) if abs(n0) < 0.6 else (0.0, 1.0, 0.0)
+    d = ax * n0 + ay * n1 + az * n2
+    ax, ay, az = ax - d * n0, ay - d * n1, az - d * n2
+    an = math.sqrt(ax * ax + ay * ay + az * az)
+    ax, ay, az = ax / an, ay / an, az / an
+    return ax, ay, az, n1 * az - n2 * ay, n2 * ax - n0 * az, n0 * ay - n1 * ax
+
+
+@njit(cache=True)
+def _near_flat(unit, nx, ny, nz):
+    """How flat a vertex is, from its unit edges ``unit`` in fan order and its pseudonormal n: (eps, t,
+    flat), eps the largest |n . e| over its unit edges e. Its normal cone lies within the angle atan(t) of
+    +n or of -n: a direction m = cos(p) n + sin(p) s of the cone (s normal to n) has m . e <= 0 for the
+    edge e whose projection normal to n is nearest s in angle, which gives sin(p) mu <= |cos(p)| eps, with
+    mu the shortest projection times cos(gap / 2), gap the widest angle between projections next to each
+    other around n (t = inf when it is half a turn or more: the fan does not go around n; t = eps, a
+    lower bound, when eps is above NEAR_FLAT: most vertices). ``flat``: t and the angle between n and
+    every face at the vertex are at most FLAT, so that its faces' prisms cover its cone to within the
+    tolerance."""
+    nn = math.sqrt(nx * nx + ny * ny + nz * nz)
+    if not nn > 0.0:
+        return np.inf, np.inf, False
+    nx, ny, nz = nx / nn, ny / nn, nz / nn
+    k = unit.shape[0]
+    eps = 0.0
+    for q in range(k):
+        eps = max(eps, abs(unit[q, 0] * nx + unit[q, 1] * ny + unit[q, 2] * nz))
+    if eps > NEAR_FLAT:
+        return eps, eps, False
+    s1x, s1y, s1z, s2x, s2y, s2z = _frame(nx, ny, nz)
+    pmin = 1.0
+    ang = np.empty(k)
+    for q in range(k):
+        d = unit[q, 0] * nx + unit[q, 1] * ny + unit[q, 2] * nz
+        px, py, pz = unit[q, 0] - d * nx, unit[q, 1] - d * ny, unit[q, 2] - d * nz
+        pmin = min(pmin, math.sqrt(px * px + py * py + pz * pz))
+        ang[q] = math.atan2(px * s2x + py * s2y + pz * s2z, px * s1x + py * s1y + pz * s1z)
+    ang.sort()
+    gap = ang[0] + 2.0 * math.pi - ang[k - 1]
+    for q in range(1, k):
+        gap = max(gap, ang[q] - ang[q - 1])
+    mu = pmin * math.cos(0.5 * gap)
+    if not (gap < math.pi and mu > 0.0):
+        return eps, np.inf, False
+    t = eps / mu
+    if not t <= FLAT:
+        return eps, t, False
+    for q in range(k):  # the face between neighbours q and q + 1 has the normal e[q + 1] x e[q]
+        a, b = (q + 1) % k, q
+        cx = unit[a, 1] * unit[b, 2] - unit[a, 2] * unit[b, 1]
+        cy = unit[a, 2] * unit[b, 0] - unit[a, 0] * unit[b, 2]
+        cz = unit[a, 0] * unit[b, 1] - unit[a, 1] * unit[b, 0]
+        cn = math.sqrt(cx * cx + cy * cy + cz * cz)
+        if not cn > 1e-5:  # a face whose corner here is too thin to tell its normal: not flat
+            return eps, t, False
+        sx, sy, sz = cy * nz - cz * ny, cz * nx - cx * nz, cx * ny - cy * nx
+        if cx * nx + cy * ny + cz * nz <= 0.0 or math.sqrt(sx * sx + sy * sy + sz * sz) > FLAT * cn:
+            return eps, t, False
+    return eps, t, True
 
 
 @njit(cache=True, inline="always")
@@ -315,7 +475,7 @@ def _in_face_normal(V, a, o, ux, uy, uz):
 def _edge_side(V, F, FN, twin, h):
     """The side of half-edge h (face f, the other face g) on which it is convex: +1 on f's normal side
     (g's far corner lies below f's plane), -1 on the other, 0 when flat (the dihedral angle's sine,
-    FN[f] . w with w the unit direction in g normal to the edge, within 1e-9 of 0). Without roots:
+    FN[f] . w with w the unit direction in g normal to the edge, within FLAT of 0). Without roots:
     FN[f] . w = FN[f] . d / |d_perp| for d from the edge to g's far corner."""
     f, c = h // 3, h % 3
     a, b = F[f, c], F[f, (c + 1) % 3]
@@ -325,7 +485,7 @@ def _edge_side(V, F, FN, twin, h):
     s = FN[f, 0] * dx + FN[f, 1] * dy + FN[f, 2] * dz
     du = dx * ux + dy * uy + dz * uz
     perp2 = dx * dx + dy * dy + dz * dz - du * du / (ux * ux + uy * uy + uz * uz)
-    if s * s <= 1e-18 * perp2:
+    if s * s <= FLAT**2 * perp2:
         return 0.0
     return 1.0 if s < 0.0 else -1.0
 
@@ -342,18 +502,81 @@ def _unit_edges(V, v, nbr, unit):
 
 
 @njit(cache=True)
-def _cone_rays(V, v, nbr, unit, out):
-    """Extreme rays of vertex v's normal cone {m : m . e_q <= 0} for its unit edge directions e_q
-    (written to ``unit``): the cross products of neighbour pairs that meet every constraint. Writes
-    them to ``out`` when it has room and returns their count; 0 for an empty cone or one holding a
-    line (a flat vertex, whose region lies on its faces' prisms)."""
-    k = len(nbr)
-    _unit_edges(V, v, nbr, unit)
+def _cone_rays(unit, out):
+    """Extreme rays of a vertex's normal cone {m : m . e_q <= 0} for its unit edge directions e_q
+    (``unit``, in fan order): the cross products of neighbour pairs that meet every constraint. Writes
+    them to ``out`` when it has room and returns their count: 0 for an empty cone, -1 for a cone that is
+    not pointed (POINTED: one holding a line, which only rounding makes of a vertex that is not near-flat)
+    or that would take a search over all pairs of more than MAX_PAIRS neighbours."""
+    k = unit.shape[0]
     n = _fan_cone_rays(unit, out)
     if n >= 0:
         return n
+    if k > MAX_PAIRS:
+        return -1
+    n, cx, cy, cz, _ = _pair_rays(unit, out, 0.0, 0.0, 0.0)
+    if n == 0:
+        return 0
+    if n <= out.shape[0]:
+        worst = _cone_axis(out[:n])[3]
+    else:  # the least cosine of a ray with the mean ray, in a second pass (not every ray is in ``out``)
+        cn = math.sqrt(cx * cx + cy * cy + cz * cz)
+        worst = _pair_rays(unit, out[:0], cx / cn, cy / cn, cz / cn)[4] if cn > 0.0 else -1.0
+    return n if worst >= POINTED else -1
+
+
+@njit(cache=True)
+def _cone_axis(R):
+    """A unit direction inside the cone of unit rays R and the least cosine of a ray with it: the mean ray
+    or, where some ray makes more than a right angle less POINTED with that, the centre of the smallest
+    ball holding the rays (Badoiu & Clarkson's iteration), which is inside any cone less than a half-space."""
+    n = R.shape[0]
+    cx = cy = cz = 0.0
+    for r in range(n):
+        cx += R[r, 0]
+        cy += R[r, 1]
+        cz += R[r, 2]
+    worst = -1.0
+    cn = math.sqrt(cx * cx + cy * cy + cz * cz)
+    if cn > 0.0:
+        cx, cy, cz = cx / cn, cy / cn, cz / cn
+        worst = _least_cosine(R, cx, cy, cz)
+    if worst >= POINTED:
+        return cx, cy, cz, worst
+    bx, by, bz = R[0, 0], R[0, 1], R[0, 2]
+    for it in range(1, 257):
+        far, fd = 0, -1.0
+        for r in range(n):
+            d = (R[r, 0] - bx) ** 2 + (R[r, 1] - by) ** 2 + (R[r, 2] - bz) ** 2
+            if d > fd:
+                far, fd = r, d
+        bx += (R[far, 0] - bx) / (it + 1)
+        by += (R[far, 1] - by) / (it + 1)
+        bz += (R[far, 2] - bz) / (it + 1)
+    bn = math.sqrt(bx * bx + by * by + bz * bz)
+    if bn > 0.0 and _least_cosine(R, bx / bn, by / bn, bz / bn) > worst:
+        return bx / bn, by / bn, bz / bn, _least_cosine(R, bx / bn, by / bn, bz / bn)
+    return cx, cy, cz, worst
+
+
+@njit(cache=True, inline="always")
+def _least_cosine(R, cx, cy, cz):
+    worst = 1.0
+    for r in range(R.shape[0]):
+        worst = min(worst, R[r, 0] * cx + R[r, 1] * cy + R[r, 2] * cz)
+    return worst
+
+
+@njit(cache=True)
+def _pair_rays(unit, out, mx, my, mz):
+    """The cone's rays from all pairs of neighbours, into ``out`` while it has room: (count, their sum,
+    the least cosine of one with the unit vector m). A ray equal to one of the first k written (to
+    rounding: coplanar neighbours give the same ray from many pairs) is not counted again, so that the
+    mean ray is the cone's, not weighted by repeats; the first k are the same however large ``out``."""
+    k = unit.shape[0]
     n = 0
     cx = cy = cz = 0.0
+    worst = 1.0
     for i in range(k):
         for j in range(i + 1, k):
             r0, r1, r2, rn = _pair_normal(unit, i, j)
@@ -365,14 +588,16 @@ def _cone_rays(V, v, nbr, unit, out):
                     if sg * (r0 * unit[q, 0] + r1 * unit[q, 1] + r2 * unit[q, 2]) > 1e-9:
                         ok = False
                         break
+                for q in range(min(n, k, out.shape[0])):
+                    if ok and (out[q, 0] - sg * r0) ** 2 + (out[q, 1] - sg * r1) ** 2 + (out[q, 2] - sg * r2) ** 2 <= 1e-24:
+                        ok = False
                 if ok:
                     if n < out.shape[0]:
                         out[n, 0], out[n, 1], out[n, 2] = sg * r0, sg * r1, sg * r2
                     cx, cy, cz = cx + sg * r0, cy + sg * r1, cz + sg * r2
+                    worst = min(worst, sg * (r0 * mx + r1 * my + r2 * mz))
                     n += 1
-    if n == 0 or math.sqrt(cx * cx + cy * cy + cz * cz) < 1e-6 * n:
-        return 0
-    return n
+    return n, cx, cy, cz, worst
 
 
 @njit(cache=True, inline="always")
@@ -392,7 +617,8 @@ def _pair_normal(unit, i, j):
 def _fan_cone_rays(unit, out):
     """_cone_rays' common case in O(k^2): when every pair of neighbours adjacent in the fan spans a
     plane with all the others on one side, the same side for all, the cone's extreme rays are those
-    planes' normals (the fan is a convex cone whose facets are the adjacent pairs). -1 otherwise."""
+    planes' normals (the fan is a convex cone whose facets are the adjacent pairs). -1 otherwise, or
+    when the rays do not form a pointed cone."""
     k = unit.shape[0]
     n = 0
     side = 0.0
@@ -416,8 +642,13 @@ def _fan_cone_rays(unit, out):
             out[n, 0], out[n, 1], out[n, 2] = sg * r0, sg * r1, sg * r2
         cx, cy, cz = cx + sg * r0, cy + sg * r1, cz + sg * r2
         n += 1
-    if math.sqrt(cx * cx + cy * cy + cz * cz) < 1e-6 * n:
+    cn = math.sqrt(cx * cx + cy * cy + cz * cz)
+    if not cn > 0.0:
         return -1
+    for i in range(k):  # a pointed cone, or the all-pairs search decides
+        r0, r1, r2, _ = _pair_normal(unit, i, (i + 1) % k)
+        if not side * (r0 * cx + r1 * cy + r2 * cz) >= POINTED * cn:
+            return -1
     return n
 
 
@@ -509,14 +740,8 @@ def build_pieces(origin, spacing, shape, kind, base, rays, rptr, tol):
                     stack[sp, r, k] = rays[rptr[f] + r, k]
             sn[sp] = nr
             sp += 1
-        else:  # fan the cone from its mean ray, rays ordered by angle around it
-            cx = cy = cz = 0.0
-            for r in range(rptr[f], rptr[f + 1]):
-                cx += rays[r, 0]
-                cy += rays[r, 1]
-                cz += rays[r, 2]
-            cn = math.sqrt(cx * cx + cy * cy + cz * cz)
-            cx, cy, cz = cx / cn, cy / cn, cz / cn
+        else:  # fan the cone from a ray inside it, rays ordered by angle around it
+            cx, cy, cz, _ = _cone_axis(rays[rptr[f] : rptr[f + 1]])
             ex, ey, ez = (1.0, 0.0, 0.0) if abs(cx) < 0.9 else (0.0, 1.0, 0.0)
             d = ex * cx + ey * cy + ez * cz
             ex, ey, ez = ex - d * cx, ey - d * cy, ez - d * cz
@@ -659,10 +884,20 @@ def _fill(origin, spacing, shape, f, B, nb, R, a, s, tol, p, npt, feat, axis, si
         if npt > k0:
             lo, hi = max(lo, lo0 - 1e-9, lo1 - 1e-9), min(hi, hi0 + 1e-9, hi1 + 1e-9)
     feat[p], axis[p], side[p] = f, a, s
-    q0s[p] = int(math.ceil(lo)) if lo > -1e18 else 0
-    q1s[p] = int(math.floor(hi)) if hi < 1e18 else shape[a] - 1
+    q0s[p], q1s[p] = _span(lo, hi, shape[a])
     pptr[p + 1] = npt
     return npt
+
+
+@njit(cache=True, inline="always")
+def _span(lo, hi, n):
+    """The first and last of the indices 0..n-1 within [lo, hi] (last < first: none, as for NaN bounds).
+    The bounds are clamped to the grid before they become integers, so that no loop's count comes from
+    an unbounded quotient."""
+    lo, hi = max(lo, 0.0), min(hi, n - 1.0)
+    if not lo <= hi:
+        return 0, -1
+    return int(math.ceil(lo)), int(math.floor(hi))
 
 
 @intrinsic
@@ -795,9 +1030,10 @@ def scatter(origin, spacing, shape, kind, base, cons_a, cons_b, cptr, rays, rptr
                     for i in range(1, nb):
                         edge_a = max(edge_a, base[f, i, a]) if sp >= 0 else min(edge_a, base[f, i, a])
                     step = -1 if sp == -1 else 1
-                    qlim = (edge_a - oa) / ha
+                    # (clamped to the planes of the grid and the band beyond before it becomes an integer)
+                    qlim = min(max((edge_a - oa) / ha, -band - 2.0), shape[a] + band + 2.0)
                     qlim = int(math.floor(qlim + tol / ha)) + 1 if step > 0 else int(math.ceil(qlim - tol / ha)) - 1
-                    lo, hi = q0s[p], q1s[p]
+                    lo, hi = max(q0s[p], 0), min(q1s[p], shape[a] - 1)
                     if sp != WHOLE_PLANES:
                         if step > 0:
                             if stage == 0:
@@ -851,12 +1087,10 @@ def scatter(origin, spacing, shape, kind, base, cons_a, cons_b, cptr, rays, rptr
                                 eu, ew = tu, tw
                             if mxu < -eu or mxw < -ew or mnu > nu - 1 + eu or mnw > nw - 1 + ew:
                                 continue
-                            u0 = max(0, int(math.ceil(mnu - eu)))
-                            u1 = min(nu - 1, int(math.floor(mxu + eu)))
+                            u0, u1 = _span(mnu - eu, mxu + eu, nu)
                             if u0 > u1:
                                 continue  # no voxel centre in this plane's cross-section (most planes of thin prisms)
-                            w0 = max(0, int(math.ceil(mnw - ew)))
-                            w1 = min(nw - 1, int(math.floor(mxw + ew)))
+                            w0, w1 = _span(mnw - ew, mxw + ew, nw)
                             if w0 > w1:
                                 continue
                         beaten = True
@@ -896,7 +1130,8 @@ def scatter(origin, spacing, shape, kind, base, cons_a, cons_b, cptr, rays, rptr
                             if not chk:
                                 lo_r, hi_r = lo_w, hi_w
                             base_idx = qq * sa + iu * su
-                            for iw in range(int(math.ceil(lo_r)), int(math.floor(hi_r)) + 1):
+                            i0, i1 = _span(lo_r, hi_r, nw)  # a near-zero coefficient makes huge bounds
+                            for iw in range(i0, i1 + 1):
                                 inside = lo_w <= iw <= hi_w
                                 if not inside and not beaten:
                                     continue

@@ -10,8 +10,14 @@ Two exact methods, giving the same numbers to float32 rounding:
 
 **Sign** (negative inside): on a watertight, consistently oriented, manifold mesh without degenerate
 faces, the side of the closest feature's angle-weighted pseudonormal (Baerentzen & Aanaes 2005),
-exact there. Any other mesh gets a ``MeshWarning`` and the sign of the generalised winding number
-(libigl's fast winding number; |w| > 1/2 is inside). An inverted closed mesh is flipped first.
+exact there as long as no two sheets of surface cross or touch and no body is nested in another with
+the same orientation (``sdmnn.bodies``); where they do, the winding-number sign inside the mesh's
+bounding box, with a ``MeshWarning``. A closed mesh whose faces are inconsistently oriented is oriented
+first, and an inverted one flipped (each with a warning). Any other mesh gets a ``MeshWarning`` and the
+sign of the generalised winding number (libigl's fast winding number; |w| >= 1/2 is inside).
+
+**Fallback**: where the scan cannot sweep a region (``scan.regions``: a vertex cone or an edge wedge that
+is not a pointed cone) the BVH method computes the distances instead, with a ``MeshWarning`` naming it.
 
 Memory: the scan holds an int64 key per voxel, then also the float32 output (12 bytes a voxel); the
 BVH method generates voxel centres on the fly; winding numbers are evaluated in chunks.
@@ -25,7 +31,7 @@ import trimesh
 import numba
 from numba import njit, prange
 
-from . import bvh, runtime, scan
+from . import bodies, bvh, runtime, scan
 from .errors import MeshError, MeshWarning
 from .grid import Grid
 
@@ -46,9 +52,10 @@ def check_mesh(mesh: trimesh.Trimesh) -> None:
 
 
 def mesh_is_clean(mesh: trimesh.Trimesh) -> tuple[bool, str]:
-    """Whether the pseudonormal sign is exact on this mesh, and if not, why."""
+    """Whether the pseudonormal sign is exact on this mesh, and if not, why (for an open or non-manifold
+    mesh: how many edges and where)."""
     if not mesh.is_watertight:
-        return False, "the mesh is not watertight (open or non-manifold)"
+        return False, _unpaired_edges(np.asarray(mesh.vertices), np.asarray(mesh.faces))
     if not mesh.is_winding_consistent:
         return False, "the mesh's faces are not consistently oriented"
     scale = max(float(np.ptp(mesh.vertices, axis=0).max()), 1e-300)
@@ -67,6 +74,7 @@ class _Topology:
         self.FN, self.VNv, *self._fans = fans
         self._regions = None
         self._pseudo = None
+        self.overlap = ""  # set by exact_sdm: why the pseudonormal sign does not hold ('' where it does)
 
     @property
     def EN(self) -> np.ndarray:
@@ -92,13 +100,27 @@ class _Topology:
         fans = scan.normals_and_fans(V, F, twin)
         return None if fans is None else cls(V, F, twin, fans)
 
-    def scan(self, grid: Grid, signed: bool) -> np.ndarray:
-        """Exact (signed) distance on ``grid`` by characteristic scan conversion."""
+    def why_not_scan(self) -> str:
+        """Why the scan cannot handle this mesh ('' when it can): a vertex or an edge whose region is not a
+        pointed cone (see ``scan.regions``)."""
         if self._regions is None:
             self._regions = scan.regions(self.V, self.F, self.twin, self.FN, self.VNv, *self._fans)
-        kind, outside, base, cons_a, cons_b, cptr, rays, rptr = self._regions
+        v, h = self._regions[-2:]
+        if v >= 0:
+            where = ", ".join(f"{x:.4g}" for x in self.V[v])
+            return f"the normal cone of the vertex at ({where}) mm is not a pointed cone"
+        if h >= 0:
+            where = ", ".join(f"{x:.4g}" for x in self.V[self.F[h // 3]].mean(axis=0))
+            return f"the faces at an edge near ({where}) mm fold onto each other"
+        return ""
+
+    def scan(self, grid: Grid, signed: bool) -> np.ndarray:
+        """Exact (signed) distance on ``grid`` by characteristic scan conversion (``why_not_scan`` must be '')."""
+        if self.why_not_scan():
+            raise RuntimeError(f"the scan cannot handle this mesh: {self.why_not_scan()}")
+        kind, outside, base, cons_a, cons_b, cptr, rays, rptr = self._regions[:-2]
         origin, spacing = np.array(grid.origin, float), np.array(grid.spacing, float)
-        tol = 1e-9 * (max(float(np.abs(self.V).max()), float(np.abs(grid.bounds).max())) + 1.0)
+        tol = scan.tolerance(self.V, np.asarray(grid.bounds))
         pieces = scan.build_pieces(origin, spacing, grid.shape, kind, base, rays, rptr, tol)
         key = scan.scatter(origin, spacing, grid.shape, kind, base, cons_a, cons_b, cptr, rays, rptr,
                           *pieces, tol, numba.get_num_threads())
@@ -111,9 +133,9 @@ class _Topology:
 
 
 def _choose(method: str, topo: "_Topology | None") -> str:
-    """The method to run: the scan when asked or (auto) when the mesh allows it. Its peak, 12 bytes a
-    voxel (the int64 key and the float32 output), is within grid.BYTES_PER_VOXEL, which the callers
-    check first."""
+    """The method to run: the scan when asked or (auto) when the mesh allows it, the BVH method with a
+    warning where the scan cannot sweep a region of the mesh. The scan's peak, 12 bytes a voxel (the int64
+    key and the float32 output), is within grid.BYTES_PER_VOXEL, which the callers check first."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
     if method == "scan" and topo is None:
@@ -121,7 +143,54 @@ def _choose(method: str, topo: "_Topology | None") -> str:
                         "faces; use method='bvh' for this one")
     if method == "auto":
         method = "scan" if topo is not None else "bvh"
+    if method == "scan" and topo.why_not_scan():
+        warnings.warn(f"{topo.why_not_scan()}; using the BVH method", MeshWarning, stacklevel=3)
+        method = "bvh"
     return method
+
+
+def _closed(V: np.ndarray, F: np.ndarray) -> "tuple[_Topology | None, str]":
+    """The topology of a closed mesh, made consistent and outward where that is all it lacks: (topology or
+    None for a mesh that is not closed and manifold, what was changed ('' for nothing)). The volume's sign is
+    checked first (it means something only on a closed mesh, and flipping every face changes none of the
+    other properties), so that an inverted mesh's topology is built once, flipped."""
+    inverted = _signed_volume(V, F) < 0
+    topo = _Topology.of(V, np.ascontiguousarray(F[:, ::-1]) if inverted else F)
+    if topo is not None:
+        return topo, "the mesh is inverted (inward normals); it was flipped" if inverted else ""
+    if not _edges_paired(F):
+        return None, ""  # open or non-manifold: no orientation makes it closed
+    oriented, flipped = bodies.orient(F)
+    inverted = _signed_volume(V, oriented) < 0
+    topo = _Topology.of(V, np.ascontiguousarray(oriented[:, ::-1]) if inverted else oriented)
+    if topo is None:
+        return None, ""
+    n = len(F) - flipped if inverted else flipped
+    return topo, f"{n} of the mesh's {len(F)} faces were flipped to orient it consistently"
+
+
+def _edge_counts(F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mesh's edges (E, 2), each as its two vertices in increasing order, and how many faces each joins."""
+    e = np.sort(np.stack([F, np.roll(F, -1, axis=1)], axis=2).reshape(-1, 2), axis=1)
+    return np.unique(e, axis=0, return_counts=True)
+
+
+def _edges_paired(F: np.ndarray) -> bool:
+    """Whether every edge of the mesh joins exactly two faces, whatever their orientation."""
+    return bool(np.all(_edge_counts(F)[1] == 2))
+
+
+def _unpaired_edges(V: np.ndarray, F: np.ndarray) -> str:
+    """What makes a mesh not watertight, in words: how many edges bound a hole (one face) or are shared by
+    more than two faces, and where one of them is (mm)."""
+    edges, counts = _edge_counts(F)
+    parts = []
+    for what, bad in (("edges on the boundary of a hole (open)", counts == 1),
+                      ("edges shared by more than two faces (non-manifold)", counts > 2)):
+        if bad.any():
+            where = ", ".join(f"{x:.4g}" for x in V[edges[np.argmax(bad)]].mean(axis=0))
+            parts.append(f"{int(bad.sum())} {what}, one at ({where}) mm")
+    return "the mesh is not watertight" + (": " + "; ".join(parts) if parts else "")
 
 
 def in_grid_frame(mesh: trimesh.Trimesh, grid: Grid) -> trimesh.Trimesh:
@@ -145,14 +214,16 @@ def unsigned_distance(mesh: trimesh.Trimesh, grid: Grid, method: str = "auto") -
     runtime.prepare_threads()
     V = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
     F = np.ascontiguousarray(mesh.faces, dtype=np.int64)
-    topo = _Topology.of(V, F)
+    topo = _closed(V, F)[0]
     if _choose(method, topo) == "scan":
         return topo.scan(grid, signed=False)
     return bvh.on_grid(V, F, grid, None, signed=False)
 
 
-def winding_number(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
-    """Generalised winding number of ``mesh`` at ``points`` (libigl's fast winding number), chunked."""
+def winding_number(mesh: trimesh.Trimesh, points: np.ndarray, closed: bool = False) -> np.ndarray:
+    """Generalised winding number of ``mesh`` at ``points`` (libigl's fast winding number), chunked.
+    ``closed``: the mesh is closed, so the winding number is an integer off the surface; the points where
+    the fast one is not within 0.1 of an integer are redone with the exact one (libigl's winding_number)."""
     V = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
     F = np.ascontiguousarray(mesh.faces, dtype=np.int64)
     import igl
@@ -160,6 +231,10 @@ def winding_number(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
     out = np.empty(len(points))
     for s in range(0, len(points), WINDING_CHUNK):
         out[s : s + WINDING_CHUNK] = igl.fast_winding_number(V, F, np.ascontiguousarray(points[s : s + WINDING_CHUNK]))
+    if closed:
+        unsure = np.flatnonzero(np.abs(out - np.rint(out)) > 0.1)
+        if len(unsure):
+            out[unsure] = igl.winding_number(V, F, np.ascontiguousarray(points[unsure]))
     return out
 
 
@@ -193,29 +268,50 @@ def exact_sdm(mesh: trimesh.Trimesh, grid: Grid, sign: str = "auto", method: str
     runtime.prepare_threads()
     V = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
     F = np.ascontiguousarray(mesh.faces, dtype=np.int64)
-    # closed, consistently oriented, manifold, no degenerate face: the topology checks all of it. The
-    # volume's sign is checked first (it means something only on a closed mesh, and flipping every face
-    # changes none of those properties), so that an inverted mesh's topology is built once, flipped.
-    inverted = _signed_volume(V, F) < 0
-    topo = _Topology.of(V, np.ascontiguousarray(F[:, ::-1]) if inverted else F)
+    # closed, consistently oriented, manifold, no degenerate face: the topology checks all of it
+    topo, changed = _closed(V, F)
     clean, why = topo is not None, ""
-    if clean and inverted:
-        warnings.warn("the mesh is inverted (inward normals); it was flipped", MeshWarning, stacklevel=2)
+    if changed:
+        warnings.warn(changed, MeshWarning, stacklevel=2)
+    if clean:
         F = topo.F
-    if not clean:  # the reason, in words
+    else:  # the reason, in words
         why = mesh_is_clean(mesh)[1] or "the mesh has a non-manifold vertex"
     if sign == "auto":
         sign = "pseudonormal" if clean else "winding"
         if not clean:
             warnings.warn(f"{why}; using the robust winding-number sign", MeshWarning, stacklevel=2)
+        else:
+            topo.overlap = bodies.overlap(V, F, topo.twin)
+            if topo.overlap:
+                warnings.warn(f"{topo.overlap}; using the winding-number sign inside its bounding box", MeshWarning,
+                              stacklevel=2)
     elif sign == "pseudonormal" and not clean:
         raise MeshError(f"the pseudonormal sign is exact only on clean meshes and {why}; use sign='winding'")
     signed = sign == "pseudonormal"
-    out = topo.scan(grid, signed) if _choose(method, topo) == "scan" else bvh.on_grid(V, F, grid, (topo.FN, topo.EN, topo.VN) if signed else None, signed)
-    if signed:
+    method = _choose(method, topo)
+    out = topo.scan(grid, signed) if method == "scan" else bvh.on_grid(V, F, grid, (topo.FN, topo.EN, topo.VN) if signed else None, signed)
+    if signed and not (topo and topo.overlap):
         return out
-    w = winding_number(mesh, grid.points()).reshape(grid.shape)
-    return np.where(np.abs(w) > 0.5, -out, out).astype(np.float32)
+    return _winding_sign(np.abs(out), V, F, grid, closed=topo is not None)
+
+
+def _winding_sign(distance: np.ndarray, V: np.ndarray, F: np.ndarray, grid: Grid, closed: bool) -> np.ndarray:
+    """``distance`` (>= 0, float32, on an axis-aligned ``grid``) made negative where the winding number is
+    at least 1/2 in magnitude. On a closed mesh it is 0 outside the mesh's bounding box, so only the voxels
+    within it are evaluated, with the exact winding number where the fast one is unsure."""
+    o, h, n = np.array(grid.origin), np.array(grid.spacing), np.array(grid.shape)
+    lo, hi = (V.min(axis=0), V.max(axis=0)) if closed else (o, o + (n - 1) * h)
+    start = np.clip(np.ceil((lo - o) / h - 1e-9), 0, n).astype(int)
+    stop = np.clip(np.floor((hi - o) / h + 1e-9) + 1, 0, n).astype(int)
+    if np.any(stop <= start):
+        return distance
+    box = tuple(slice(a, b) for a, b in zip(start, stop))
+    axes = [x[b] for x, b in zip(grid.axes(), box)]
+    points = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    w = winding_number(trimesh.Trimesh(V, F, process=False), points, closed).reshape(stop - start)
+    distance[box] = np.where(np.abs(w) >= 0.5, -distance[box], distance[box])
+    return distance
 
 
 @njit(cache=True, parallel=True)
