@@ -1,5 +1,5 @@
 """The exact SDM on the shared corpus of public meshes (../shared/meshes): time, accuracy against libigl, signs
-against the exact generalised winding number, and the way each mesh was taken (issue 15)."""
+against the exact generalised winding number, and the way each mesh was taken."""
 from __future__ import annotations
 
 import csv
@@ -34,7 +34,7 @@ def run(quick: bool = False) -> str:
 
     index = MESHES / "INDEX.tsv"
     if not index.exists():
-        return f"## Exact SDM on public meshes (issue 15)\n\nThe corpus is not at {MESHES}; nothing measured."
+        return f"## Exact SDM on public meshes\n\nThe corpus is not at {MESHES}; nothing measured."
     rows = list(csv.DictReader((line for line in open(index) if not line.startswith("#")), delimiter="\t"))
     n = 32 if quick else 48
     out = []
@@ -56,7 +56,7 @@ def run(quick: bool = False) -> str:
         out.append([row["name"], row["kind"], f"{len(mesh.faces):,}", "x".join(map(str, grid.shape)), f"{seconds:.3f}",
                     f"{diff:.1e}", wrong, distances, sign])
     text = [
-        "## Exact SDM on public meshes (issue 15)",
+        "## Exact SDM on public meshes",
         "",
         f"Every mesh of `../shared/meshes` (INDEX.tsv: where each comes from and what is wrong with it), loaded with",
         f"`sdmnn.load_mesh`, on a {n}^3 grid of cubic voxels over its bounding box plus 10 %. Seconds: the median of",

@@ -21,8 +21,8 @@ _EXPORTS = {
     "FileError": "errors", "ModelError": "errors", "DatasetError": "errors", "FitError": "errors",
     "MeshWarning": "errors", "FitWarning": "errors",
 }
-_SUBMODULES = {"bvh", "cli", "dataset", "demo", "errors", "fit", "grid", "io", "nn", "runtime", "scan", "sdm", "stream",
-               "shapes", "viz"}
+_SUBMODULES = {"bodies", "bvh", "cli", "dataset", "demo", "errors", "fit", "grid", "io", "nn", "phantom", "runtime",
+               "scan", "sdm", "shapes", "stream", "viz"}
 
 
 def __getattr__(name):
