@@ -105,7 +105,7 @@ class _Topology:
         pointed cone (see ``scan.regions``)."""
         if self._regions is None:
             self._regions = scan.regions(self.V, self.F, self.twin, self.FN, self.VNv, *self._fans)
-        v, h = self._regions[-2:]
+        v, h = self._regions.bad_vertex, self._regions.bad_edge
         if v >= 0:
             where = ", ".join(f"{x:.4g}" for x in self.V[v])
             return f"the normal cone of the vertex at ({where}) mm is not a pointed cone"
@@ -118,13 +118,11 @@ class _Topology:
         """Exact (signed) distance on ``grid`` by characteristic scan conversion (``why_not_scan`` must be '')."""
         if self.why_not_scan():
             raise RuntimeError(f"the scan cannot handle this mesh: {self.why_not_scan()}")
-        kind, outside, base, cons_a, cons_b, cptr, rays, rptr = self._regions[:-2]
         origin, spacing = np.array(grid.origin, float), np.array(grid.spacing, float)
         tol = scan.tolerance(self.V, np.asarray(grid.bounds))
-        pieces = scan.build_pieces(origin, spacing, grid.shape, kind, base, rays, rptr, tol)
-        key = scan.scatter(origin, spacing, grid.shape, kind, base, cons_a, cons_b, cptr, rays, rptr,
-                          *pieces, tol, numba.get_num_threads())
-        out = scan.distances(origin, spacing, key, kind, outside, base, rays, rptr, signed)
+        pieces = scan.build_pieces(origin, spacing, grid.shape, self._regions, tol)
+        key = scan.scatter(origin, spacing, grid.shape, self._regions, pieces, tol, numba.get_num_threads())
+        out = scan.distances(origin, spacing, key, self._regions, signed)
         gaps = np.isnan(out)
         if gaps.any():  # a safety net: redo any voxel no region reached with nearest-triangle queries
             T = np.ascontiguousarray(self.V[self.F])
