@@ -242,15 +242,19 @@ def exact_sdm(mesh: trimesh.Trimesh, grid: Grid, sign: str = "auto", method: str
     Parameters
     ----------
     mesh : trimesh.Trimesh
-        A closed triangle mesh in mm. Open, inconsistently oriented, non-manifold or inverted meshes
-        are accepted with a ``MeshWarning`` and get the robust (winding-number) sign.
+        A closed triangle mesh in mm. A closed one whose faces are inconsistently oriented, or inverted, is
+        oriented first; open and non-manifold meshes get the robust (winding-number) sign; each with a
+        ``MeshWarning`` saying so.
     grid : Grid
         Where to sample: any grid, oblique or flipped ones included (the mesh is moved into the grid's frame).
     sign : {"auto", "pseudonormal", "winding"}
-        "auto" uses the exact pseudonormal sign on clean meshes and the winding number otherwise.
+        "auto" uses the exact pseudonormal sign on clean meshes, except where bodies cross or nest (see the
+        module notes), and the winding number on any other mesh; "winding" everywhere (a single body that
+        crosses itself needs it).
     method : {"auto", "scan", "bvh"}
         How distances are found (both exact, see the module notes); "auto" uses the scan on clean
-        meshes and the BVH on any other.
+        meshes and the BVH on any other. Where the scan cannot sweep a region of the mesh, the BVH method
+        is used with a ``MeshWarning``.
 
     Returns
     -------
