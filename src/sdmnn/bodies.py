@@ -6,10 +6,10 @@ surface separates w = 0 from w = 1. Bodies that cross or touch each other or the
 another with the same orientation, or an inverted body standing alone make w = 2 or w = -1 somewhere, and
 the points whose nearest sheet bounds such a region get the wrong sign from it. ``overlap`` finds them on
 a mesh of several bodies: triangle pairs that intersect (hashed into a uniform grid of cells, then triangle
-tests in double precision) and the winding number of the other bodies at one point of each body. A mesh of
-one body is not searched for places where it crosses itself: that search costs about a tenth of the scan's
-time on a clean mesh of one body (most pairs of triangles whose boxes meet are neighbours, and telling them
-apart is the cost), and ``exact_sdm(..., sign="winding")`` is the way to sign such a mesh.
+tests in double precision) and the winding number just off one face of each body. A mesh of one body is
+not searched for places where it crosses itself: that search would cost a sizeable part of the scan's time
+on every clean mesh (most pairs of triangles whose boxes meet are neighbours, and telling them apart is the
+cost), and ``exact_sdm(..., sign="winding")`` is the way to sign such a mesh.
 
 Written with numba because neither trimesh nor libigl's Python bindings find self-intersections.
 """

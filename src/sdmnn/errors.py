@@ -34,7 +34,9 @@ class FitError(SdmnnError):
 
 
 class MeshWarning(UserWarning):
-    """A mesh that is open, inconsistently oriented or inverted: the SDM uses the robust sign."""
+    """A mesh the SDM takes another way than a clean one, in one sentence saying why and how: open or
+    non-manifold (the winding-number sign), inconsistently oriented or inverted (oriented first), bodies that
+    cross or nest (the winding-number sign where they do), a region the scan cannot sweep (the BVH method)."""
 
 
 class FitWarning(UserWarning):

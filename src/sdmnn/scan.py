@@ -27,6 +27,7 @@ Written with numba because no maintained library scan-converts characteristic re
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange, types
@@ -64,6 +65,35 @@ WHOLE_PLANES = 2
 CHUNK = 1024
 #: The bits of +inf as a float64: a voxel no region has reached yet.
 INF_BITS = 0x7FF0000000000000
+
+
+class Regions(NamedTuple):
+    """Every feature's characteristic region (``regions``): faces first, then edges, then vertices."""
+
+    kind: np.ndarray  # (n,) FACE, EDGE or VERTEX
+    outside: np.ndarray  # (n,) int8: the side the region lies on, +1 outside, -1 inside, 0 both (a face)
+    base: np.ndarray  # (n, 3, 3) mm: a face's corners, an edge's end points, a vertex (in row 0)
+    cons_a: np.ndarray  # (c, 3) unit normals of the half-spaces cons_a . x <= cons_b (mm) bounding it,
+    cons_b: np.ndarray  # (c,)   feature f's in rows cptr[f]:cptr[f + 1]
+    cptr: np.ndarray  # (n + 1,)
+    rays: np.ndarray  # (r, 3) unit rays along which it is swept from its base, feature f's in rows
+    rptr: np.ndarray  # (n + 1,) rptr[f]:rptr[f + 1] (a face's one ray is its normal)
+    bad_vertex: int  # the first vertex and half-edge whose region is not a pointed cone (-1: none);
+    bad_edge: int  # the scan cannot sweep those, and their regions are left out
+
+
+class Pieces(NamedTuple):
+    """The swept pieces of every region for one grid (``build_pieces``); the first ``count`` are used."""
+
+    count: int
+    feat: np.ndarray  # (p,) the feature each piece sweeps
+    axis: np.ndarray  # (p,) the grid axis it is swept along
+    side: np.ndarray  # (p,) +1 or -1: the direction along it; WHOLE_PLANES: every plane, whole
+    first: np.ndarray  # (p,) the first and the last plane whose cross-section can meet the grid
+    last: np.ndarray  # (p,)
+    pptr: np.ndarray  # (p + 1,) piece p's corner lines: coef[pptr[p]:pptr[p + 1]]
+    coef: np.ndarray  # (l, 4) per corner line (a base point along a ray), its in-plane voxel coordinates
+    #                   at plane q as a + b * q: (a_u, b_u, a_w, b_w)
 
 
 def tolerance(V: np.ndarray, bounds: np.ndarray) -> float:
@@ -204,16 +234,13 @@ def pseudonormals(F, twin, FN, VN):
 
 @njit(cache=True, parallel=True)
 def regions(V, F, twin, FN, VN, nbr, nptr, vface):
-    """The regions of every face, convex edge and non-flat vertex of a mesh that normals_and_fans
-    accepted: (kind, outside, base, cons_a, cons_b, cptr, rays, rptr, bad_vertex, bad_edge). base[f]
-    holds the face's corners, the edge's end points or the vertex (a face's unit normal is its ray); its
-    half-spaces are cons_a . v <= cons_b over cptr[f]:cptr[f+1] and its rays rays[rptr[f]:rptr[f+1]]. An
-    edge's or a vertex's region lies wholly outside the surface (outside[f] = +1) or wholly inside (-1):
-    the segment from the feature to a point whose nearest feature it is crosses no surface, and near the
-    feature the side is that of its pseudonormal; a face's region has both sides (0). A near-flat vertex
-    (NEAR_FLAT) has two regions, one each side. bad_vertex, bad_edge: the first vertex and half-edge
-    whose region is not a pointed cone (POINTED; a vertex with both +n and -n in its computed cone, a
-    knife edge), -1 for none: the scan cannot sweep those, and their regions are left out."""
+    """The ``Regions`` of every face, convex edge and non-flat vertex of a mesh that normals_and_fans
+    accepted. An edge's or a vertex's region lies wholly outside the surface (outside = +1) or wholly
+    inside (-1): the segment from the feature to a point whose nearest feature it is crosses no surface,
+    and near the feature the side is that of its pseudonormal; a face's region has both sides (0). A
+    near-flat vertex (NEAR_FLAT, LEVEL) has two regions, one each side. A region that is not a pointed
+    cone (POINTED: a vertex with both +n and -n in its computed cone, a knife edge) is reported in
+    bad_vertex or bad_edge and left out."""
     nf, nv = F.shape[0], V.shape[0]
 
     # --- which edges and vertices have regions, and where each feature's rows go -----------------
@@ -362,7 +389,7 @@ def regions(V, F, twin, FN, VN, nbr, nptr, vface):
         if ebad[h]:
             bad_edge = h
             break
-    return kind, outside, base, cons_a, cons_b, cptr, rays, rptr, bad_vertex, bad_edge
+    return Regions(kind, outside, base, cons_a, cons_b, cptr, rays, rptr, bad_vertex, bad_edge)
 
 
 @njit(cache=True)
@@ -676,51 +703,16 @@ def _best_axis(R, n, two_sided):
     return best, ba, bs
 
 
-@njit(cache=True, parallel=True)
-def build_pieces(origin, spacing, shape, kind, base, rays, rptr, tol):
-    """Swept pieces for this grid: (count, feature, axis, side, first plane, last plane, pptr, coef)
-    where coef[pptr[p]:pptr[p+1]] holds, per base point and ray, the cross-section corner's two in-plane
-    voxel coordinates as a + b * plane: (a_u, b_u, a_w, b_w). A region whose rays fit within one axis's
-    cone is one piece; a wider one is split into cones of at most three rays."""
+@njit(cache=True)
+def build_pieces(origin, spacing, shape, reg, tol):
+    """The ``Pieces`` that sweep the regions ``reg`` on this grid. A region whose rays fit within one
+    axis's cone is one piece (all of those first, in parallel); a wider one is split into cones of at most
+    three rays (the regions are pointed cones, so the ray inside each that it is fanned from and the
+    midpoints it is split at are well defined)."""
+    kind, base, rays, rptr = reg.kind, reg.base, reg.rays, reg.rptr
     nfeat = len(kind)
-    fa = np.empty(nfeat, np.int64)
-    fs = np.empty(nfeat, np.int64)
-    narrow = np.empty(nfeat, np.bool_)
-    npc = np.zeros(nfeat + 1, np.int64)  # narrow pieces before each feature
-    npts = np.zeros(nfeat + 1, np.int64)  # their corner lines
-    for f in prange(nfeat):
-        nr = rptr[f + 1] - rptr[f]
-        best, a, s = _best_axis(rays[rptr[f] : rptr[f + 1]], nr, kind[f] == FACE)
-        fa[f], fs[f] = a, (0 if kind[f] == FACE else s)
-        narrow[f] = best >= WIDE
-        if narrow[f]:
-            npc[f + 1] = 2 if kind[f] == FACE else 1
-            npts[f + 1] = 6 if kind[f] == FACE else (2 if kind[f] == EDGE else 1) * nr
-    nwide = 0
-    for f in range(nfeat):
-        npc[f + 1] += npc[f]
-        npts[f + 1] += npts[f]
-        nwide += not narrow[f]
-    cap = npc[nfeat] + 16 * nwide + 64
-    feat = np.empty(cap, np.int64)
-    axis = np.empty(cap, np.int64)
-    side = np.empty(cap, np.int64)
-    q0s = np.empty(cap, np.int64)
-    q1s = np.empty(cap, np.int64)
-    pptr = np.zeros(cap + 1, np.int64)
-    coef = np.empty((npts[nfeat] + 96 * nwide + 64, 4))
-    for f in prange(nfeat):
-        if not narrow[f]:
-            continue
-        nb = 3 - kind[f] if kind[f] < VERTEX else 1
-        B = base[f]
-        R = rays[rptr[f] : rptr[f + 1]]
-        if kind[f] == FACE:  # the prism's two halves, each swept away from the face
-            npt = _fill(origin, spacing, shape, f, B, nb, R, fa[f], 1, tol, npc[f], npts[f], feat, axis, side, q0s, q1s, pptr, coef)
-            _fill(origin, spacing, shape, f, B, nb, R, fa[f], -1, tol, npc[f] + 1, npt, feat, axis, side, q0s, q1s, pptr, coef)
-        else:
-            _fill(origin, spacing, shape, f, B, nb, R, fa[f], fs[f], tol, npc[f], npts[f], feat, axis, side, q0s, q1s, pptr, coef)
-    np_, npt = npc[nfeat], npts[nfeat]
+    pc, narrow, fa = _narrow_pieces(origin, spacing, shape, reg, tol)
+    np_, npt = pc.count, pc.pptr[pc.count]
     B = np.empty((3, 3))
     stack = np.empty((256, 3, 3))
     sn = np.empty(256, np.int64)
@@ -764,8 +756,9 @@ def build_pieces(origin, spacing, shape, kind, base, rays, rptr, tol):
                 sp += 1
             if nr > 128:  # too many rays to fan here: sweep whole planes instead
                 sp = 0
-                np_, npt, feat, axis, side, q0s, q1s, pptr, coef = _grow(np_, npt, 0, feat, axis, side, q0s, q1s, pptr, coef)
-                npt = _fill(origin, spacing, shape, f, B, nb, R[:0], fa[f], WHOLE_PLANES, tol, np_, npt, feat, axis, side, q0s, q1s, pptr, coef)
+                pc = _grow(pc, np_, npt, 0)
+                npt, planes = _corners(origin, spacing, shape, B, nb, R[:0], fa[f], WHOLE_PLANES, tol, pc.coef, npt)
+                _record(pc.feat, pc.axis, pc.side, pc.first, pc.last, pc.pptr, np_, f, fa[f], WHOLE_PLANES, planes, npt)
                 np_ += 1
         while sp > 0:
             sp -= 1
@@ -805,37 +798,81 @@ def build_pieces(origin, spacing, shape, kind, base, rays, rptr, tol):
                     sn[sp] = 3
                     sp += 1
                 continue
-            np_, npt, feat, axis, side, q0s, q1s, pptr, coef = _grow(np_, npt, nb * n, feat, axis, side, q0s, q1s, pptr, coef)
+            pc = _grow(pc, np_, npt, nb * n)
             if best < WIDE:  # no room left to split: sweep whole planes (slow but exact)
-                npt = _fill(origin, spacing, shape, f, B, nb, R[:0], a, WHOLE_PLANES, tol, np_, npt, feat, axis, side, q0s, q1s, pptr, coef)
-            else:
-                npt = _fill(origin, spacing, shape, f, B, nb, R[:n], a, s, tol, np_, npt, feat, axis, side, q0s, q1s, pptr, coef)
+                s, n = WHOLE_PLANES, 0
+            npt, planes = _corners(origin, spacing, shape, B, nb, R[:n], a, s, tol, pc.coef, npt)
+            _record(pc.feat, pc.axis, pc.side, pc.first, pc.last, pc.pptr, np_, f, a, s, planes, npt)
             np_ += 1
-    return np_, feat, axis, side, q0s, q1s, pptr, coef
+    return Pieces(np_, pc.feat, pc.axis, pc.side, pc.first, pc.last, pc.pptr, pc.coef)
+
+
+@njit(cache=True, parallel=True)
+def _narrow_pieces(origin, spacing, shape, reg, tol):
+    """The one piece of every region that fits within one axis's cone (two for a face's prism), with room
+    for the wide ones' pieces after them: (pieces, which regions are narrow, each one's sweep axis)."""
+    kind, base, rays, rptr = reg.kind, reg.base, reg.rays, reg.rptr
+    nfeat = len(kind)
+    fa = np.empty(nfeat, np.int64)
+    fs = np.empty(nfeat, np.int64)
+    narrow = np.empty(nfeat, np.bool_)
+    npc = np.zeros(nfeat + 1, np.int64)  # narrow pieces before each feature
+    npts = np.zeros(nfeat + 1, np.int64)  # their corner lines
+    for f in prange(nfeat):
+        nr = rptr[f + 1] - rptr[f]
+        best, a, s = _best_axis(rays[rptr[f] : rptr[f + 1]], nr, kind[f] == FACE)
+        fa[f], fs[f] = a, (0 if kind[f] == FACE else s)
+        narrow[f] = best >= WIDE
+        if narrow[f]:
+            npc[f + 1] = 2 if kind[f] == FACE else 1
+            npts[f + 1] = 6 if kind[f] == FACE else (2 if kind[f] == EDGE else 1) * nr
+    nwide = 0
+    for f in range(nfeat):
+        npc[f + 1] += npc[f]
+        npts[f + 1] += npts[f]
+        nwide += not narrow[f]
+    cap = npc[nfeat] + 16 * nwide + 64
+    feat, axis, side = np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int64)
+    first, last = np.empty(cap, np.int64), np.empty(cap, np.int64)
+    pptr, coef = np.zeros(cap + 1, np.int64), np.empty((npts[nfeat] + 96 * nwide + 64, 4))
+    for f in prange(nfeat):
+        if not narrow[f]:
+            continue
+        nb = 3 - kind[f] if kind[f] < VERTEX else 1
+        B = base[f]
+        R = rays[rptr[f] : rptr[f + 1]]
+        npt = npts[f]
+        for half in range(npc[f + 1] - npc[f]):  # a face's prism has two halves, each swept away from it
+            s = (1 if half == 0 else -1) if kind[f] == FACE else fs[f]
+            npt, planes = _corners(origin, spacing, shape, B, nb, R, fa[f], s, tol, coef, npt)
+            _record(feat, axis, side, first, last, pptr, npc[f] + half, f, fa[f], s, planes, npt)
+    return Pieces(npc[nfeat], feat, axis, side, first, last, pptr, coef), narrow, fa
 
 
 @njit(cache=True)
-def _grow(np_, npt, extra, feat, axis, side, q0s, q1s, pptr, coef):
-    """Room for one more piece with ``extra`` corner lines."""
-    if np_ + 1 >= feat.shape[0]:
+def _grow(pc, used, npt, extra):
+    """``pc`` (``used`` pieces, ``npt`` corner lines written) with room for one more piece with ``extra``
+    corner lines: the same arrays, or larger copies."""
+    feat, axis, side, first, last, pptr, coef = pc.feat, pc.axis, pc.side, pc.first, pc.last, pc.pptr, pc.coef
+    if used + 1 >= feat.shape[0]:
         cap = 2 * feat.shape[0]
         feat2, axis2, side2 = np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int64)
-        q02, q12, pptr2 = np.empty(cap, np.int64), np.empty(cap, np.int64), np.zeros(cap + 1, np.int64)
-        feat2[:np_], axis2[:np_], side2[:np_] = feat[:np_], axis[:np_], side[:np_]
-        q02[:np_], q12[:np_], pptr2[: np_ + 1] = q0s[:np_], q1s[:np_], pptr[: np_ + 1]
-        feat, axis, side, q0s, q1s, pptr = feat2, axis2, side2, q02, q12, pptr2
+        first2, last2, pptr2 = np.empty(cap, np.int64), np.empty(cap, np.int64), np.zeros(cap + 1, np.int64)
+        feat2[:used], axis2[:used], side2[:used] = feat[:used], axis[:used], side[:used]
+        first2[:used], last2[:used], pptr2[: used + 1] = first[:used], last[:used], pptr[: used + 1]
+        feat, axis, side, first, last, pptr = feat2, axis2, side2, first2, last2, pptr2
     if npt + extra >= coef.shape[0]:
         coef2 = np.empty((2 * coef.shape[0] + extra, 4))
         coef2[:npt] = coef[:npt]
         coef = coef2
-    return np_, npt, feat, axis, side, q0s, q1s, pptr, coef
+    return Pieces(used, feat, axis, side, first, last, pptr, coef)
 
 
 @njit(cache=True, inline="always")
-def _fill(origin, spacing, shape, f, B, nb, R, a, s, tol, p, npt, feat, axis, side, q0s, q1s, pptr, coef):
-    """Write piece p: feature f swept along axis a (side s) from base points B[:nb] along rays R.
-    Its planes are those from the base onward whose cross-section can meet the grid. Returns the next
-    free corner-line slot."""
+def _corners(origin, spacing, shape, B, nb, R, a, s, tol, coef, npt):
+    """The corner lines of a piece swept along axis a (side s) from base points B[:nb] along rays R, into
+    ``coef`` from row ``npt``, and the planes from the base onward whose cross-section can meet the grid:
+    (the next free row, (first plane, last plane))."""
     ua, wa = _in_plane(a)
     lo_a, hi_a = np.inf, -np.inf
     k0 = npt
@@ -883,10 +920,17 @@ def _fill(origin, spacing, shape, f, B, nb, R, a, s, tol, p, npt, feat, axis, si
                     lo1, hi1 = -np.inf, np.inf
         if npt > k0:
             lo, hi = max(lo, lo0 - 1e-9, lo1 - 1e-9), min(hi, hi0 + 1e-9, hi1 + 1e-9)
+    return npt, _span(lo, hi, shape[a])
+
+
+@njit(cache=True, inline="always")
+def _record(feat, axis, side, first, last, pptr, p, f, a, s, planes, npt):
+    """Piece p: feature f swept along axis a (side s) over ``planes`` (first, last), its corner lines
+    ending at row npt. (Arrays, not a Pieces: numba drops what a function inlined into a parallel loop
+    writes through a tuple's arrays.)"""
     feat[p], axis[p], side[p] = f, a, s
-    q0s[p], q1s[p] = _span(lo, hi, shape[a])
+    first[p], last[p] = planes
     pptr[p + 1] = npt
-    return npt
 
 
 @njit(cache=True, inline="always")
@@ -944,9 +988,8 @@ def _atomic_min(arr, i, key):
     return False
 
 
-@njit(cache=True, parallel=True)
-def scatter(origin, spacing, shape, kind, base, cons_a, cons_b, cptr, rays, rptr,
-            npiece, feat, axis, side, q0s, q1s, pptr, coef, tol, nthreads, band=3, check_every=4):
+@njit(cache=True)
+def scatter(origin, spacing, shape, reg, pc, tol, nthreads, band=3, check_every=4):
     """Per voxel, its squared distance to the nearest feature with that feature in the lowest bits
     (``distances`` reads it; every feature bit set where no region reached).
 
@@ -966,16 +1009,14 @@ def scatter(origin, spacing, shape, kind, base, cons_a, cons_b, cptr, rays, rptr
     written, so a piece stops as early as it would on one thread (dealing planes to threads instead
     did 25 % more work on two)."""
     nx, ny, nz = shape
-    size = nx * ny * nz
-    lmask = _feature_mask(len(kind))
-    key = np.full(size, INF_BITS | lmask, np.int64)
+    lmask = _feature_mask(len(reg.kind))
+    key = np.full(nx * ny * nz, INF_BITS | lmask, np.int64)
     maxc = 1
-    for f in range(len(kind)):
-        maxc = max(maxc, cptr[f + 1] - cptr[f])
+    for f in range(len(reg.kind)):
+        maxc = max(maxc, reg.cptr[f + 1] - reg.cptr[f])
     maxl = 1
-    for p in range(npiece):
-        maxl = max(maxl, pptr[p + 1] - pptr[p])
-    strides = (ny * nz, nz, 1)
+    for p in range(pc.count):
+        maxl = max(maxl, pc.pptr[p + 1] - pc.pptr[p])
     # per sweep axis: the tolerance and the check radius r (half an in-plane voxel diagonal), in mm and
     # in voxels of each in-plane axis: (tu, tw, r, ru, rw)
     per_axis = np.empty((3, 5))
@@ -984,10 +1025,24 @@ def scatter(origin, spacing, shape, kind, base, cons_a, cons_b, cptr, rays, rptr
         hu, hw = spacing[ua], spacing[wa]
         r = 0.5 * math.sqrt(hu * hu + hw * hw)
         per_axis[a, 0], per_axis[a, 1], per_axis[a, 2], per_axis[a, 3], per_axis[a, 4] = tol / hu, tol / hw, r, r / hu, r / hw
+    _sweep_all(origin, spacing, shape, per_axis, tol, lmask, band, check_every, nthreads, maxc, maxl, key,
+               reg.kind, reg.outside, reg.base, reg.cons_a, reg.cons_b, reg.cptr, reg.rays, reg.rptr,
+               pc.count, pc.feat, pc.axis, pc.side, pc.first, pc.last, pc.pptr, pc.coef)
+    return key.reshape(shape)
+
+
+@njit(cache=True, parallel=True)
+def _sweep_all(origin, spacing, shape, per_axis, tol, lmask, band, check_every, nthreads, maxc, maxl, key,
+               kind, outside, base, cons_a, cons_b, cptr, rays, rptr, npiece, feat, axis, side, first, last, pptr, coef):
+    """scatter's threads: each takes runs of (at most) CHUNK pieces in turn and sweeps them with its own
+    scratch space, the planes near the bases first, then the rest. (The arrays come one by one: numba
+    loses what a parallel loop writes through a tuple it captures; ``_sweep`` gets them as tuples.)"""
     run = max(1, min(CHUNK, npiece // (8 * nthreads)))
     nchunk = (npiece + run - 1) // run
     for stage in range(2):
         for th in prange(nthreads):
+            reg = Regions(kind, outside, base, cons_a, cons_b, cptr, rays, rptr, -1, -1)
+            pc = Pieces(npiece, feat, axis, side, first, last, pptr, coef)
             inv = np.empty(maxc)  # per constraint of the piece: 1 / (its w coefficient), and its
             prhs = np.empty(maxc)  # right-hand side without the u term, per plane
             cuv = np.empty(maxc)  # and its u coefficient
@@ -997,164 +1052,176 @@ def scatter(origin, spacing, shape, kind, base, cons_a, cons_b, cptr, rays, rptr
             box = np.empty((maxl, 6))
             for ch in range(th, nchunk, nthreads):
                 for p in range(ch * run, min(npiece, ch * run + run)):
-                    sp = side[p]
-                    if sp == WHOLE_PLANES and stage == 1:
-                        continue
-                    a = axis[p]
-                    ua, wa = _in_plane(a)
-                    nu, nw = shape[ua], shape[wa]
-                    oa, ou, ow = origin[a], origin[ua], origin[wa]
-                    ha, hu, hw = spacing[a], spacing[ua], spacing[wa]
-                    sa, su, sw = strides[a], strides[ua], strides[wa]
-                    tu, tw, r, ru, rw = per_axis[a, 0], per_axis[a, 1], per_axis[a, 2], per_axis[a, 3], per_axis[a, 4]
-                    f = feat[p]
-                    kf = kind[f]
-                    c0, c1 = cptr[f], cptr[f + 1]
-                    k0, k1 = pptr[p], pptr[p + 1]
-                    # the feature in sweep coordinates (a, u, w): a point on it and, for a face, its
-                    # unit normal or, for an edge, its direction (with 1 / its squared length)
-                    ba, bu, bw = base[f, 0, a], base[f, 0, ua], base[f, 0, wa]
-                    if kf == FACE:
-                        ea, eu_, ew_ = rays[rptr[f], a], rays[rptr[f], ua], rays[rptr[f], wa]
-                        einv = 1.0
-                    elif kf == EDGE:
-                        ea, eu_, ew_ = base[f, 1, a] - ba, base[f, 1, ua] - bu, base[f, 1, wa] - bw
-                        einv = 1.0 / (ea * ea + eu_ * eu_ + ew_ * ew_)
-                    else:
-                        ea = eu_ = ew_ = 0.0
-                        einv = 1.0
-                    dw0 = ow - bw  # w offset of the row's first voxel
-                    # the last plane the base reaches, in the sweep direction
-                    nb = 3 - kf if kf < VERTEX else 1
-                    edge_a = base[f, 0, a]
-                    for i in range(1, nb):
-                        edge_a = max(edge_a, base[f, i, a]) if sp >= 0 else min(edge_a, base[f, i, a])
-                    step = -1 if sp == -1 else 1
-                    # (clamped to the planes of the grid and the band beyond before it becomes an integer)
-                    qlim = min(max((edge_a - oa) / ha, -band - 2.0), shape[a] + band + 2.0)
-                    qlim = int(math.floor(qlim + tol / ha)) + 1 if step > 0 else int(math.ceil(qlim - tol / ha)) - 1
-                    lo, hi = max(q0s[p], 0), min(q1s[p], shape[a] - 1)
-                    if sp != WHOLE_PLANES:
-                        if step > 0:
-                            if stage == 0:
-                                hi = min(hi, qlim + band)
-                            else:
-                                lo = max(lo, qlim + band + 1)
-                        else:
-                            if stage == 0:
-                                lo = max(lo, qlim - band)
-                            else:
-                                hi = min(hi, qlim - band - 1)
-                    if lo > hi:
-                        continue
-                    nr = (k1 - k0) // nb
-                    for rr in range(nr):
-                        k = k0 + rr
-                        box[rr, 0], box[rr, 1], box[rr, 2] = coef[k, 0], coef[k, 0], coef[k, 1]
-                        box[rr, 3], box[rr, 4], box[rr, 5] = coef[k, 2], coef[k, 2], coef[k, 3]
-                        for i in range(1, nb):
-                            k += nr
-                            box[rr, 0], box[rr, 1] = min(box[rr, 0], coef[k, 0]), max(box[rr, 1], coef[k, 0])
-                            box[rr, 3], box[rr, 4] = min(box[rr, 3], coef[k, 2]), max(box[rr, 4], coef[k, 2])
-                    for c in range(c0, c1):
-                        A = cons_a[c, wa] * hw
-                        inv[c - c0] = 1.0 / A if abs(A) > 1e-300 else 0.0
-                        cuv[c - c0] = cons_a[c, ua]
-                    q = lo if step > 0 else hi
-                    countdown = 1  # the first check comes at the first plane past the band
-                    won = False  # whether the piece won a voxel since the last check
-                    while lo <= q <= hi:
-                        qq = q
-                        q += step
-                        check = False
-                        if stage == 1:
-                            countdown -= 1
-                            if countdown == 0:
-                                countdown = check_every
-                                check = not won  # while it still wins, there is no point proving it lost
-                                won = False
-                        if sp == WHOLE_PLANES:
-                            u0, u1, w0, w1 = 0, nu - 1, 0, nw - 1
-                        else:
-                            mnu, mxu, mnw, mxw = np.inf, -np.inf, np.inf, -np.inf
-                            for rr in range(nr):
-                                gu, gw = box[rr, 2] * qq, box[rr, 5] * qq
-                                mnu, mxu = min(mnu, box[rr, 0] + gu), max(mxu, box[rr, 1] + gu)
-                                mnw, mxw = min(mnw, box[rr, 3] + gw), max(mxw, box[rr, 4] + gw)
-                            eu, ew = (ru, rw) if check else (tu, tw)
-                            if check and (mnu - eu < 0 or mnw - ew < 0 or mxu + eu > nu - 1 or mxw + ew > nw - 1):
-                                check = False  # part of the cross-section is near the grid's side
-                                eu, ew = tu, tw
-                            if mxu < -eu or mxw < -ew or mnu > nu - 1 + eu or mnw > nw - 1 + ew:
-                                continue
-                            u0, u1 = _span(mnu - eu, mxu + eu, nu)
-                            if u0 > u1:
-                                continue  # no voxel centre in this plane's cross-section (most planes of thin prisms)
-                            w0, w1 = _span(mnw - ew, mxw + ew, nw)
-                            if w0 > w1:
-                                continue
-                        beaten = True
-                        qa = oa + qq * ha
-                        for c in range(c0, c1):
-                            prhs[c - c0] = cons_b[c] + tol - cons_a[c, a] * qa - cons_a[c, wa] * ow
-                        da = qa - ba
-                        for iu in range(u0, u1 + 1):
-                            pu = ou + iu * hu
-                            du = pu - bu
-                            # the feature's squared distance along the row, as a function of dw only
-                            h0 = da * ea + du * eu_ + dw0 * ew_  # face: signed distance at iw = 0
-                            r2 = da * da + du * du  # vertex
-                            x3 = da * eu_ - du * ea  # edge: the cross product's w-free component
-                            chk = check and beaten  # once the check has failed, rows go back to the region only
-                            # the row's voxels inside every half-space (and within r of them): w intervals
-                            lo_w, hi_w = float(w0), float(w1)
-                            lo_r, hi_r = float(w0), float(w1)
-                            for c in range(c0, c1):
-                                rhs = prhs[c - c0] - cuv[c - c0] * pu
-                                iA = inv[c - c0]
-                                if iA > 0.0:
-                                    hi_w = min(hi_w, rhs * iA)
-                                    if chk:
-                                        hi_r = min(hi_r, (rhs + r) * iA)
-                                elif iA < 0.0:
-                                    lo_w = max(lo_w, rhs * iA)
-                                    if chk:
-                                        lo_r = max(lo_r, (rhs + r) * iA)
-                                else:
-                                    if rhs < 0.0:
-                                        hi_w = -1.0
-                                    if rhs + r < 0.0:
-                                        hi_r = -1.0
-                                if not chk and lo_w > hi_w:
-                                    break
-                            if not chk:
-                                lo_r, hi_r = lo_w, hi_w
-                            base_idx = qq * sa + iu * su
-                            i0, i1 = _span(lo_r, hi_r, nw)  # a near-zero coefficient makes huge bounds
-                            for iw in range(i0, i1 + 1):
-                                inside = lo_w <= iw <= hi_w
-                                if not inside and not beaten:
-                                    continue
-                                dw = dw0 + iw * hw
-                                if kf == FACE:
-                                    h = h0 + iw * hw * ew_
-                                    d = h * h
-                                elif kf == VERTEX:
-                                    d = r2 + dw * dw
-                                else:
-                                    x1 = du * ew_ - dw * eu_
-                                    x2 = dw * ea - da * ew_
-                                    d = (x1 * x1 + x2 * x2 + x3 * x3) * einv
-                                idx = base_idx + iw * sw
-                                if chk and beaten:
-                                    cur = key[idx]  # with every feature bit set: an upper bound of its distance
-                                    if cur >= INF_BITS or math.sqrt(d) - math.sqrt(_float(cur | lmask)) <= 2.0 * r:
-                                        beaten = False
-                                if inside and _atomic_min(key, idx, (_bits(d) & ~lmask) | f):
-                                    won = True
-                        if check and beaten:
-                            break
-    return key.reshape(shape)
+                    _sweep(p, stage, reg, pc, origin, spacing, shape, per_axis, tol, lmask, band, check_every, key,
+                           inv, prhs, cuv, box)
+
+
+@njit(cache=True, inline="always")
+def _sweep(p, stage, reg, pc, origin, spacing, shape, per_axis, tol, lmask, band, check_every, key, inv, prhs, cuv, box):
+    """Sweep piece p of ``pc`` (in ``stage`` 0 the planes within ``band`` of its base, in stage 1 the
+    rest, until a cross-section is beaten), lowering ``key`` wherever its feature is nearer; ``inv``,
+    ``prhs``, ``cuv`` and ``box`` are the thread's scratch space (see ``_sweep_all``)."""
+    kind, base, cons_a, cons_b, cptr, rays, rptr = reg.kind, reg.base, reg.cons_a, reg.cons_b, reg.cptr, reg.rays, reg.rptr
+    feat, axis, side, q0s, q1s, pptr, coef = pc.feat, pc.axis, pc.side, pc.first, pc.last, pc.pptr, pc.coef
+    nx, ny, nz = shape
+    strides = (ny * nz, nz, 1)
+    sp = side[p]
+    if sp == WHOLE_PLANES and stage == 1:
+        return
+    a = axis[p]
+    ua, wa = _in_plane(a)
+    nu, nw = shape[ua], shape[wa]
+    oa, ou, ow = origin[a], origin[ua], origin[wa]
+    ha, hu, hw = spacing[a], spacing[ua], spacing[wa]
+    sa, su, sw = strides[a], strides[ua], strides[wa]
+    tu, tw, r, ru, rw = per_axis[a, 0], per_axis[a, 1], per_axis[a, 2], per_axis[a, 3], per_axis[a, 4]
+    f = feat[p]
+    kf = kind[f]
+    c0, c1 = cptr[f], cptr[f + 1]
+    k0, k1 = pptr[p], pptr[p + 1]
+    # the feature in sweep coordinates (a, u, w): a point on it and, for a face, its
+    # unit normal or, for an edge, its direction (with 1 / its squared length)
+    ba, bu, bw = base[f, 0, a], base[f, 0, ua], base[f, 0, wa]
+    if kf == FACE:
+        ea, eu_, ew_ = rays[rptr[f], a], rays[rptr[f], ua], rays[rptr[f], wa]
+        einv = 1.0
+    elif kf == EDGE:
+        ea, eu_, ew_ = base[f, 1, a] - ba, base[f, 1, ua] - bu, base[f, 1, wa] - bw
+        einv = 1.0 / (ea * ea + eu_ * eu_ + ew_ * ew_)
+    else:
+        ea = eu_ = ew_ = 0.0
+        einv = 1.0
+    dw0 = ow - bw  # w offset of the row's first voxel
+    # the last plane the base reaches, in the sweep direction
+    nb = 3 - kf if kf < VERTEX else 1
+    edge_a = base[f, 0, a]
+    for i in range(1, nb):
+        edge_a = max(edge_a, base[f, i, a]) if sp >= 0 else min(edge_a, base[f, i, a])
+    step = -1 if sp == -1 else 1
+    # (clamped to the planes of the grid and the band beyond before it becomes an integer)
+    qlim = min(max((edge_a - oa) / ha, -band - 2.0), shape[a] + band + 2.0)
+    qlim = int(math.floor(qlim + tol / ha)) + 1 if step > 0 else int(math.ceil(qlim - tol / ha)) - 1
+    lo, hi = max(q0s[p], 0), min(q1s[p], shape[a] - 1)
+    if sp != WHOLE_PLANES:
+        if step > 0:
+            if stage == 0:
+                hi = min(hi, qlim + band)
+            else:
+                lo = max(lo, qlim + band + 1)
+        else:
+            if stage == 0:
+                lo = max(lo, qlim - band)
+            else:
+                hi = min(hi, qlim - band - 1)
+    if lo > hi:
+        return
+    nr = (k1 - k0) // nb
+    for rr in range(nr):
+        k = k0 + rr
+        box[rr, 0], box[rr, 1], box[rr, 2] = coef[k, 0], coef[k, 0], coef[k, 1]
+        box[rr, 3], box[rr, 4], box[rr, 5] = coef[k, 2], coef[k, 2], coef[k, 3]
+        for i in range(1, nb):
+            k += nr
+            box[rr, 0], box[rr, 1] = min(box[rr, 0], coef[k, 0]), max(box[rr, 1], coef[k, 0])
+            box[rr, 3], box[rr, 4] = min(box[rr, 3], coef[k, 2]), max(box[rr, 4], coef[k, 2])
+    for c in range(c0, c1):
+        A = cons_a[c, wa] * hw
+        inv[c - c0] = 1.0 / A if abs(A) > 1e-300 else 0.0
+        cuv[c - c0] = cons_a[c, ua]
+    q = lo if step > 0 else hi
+    countdown = 1  # the first check comes at the first plane past the band
+    won = False  # whether the piece won a voxel since the last check
+    while lo <= q <= hi:
+        qq = q
+        q += step
+        check = False
+        if stage == 1:
+            countdown -= 1
+            if countdown == 0:
+                countdown = check_every
+                check = not won  # while it still wins, there is no point proving it lost
+                won = False
+        if sp == WHOLE_PLANES:
+            u0, u1, w0, w1 = 0, nu - 1, 0, nw - 1
+        else:
+            mnu, mxu, mnw, mxw = np.inf, -np.inf, np.inf, -np.inf
+            for rr in range(nr):
+                gu, gw = box[rr, 2] * qq, box[rr, 5] * qq
+                mnu, mxu = min(mnu, box[rr, 0] + gu), max(mxu, box[rr, 1] + gu)
+                mnw, mxw = min(mnw, box[rr, 3] + gw), max(mxw, box[rr, 4] + gw)
+            eu, ew = (ru, rw) if check else (tu, tw)
+            if check and (mnu - eu < 0 or mnw - ew < 0 or mxu + eu > nu - 1 or mxw + ew > nw - 1):
+                check = False  # part of the cross-section is near the grid's side
+                eu, ew = tu, tw
+            if mxu < -eu or mxw < -ew or mnu > nu - 1 + eu or mnw > nw - 1 + ew:
+                continue
+            u0, u1 = _span(mnu - eu, mxu + eu, nu)
+            if u0 > u1:
+                continue  # no voxel centre in this plane's cross-section (most planes of thin prisms)
+            w0, w1 = _span(mnw - ew, mxw + ew, nw)
+            if w0 > w1:
+                continue
+        beaten = True
+        qa = oa + qq * ha
+        for c in range(c0, c1):
+            prhs[c - c0] = cons_b[c] + tol - cons_a[c, a] * qa - cons_a[c, wa] * ow
+        da = qa - ba
+        for iu in range(u0, u1 + 1):
+            pu = ou + iu * hu
+            du = pu - bu
+            # the feature's squared distance along the row, as a function of dw only
+            h0 = da * ea + du * eu_ + dw0 * ew_  # face: signed distance at iw = 0
+            r2 = da * da + du * du  # vertex
+            x3 = da * eu_ - du * ea  # edge: the cross product's w-free component
+            chk = check and beaten  # once the check has failed, rows go back to the region only
+            # the row's voxels inside every half-space (and within r of them): w intervals
+            lo_w, hi_w = float(w0), float(w1)
+            lo_r, hi_r = float(w0), float(w1)
+            for c in range(c0, c1):
+                rhs = prhs[c - c0] - cuv[c - c0] * pu
+                iA = inv[c - c0]
+                if iA > 0.0:
+                    hi_w = min(hi_w, rhs * iA)
+                    if chk:
+                        hi_r = min(hi_r, (rhs + r) * iA)
+                elif iA < 0.0:
+                    lo_w = max(lo_w, rhs * iA)
+                    if chk:
+                        lo_r = max(lo_r, (rhs + r) * iA)
+                else:
+                    if rhs < 0.0:
+                        hi_w = -1.0
+                    if rhs + r < 0.0:
+                        hi_r = -1.0
+                if not chk and lo_w > hi_w:
+                    break
+            if not chk:
+                lo_r, hi_r = lo_w, hi_w
+            base_idx = qq * sa + iu * su
+            i0, i1 = _span(lo_r, hi_r, nw)  # a near-zero coefficient makes huge bounds
+            for iw in range(i0, i1 + 1):
+                inside = lo_w <= iw <= hi_w
+                if not inside and not beaten:
+                    continue
+                dw = dw0 + iw * hw
+                if kf == FACE:
+                    h = h0 + iw * hw * ew_
+                    d = h * h
+                elif kf == VERTEX:
+                    d = r2 + dw * dw
+                else:
+                    x1 = du * ew_ - dw * eu_
+                    x2 = dw * ea - da * ew_
+                    d = (x1 * x1 + x2 * x2 + x3 * x3) * einv
+                idx = base_idx + iw * sw
+                if chk and beaten:
+                    cur = key[idx]  # with every feature bit set: an upper bound of its distance
+                    if cur >= INF_BITS or math.sqrt(d) - math.sqrt(_float(cur | lmask)) <= 2.0 * r:
+                        beaten = False
+                if inside and _atomic_min(key, idx, (_bits(d) & ~lmask) | f):
+                    won = True
+        if check and beaten:
+            break
 
 
 @njit(cache=True, inline="always")
@@ -1167,11 +1234,12 @@ def _feature_mask(nfeat):
 
 
 @njit(cache=True, parallel=True)
-def distances(origin, spacing, key, kind, outside, base, rays, rptr, signed):
+def distances(origin, spacing, key, reg, signed):
     """The scan's result from scatter's key: each voxel's exact distance to its nearest feature (the
     face's plane, the edge's line or the vertex), negative inside when ``signed``, float32; NaN where
     no region reached (never seen on a closed manifold mesh; the caller redoes those). The side is the
     feature's (see ``regions``) or, for a face, that of its normal."""
+    kind, outside, base, rays, rptr = reg.kind, reg.outside, reg.base, reg.rays, reg.rptr
     nx, ny, nz = key.shape
     lmask = _feature_mask(len(kind))
     out = np.empty((nx, ny, nz), np.float32)

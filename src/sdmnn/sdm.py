@@ -105,7 +105,7 @@ class _Topology:
         pointed cone (see ``scan.regions``)."""
         if self._regions is None:
             self._regions = scan.regions(self.V, self.F, self.twin, self.FN, self.VNv, *self._fans)
-        v, h = self._regions[-2:]
+        v, h = self._regions.bad_vertex, self._regions.bad_edge
         if v >= 0:
             where = ", ".join(f"{x:.4g}" for x in self.V[v])
             return f"the normal cone of the vertex at ({where}) mm is not a pointed cone"
@@ -118,13 +118,11 @@ class _Topology:
         """Exact (signed) distance on ``grid`` by characteristic scan conversion (``why_not_scan`` must be '')."""
         if self.why_not_scan():
             raise RuntimeError(f"the scan cannot handle this mesh: {self.why_not_scan()}")
-        kind, outside, base, cons_a, cons_b, cptr, rays, rptr = self._regions[:-2]
         origin, spacing = np.array(grid.origin, float), np.array(grid.spacing, float)
         tol = scan.tolerance(self.V, np.asarray(grid.bounds))
-        pieces = scan.build_pieces(origin, spacing, grid.shape, kind, base, rays, rptr, tol)
-        key = scan.scatter(origin, spacing, grid.shape, kind, base, cons_a, cons_b, cptr, rays, rptr,
-                          *pieces, tol, numba.get_num_threads())
-        out = scan.distances(origin, spacing, key, kind, outside, base, rays, rptr, signed)
+        pieces = scan.build_pieces(origin, spacing, grid.shape, self._regions, tol)
+        key = scan.scatter(origin, spacing, grid.shape, self._regions, pieces, tol, numba.get_num_threads())
+        out = scan.distances(origin, spacing, key, self._regions, signed)
         gaps = np.isnan(out)
         if gaps.any():  # a safety net: redo any voxel no region reached with nearest-triangle queries
             T = np.ascontiguousarray(self.V[self.F])
@@ -244,15 +242,19 @@ def exact_sdm(mesh: trimesh.Trimesh, grid: Grid, sign: str = "auto", method: str
     Parameters
     ----------
     mesh : trimesh.Trimesh
-        A closed triangle mesh in mm. Open, inconsistently oriented, non-manifold or inverted meshes
-        are accepted with a ``MeshWarning`` and get the robust (winding-number) sign.
+        A closed triangle mesh in mm. A closed one whose faces are inconsistently oriented, or inverted, is
+        oriented first; open and non-manifold meshes get the robust (winding-number) sign; each with a
+        ``MeshWarning`` saying so.
     grid : Grid
         Where to sample: any grid, oblique or flipped ones included (the mesh is moved into the grid's frame).
     sign : {"auto", "pseudonormal", "winding"}
-        "auto" uses the exact pseudonormal sign on clean meshes and the winding number otherwise.
+        "auto" uses the exact pseudonormal sign on clean meshes, except where bodies cross or nest (see the
+        module notes), and the winding number on any other mesh; "winding" everywhere (a single body that
+        crosses itself needs it).
     method : {"auto", "scan", "bvh"}
         How distances are found (both exact, see the module notes); "auto" uses the scan on clean
-        meshes and the BVH on any other.
+        meshes and the BVH on any other. Where the scan cannot sweep a region of the mesh, the BVH method
+        is used with a ``MeshWarning``.
 
     Returns
     -------
