@@ -53,7 +53,7 @@ def test_every_readme_command_runs(tmp_path):
 
 def test_the_readme_python_example_runs(tmp_path):
     (code,) = blocks("python")
-    r = subprocess.run([sys.executable, "-m", "sdmnn.cli", "phantom", "cochlea", "--rotate", "20,-35,50", "--spacing", "0.4",
+    r = subprocess.run([sys.executable, "-m", "sdmnn.cli", "phantom", "cochlea", "--rotate", "20,-35,50", "--spacing", "0.5",
                         "-o", "seg.nii.gz"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
