@@ -178,10 +178,19 @@ def _crossing(V, F):
     other = np.full(ncell, -1, np.int64)
     for c in prange(ncell):
         ci, cj, ck = c // (dims[1] * dims[2]), (c // dims[2]) % dims[1], c % dims[2]
-        for x in range(start[c], start[c + 1]):
-            for y in range(x + 1, start[c + 1]):
-                if (box[x, 0] > box[y, 3] or box[y, 0] > box[x, 3] or box[x, 1] > box[y, 4] or box[y, 1] > box[x, 4]
-                        or box[x, 2] > box[y, 5] or box[y, 2] > box[x, 5]):
+        m = start[c + 1] - start[c]
+        if m < 2:
+            continue
+        # swept along x: a cell holding a dense cluster (a body far finer than the others) costs the pairs
+        # that overlap in x, not all of its pairs
+        order = np.argsort(box[start[c] : start[c + 1], 0]) + start[c]
+        for i in range(m):
+            x = order[i]
+            for j in range(i + 1, m):
+                y = order[j]
+                if box[y, 0] > box[x, 3]:
+                    break
+                if box[x, 1] > box[y, 4] or box[y, 1] > box[x, 4] or box[x, 2] > box[y, 5] or box[y, 2] > box[x, 5]:
                     continue
                 # the pair's own cell: the one holding the low corner of their boxes' intersection
                 if max(first[x, 0], first[y, 0]) != ci or max(first[x, 1], first[y, 1]) != cj or max(first[x, 2], first[y, 2]) != ck:

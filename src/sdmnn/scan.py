@@ -1035,14 +1035,15 @@ def scatter(origin, spacing, shape, reg, pc, tol, nthreads, band=3, check_every=
 def _sweep_all(origin, spacing, shape, per_axis, tol, lmask, band, check_every, nthreads, maxc, maxl, key,
                kind, outside, base, cons_a, cons_b, cptr, rays, rptr, npiece, feat, axis, side, first, last, pptr, coef):
     """scatter's threads: each takes runs of (at most) CHUNK pieces in turn and sweeps them with its own
-    scratch space, the planes near the bases first, then the rest. (The arrays come one by one: numba
-    loses what a parallel loop writes through a tuple it captures; ``_sweep`` gets them as tuples.)"""
+    scratch space, the planes near the bases first, then the rest. The arrays come one by one (numba
+    mishandles tuples of arrays in parallel loops), and each piece is swept in place in the loop: moved
+    into a function of its own, inlined or not, the sweep ran slower."""
     run = max(1, min(CHUNK, npiece // (8 * nthreads)))
     nchunk = (npiece + run - 1) // run
+    nx, ny, nz = shape
+    strides = (ny * nz, nz, 1)
     for stage in range(2):
         for th in prange(nthreads):
-            reg = Regions(kind, outside, base, cons_a, cons_b, cptr, rays, rptr, -1, -1)
-            pc = Pieces(npiece, feat, axis, side, first, last, pptr, coef)
             inv = np.empty(maxc)  # per constraint of the piece: 1 / (its w coefficient), and its
             prhs = np.empty(maxc)  # right-hand side without the u term, per plane
             cuv = np.empty(maxc)  # and its u coefficient
@@ -1052,176 +1053,163 @@ def _sweep_all(origin, spacing, shape, per_axis, tol, lmask, band, check_every, 
             box = np.empty((maxl, 6))
             for ch in range(th, nchunk, nthreads):
                 for p in range(ch * run, min(npiece, ch * run + run)):
-                    _sweep(p, stage, reg, pc, origin, spacing, shape, per_axis, tol, lmask, band, check_every, key,
-                           inv, prhs, cuv, box)
-
-
-@njit(cache=True, inline="always")
-def _sweep(p, stage, reg, pc, origin, spacing, shape, per_axis, tol, lmask, band, check_every, key, inv, prhs, cuv, box):
-    """Sweep piece p of ``pc`` (in ``stage`` 0 the planes within ``band`` of its base, in stage 1 the
-    rest, until a cross-section is beaten), lowering ``key`` wherever its feature is nearer; ``inv``,
-    ``prhs``, ``cuv`` and ``box`` are the thread's scratch space (see ``_sweep_all``)."""
-    kind, base, cons_a, cons_b, cptr, rays, rptr = reg.kind, reg.base, reg.cons_a, reg.cons_b, reg.cptr, reg.rays, reg.rptr
-    feat, axis, side, q0s, q1s, pptr, coef = pc.feat, pc.axis, pc.side, pc.first, pc.last, pc.pptr, pc.coef
-    nx, ny, nz = shape
-    strides = (ny * nz, nz, 1)
-    sp = side[p]
-    if sp == WHOLE_PLANES and stage == 1:
-        return
-    a = axis[p]
-    ua, wa = _in_plane(a)
-    nu, nw = shape[ua], shape[wa]
-    oa, ou, ow = origin[a], origin[ua], origin[wa]
-    ha, hu, hw = spacing[a], spacing[ua], spacing[wa]
-    sa, su, sw = strides[a], strides[ua], strides[wa]
-    tu, tw, r, ru, rw = per_axis[a, 0], per_axis[a, 1], per_axis[a, 2], per_axis[a, 3], per_axis[a, 4]
-    f = feat[p]
-    kf = kind[f]
-    c0, c1 = cptr[f], cptr[f + 1]
-    k0, k1 = pptr[p], pptr[p + 1]
-    # the feature in sweep coordinates (a, u, w): a point on it and, for a face, its
-    # unit normal or, for an edge, its direction (with 1 / its squared length)
-    ba, bu, bw = base[f, 0, a], base[f, 0, ua], base[f, 0, wa]
-    if kf == FACE:
-        ea, eu_, ew_ = rays[rptr[f], a], rays[rptr[f], ua], rays[rptr[f], wa]
-        einv = 1.0
-    elif kf == EDGE:
-        ea, eu_, ew_ = base[f, 1, a] - ba, base[f, 1, ua] - bu, base[f, 1, wa] - bw
-        einv = 1.0 / (ea * ea + eu_ * eu_ + ew_ * ew_)
-    else:
-        ea = eu_ = ew_ = 0.0
-        einv = 1.0
-    dw0 = ow - bw  # w offset of the row's first voxel
-    # the last plane the base reaches, in the sweep direction
-    nb = 3 - kf if kf < VERTEX else 1
-    edge_a = base[f, 0, a]
-    for i in range(1, nb):
-        edge_a = max(edge_a, base[f, i, a]) if sp >= 0 else min(edge_a, base[f, i, a])
-    step = -1 if sp == -1 else 1
-    # (clamped to the planes of the grid and the band beyond before it becomes an integer)
-    qlim = min(max((edge_a - oa) / ha, -band - 2.0), shape[a] + band + 2.0)
-    qlim = int(math.floor(qlim + tol / ha)) + 1 if step > 0 else int(math.ceil(qlim - tol / ha)) - 1
-    lo, hi = max(q0s[p], 0), min(q1s[p], shape[a] - 1)
-    if sp != WHOLE_PLANES:
-        if step > 0:
-            if stage == 0:
-                hi = min(hi, qlim + band)
-            else:
-                lo = max(lo, qlim + band + 1)
-        else:
-            if stage == 0:
-                lo = max(lo, qlim - band)
-            else:
-                hi = min(hi, qlim - band - 1)
-    if lo > hi:
-        return
-    nr = (k1 - k0) // nb
-    for rr in range(nr):
-        k = k0 + rr
-        box[rr, 0], box[rr, 1], box[rr, 2] = coef[k, 0], coef[k, 0], coef[k, 1]
-        box[rr, 3], box[rr, 4], box[rr, 5] = coef[k, 2], coef[k, 2], coef[k, 3]
-        for i in range(1, nb):
-            k += nr
-            box[rr, 0], box[rr, 1] = min(box[rr, 0], coef[k, 0]), max(box[rr, 1], coef[k, 0])
-            box[rr, 3], box[rr, 4] = min(box[rr, 3], coef[k, 2]), max(box[rr, 4], coef[k, 2])
-    for c in range(c0, c1):
-        A = cons_a[c, wa] * hw
-        inv[c - c0] = 1.0 / A if abs(A) > 1e-300 else 0.0
-        cuv[c - c0] = cons_a[c, ua]
-    q = lo if step > 0 else hi
-    countdown = 1  # the first check comes at the first plane past the band
-    won = False  # whether the piece won a voxel since the last check
-    while lo <= q <= hi:
-        qq = q
-        q += step
-        check = False
-        if stage == 1:
-            countdown -= 1
-            if countdown == 0:
-                countdown = check_every
-                check = not won  # while it still wins, there is no point proving it lost
-                won = False
-        if sp == WHOLE_PLANES:
-            u0, u1, w0, w1 = 0, nu - 1, 0, nw - 1
-        else:
-            mnu, mxu, mnw, mxw = np.inf, -np.inf, np.inf, -np.inf
-            for rr in range(nr):
-                gu, gw = box[rr, 2] * qq, box[rr, 5] * qq
-                mnu, mxu = min(mnu, box[rr, 0] + gu), max(mxu, box[rr, 1] + gu)
-                mnw, mxw = min(mnw, box[rr, 3] + gw), max(mxw, box[rr, 4] + gw)
-            eu, ew = (ru, rw) if check else (tu, tw)
-            if check and (mnu - eu < 0 or mnw - ew < 0 or mxu + eu > nu - 1 or mxw + ew > nw - 1):
-                check = False  # part of the cross-section is near the grid's side
-                eu, ew = tu, tw
-            if mxu < -eu or mxw < -ew or mnu > nu - 1 + eu or mnw > nw - 1 + ew:
-                continue
-            u0, u1 = _span(mnu - eu, mxu + eu, nu)
-            if u0 > u1:
-                continue  # no voxel centre in this plane's cross-section (most planes of thin prisms)
-            w0, w1 = _span(mnw - ew, mxw + ew, nw)
-            if w0 > w1:
-                continue
-        beaten = True
-        qa = oa + qq * ha
-        for c in range(c0, c1):
-            prhs[c - c0] = cons_b[c] + tol - cons_a[c, a] * qa - cons_a[c, wa] * ow
-        da = qa - ba
-        for iu in range(u0, u1 + 1):
-            pu = ou + iu * hu
-            du = pu - bu
-            # the feature's squared distance along the row, as a function of dw only
-            h0 = da * ea + du * eu_ + dw0 * ew_  # face: signed distance at iw = 0
-            r2 = da * da + du * du  # vertex
-            x3 = da * eu_ - du * ea  # edge: the cross product's w-free component
-            chk = check and beaten  # once the check has failed, rows go back to the region only
-            # the row's voxels inside every half-space (and within r of them): w intervals
-            lo_w, hi_w = float(w0), float(w1)
-            lo_r, hi_r = float(w0), float(w1)
-            for c in range(c0, c1):
-                rhs = prhs[c - c0] - cuv[c - c0] * pu
-                iA = inv[c - c0]
-                if iA > 0.0:
-                    hi_w = min(hi_w, rhs * iA)
-                    if chk:
-                        hi_r = min(hi_r, (rhs + r) * iA)
-                elif iA < 0.0:
-                    lo_w = max(lo_w, rhs * iA)
-                    if chk:
-                        lo_r = max(lo_r, (rhs + r) * iA)
-                else:
-                    if rhs < 0.0:
-                        hi_w = -1.0
-                    if rhs + r < 0.0:
-                        hi_r = -1.0
-                if not chk and lo_w > hi_w:
-                    break
-            if not chk:
-                lo_r, hi_r = lo_w, hi_w
-            base_idx = qq * sa + iu * su
-            i0, i1 = _span(lo_r, hi_r, nw)  # a near-zero coefficient makes huge bounds
-            for iw in range(i0, i1 + 1):
-                inside = lo_w <= iw <= hi_w
-                if not inside and not beaten:
-                    continue
-                dw = dw0 + iw * hw
-                if kf == FACE:
-                    h = h0 + iw * hw * ew_
-                    d = h * h
-                elif kf == VERTEX:
-                    d = r2 + dw * dw
-                else:
-                    x1 = du * ew_ - dw * eu_
-                    x2 = dw * ea - da * ew_
-                    d = (x1 * x1 + x2 * x2 + x3 * x3) * einv
-                idx = base_idx + iw * sw
-                if chk and beaten:
-                    cur = key[idx]  # with every feature bit set: an upper bound of its distance
-                    if cur >= INF_BITS or math.sqrt(d) - math.sqrt(_float(cur | lmask)) <= 2.0 * r:
-                        beaten = False
-                if inside and _atomic_min(key, idx, (_bits(d) & ~lmask) | f):
-                    won = True
-        if check and beaten:
-            break
+                    sp = side[p]
+                    if sp == WHOLE_PLANES and stage == 1:
+                        continue
+                    a = axis[p]
+                    ua, wa = _in_plane(a)
+                    nu, nw = shape[ua], shape[wa]
+                    oa, ou, ow = origin[a], origin[ua], origin[wa]
+                    ha, hu, hw = spacing[a], spacing[ua], spacing[wa]
+                    sa, su, sw = strides[a], strides[ua], strides[wa]
+                    tu, tw, r, ru, rw = per_axis[a, 0], per_axis[a, 1], per_axis[a, 2], per_axis[a, 3], per_axis[a, 4]
+                    f = feat[p]
+                    kf = kind[f]
+                    c0, c1 = cptr[f], cptr[f + 1]
+                    k0, k1 = pptr[p], pptr[p + 1]
+                    # the feature in sweep coordinates (a, u, w): a point on it and, for a face, its
+                    # unit normal or, for an edge, its direction (with 1 / its squared length)
+                    ba, bu, bw = base[f, 0, a], base[f, 0, ua], base[f, 0, wa]
+                    if kf == FACE:
+                        ea, eu_, ew_ = rays[rptr[f], a], rays[rptr[f], ua], rays[rptr[f], wa]
+                        einv = 1.0
+                    elif kf == EDGE:
+                        ea, eu_, ew_ = base[f, 1, a] - ba, base[f, 1, ua] - bu, base[f, 1, wa] - bw
+                        einv = 1.0 / (ea * ea + eu_ * eu_ + ew_ * ew_)
+                    else:
+                        ea = eu_ = ew_ = 0.0
+                        einv = 1.0
+                    dw0 = ow - bw  # w offset of the row's first voxel
+                    # the last plane the base reaches, in the sweep direction
+                    nb = 3 - kf if kf < VERTEX else 1
+                    edge_a = base[f, 0, a]
+                    for i in range(1, nb):
+                        edge_a = max(edge_a, base[f, i, a]) if sp >= 0 else min(edge_a, base[f, i, a])
+                    step = -1 if sp == -1 else 1
+                    # (clamped to the planes of the grid and the band beyond before it becomes an integer)
+                    qlim = min(max((edge_a - oa) / ha, -band - 2.0), shape[a] + band + 2.0)
+                    qlim = int(math.floor(qlim + tol / ha)) + 1 if step > 0 else int(math.ceil(qlim - tol / ha)) - 1
+                    lo, hi = max(first[p], 0), min(last[p], shape[a] - 1)
+                    if sp != WHOLE_PLANES:
+                        if step > 0:
+                            if stage == 0:
+                                hi = min(hi, qlim + band)
+                            else:
+                                lo = max(lo, qlim + band + 1)
+                        else:
+                            if stage == 0:
+                                lo = max(lo, qlim - band)
+                            else:
+                                hi = min(hi, qlim - band - 1)
+                    if lo > hi:
+                        continue
+                    nr = (k1 - k0) // nb
+                    for rr in range(nr):
+                        k = k0 + rr
+                        box[rr, 0], box[rr, 1], box[rr, 2] = coef[k, 0], coef[k, 0], coef[k, 1]
+                        box[rr, 3], box[rr, 4], box[rr, 5] = coef[k, 2], coef[k, 2], coef[k, 3]
+                        for i in range(1, nb):
+                            k += nr
+                            box[rr, 0], box[rr, 1] = min(box[rr, 0], coef[k, 0]), max(box[rr, 1], coef[k, 0])
+                            box[rr, 3], box[rr, 4] = min(box[rr, 3], coef[k, 2]), max(box[rr, 4], coef[k, 2])
+                    for c in range(c0, c1):
+                        A = cons_a[c, wa] * hw
+                        inv[c - c0] = 1.0 / A if abs(A) > 1e-300 else 0.0
+                        cuv[c - c0] = cons_a[c, ua]
+                    q = lo if step > 0 else hi
+                    countdown = 1  # the first check comes at the first plane past the band
+                    won = False  # whether the piece won a voxel since the last check
+                    while lo <= q <= hi:
+                        qq = q
+                        q += step
+                        check = False
+                        if stage == 1:
+                            countdown -= 1
+                            if countdown == 0:
+                                countdown = check_every
+                                check = not won  # while it still wins, there is no point proving it lost
+                                won = False
+                        if sp == WHOLE_PLANES:
+                            u0, u1, w0, w1 = 0, nu - 1, 0, nw - 1
+                        else:
+                            mnu, mxu, mnw, mxw = np.inf, -np.inf, np.inf, -np.inf
+                            for rr in range(nr):
+                                gu, gw = box[rr, 2] * qq, box[rr, 5] * qq
+                                mnu, mxu = min(mnu, box[rr, 0] + gu), max(mxu, box[rr, 1] + gu)
+                                mnw, mxw = min(mnw, box[rr, 3] + gw), max(mxw, box[rr, 4] + gw)
+                            eu, ew = (ru, rw) if check else (tu, tw)
+                            if check and (mnu - eu < 0 or mnw - ew < 0 or mxu + eu > nu - 1 or mxw + ew > nw - 1):
+                                check = False  # part of the cross-section is near the grid's side
+                                eu, ew = tu, tw
+                            if mxu < -eu or mxw < -ew or mnu > nu - 1 + eu or mnw > nw - 1 + ew:
+                                continue
+                            u0, u1 = _span(mnu - eu, mxu + eu, nu)
+                            if u0 > u1:
+                                continue  # no voxel centre in this plane's cross-section (most planes of thin prisms)
+                            w0, w1 = _span(mnw - ew, mxw + ew, nw)
+                            if w0 > w1:
+                                continue
+                        beaten = True
+                        qa = oa + qq * ha
+                        for c in range(c0, c1):
+                            prhs[c - c0] = cons_b[c] + tol - cons_a[c, a] * qa - cons_a[c, wa] * ow
+                        da = qa - ba
+                        for iu in range(u0, u1 + 1):
+                            pu = ou + iu * hu
+                            du = pu - bu
+                            # the feature's squared distance along the row, as a function of dw only
+                            h0 = da * ea + du * eu_ + dw0 * ew_  # face: signed distance at iw = 0
+                            r2 = da * da + du * du  # vertex
+                            x3 = da * eu_ - du * ea  # edge: the cross product's w-free component
+                            chk = check and beaten  # once the check has failed, rows go back to the region only
+                            # the row's voxels inside every half-space (and within r of them): w intervals
+                            lo_w, hi_w = float(w0), float(w1)
+                            lo_r, hi_r = float(w0), float(w1)
+                            for c in range(c0, c1):
+                                rhs = prhs[c - c0] - cuv[c - c0] * pu
+                                iA = inv[c - c0]
+                                if iA > 0.0:
+                                    hi_w = min(hi_w, rhs * iA)
+                                    if chk:
+                                        hi_r = min(hi_r, (rhs + r) * iA)
+                                elif iA < 0.0:
+                                    lo_w = max(lo_w, rhs * iA)
+                                    if chk:
+                                        lo_r = max(lo_r, (rhs + r) * iA)
+                                else:
+                                    if rhs < 0.0:
+                                        hi_w = -1.0
+                                    if rhs + r < 0.0:
+                                        hi_r = -1.0
+                                if not chk and lo_w > hi_w:
+                                    break
+                            if not chk:
+                                lo_r, hi_r = lo_w, hi_w
+                            base_idx = qq * sa + iu * su
+                            i0, i1 = _span(lo_r, hi_r, nw)  # a near-zero coefficient makes huge bounds
+                            for iw in range(i0, i1 + 1):
+                                inside = lo_w <= iw <= hi_w
+                                if not inside and not beaten:
+                                    continue
+                                dw = dw0 + iw * hw
+                                if kf == FACE:
+                                    h = h0 + iw * hw * ew_
+                                    d = h * h
+                                elif kf == VERTEX:
+                                    d = r2 + dw * dw
+                                else:
+                                    x1 = du * ew_ - dw * eu_
+                                    x2 = dw * ea - da * ew_
+                                    d = (x1 * x1 + x2 * x2 + x3 * x3) * einv
+                                idx = base_idx + iw * sw
+                                if chk and beaten:
+                                    cur = key[idx]  # with every feature bit set: an upper bound of its distance
+                                    if cur >= INF_BITS or math.sqrt(d) - math.sqrt(_float(cur | lmask)) <= 2.0 * r:
+                                        beaten = False
+                                if inside and _atomic_min(key, idx, (_bits(d) & ~lmask) | f):
+                                    won = True
+                        if check and beaten:
+                            break
 
 
 @njit(cache=True, inline="always")
