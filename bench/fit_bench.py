@@ -13,7 +13,7 @@ import sdmnn
 from sdmnn.dataset import design_points
 from sdmnn.fit import fit
 from sdmnn.nn import shipped_model_path
-from sdmnn.phantom import make_phantom, truth_mesh
+from sdmnn.phantom import make_phantom, surface_distances, truth_mesh
 
 from common import table
 
@@ -65,16 +65,6 @@ def pose_error(result, info):
     c = np.append(result.pose_centre, 1.0)
     omega = Rotation.from_matrix(T[:3, :3] @ M[:3, :3].T).as_rotvec()
     return omega, (T @ c - M @ c)[:3]
-
-
-def surface_distances(a, b, n=20000):
-    import igl
-
-    out = []
-    for src, dst in ((a, b), (b, a)):
-        p = np.asarray(src.sample(n, seed=0))
-        out.append(np.sqrt(igl.point_mesh_squared_distance(p, dst.vertices, dst.faces.astype(np.int64))[0]))
-    return np.concatenate(out)
 
 
 def run(quick: bool = False) -> str:

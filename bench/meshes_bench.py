@@ -58,7 +58,7 @@ def run(quick: bool = False) -> str:
     text = [
         "## Exact SDM on public meshes",
         "",
-        f"Every mesh of `../shared/meshes` (INDEX.tsv: where each comes from and what is wrong with it), loaded with",
+        "Every mesh of `../shared/meshes` (INDEX.tsv: where each comes from and what is wrong with it), loaded with",
         f"`sdmnn.load_mesh`, on a {n}^3 grid of cubic voxels over its bounding box plus 10 %. Seconds: the median of",
         f"{1 if quick else 3} runs of `exact_sdm` after a warm-up (2 threads). Max |difference|: against libigl's",
         "distance to its closest point (mm). Sign disagreements: voxels (|d| > 1e-6 mm) whose sign differs from the",

@@ -7,21 +7,10 @@ import sdmnn
 from sdmnn import FitError, FitWarning, Grid
 from sdmnn.fit import check_observed, correlation_volume, fit, synthetic_target
 from sdmnn.nn import shipped_model_path
-from sdmnn.phantom import make_phantom, truth_mesh
+from sdmnn.phantom import make_phantom, surface_distances, truth_mesh
 
 TRUTH = {"a": 3.2, "alpha": 0.7, "b": 0.14, "phi": 0.25}
 needs_model = pytest.mark.skipif(shipped_model_path() is None, reason="no shipped model")
-
-
-def surface_distances(mesh_a, mesh_b, n=20000, seed=0):
-    """Distances from points sampled on each surface to the other (both directions), mm."""
-    import igl
-
-    out = []
-    for src, dst in ((mesh_a, mesh_b), (mesh_b, mesh_a)):
-        points = np.asarray(src.sample(n, seed=seed))
-        out.append(np.sqrt(igl.point_mesh_squared_distance(points, dst.vertices, dst.faces.astype(np.int64))[0]))
-    return np.concatenate(out)
 
 
 @pytest.mark.parametrize("volume, message", [

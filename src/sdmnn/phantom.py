@@ -42,6 +42,18 @@ def truth_mesh(truth: dict):
     return mesh.apply_transform(np.array(truth["pose"]))
 
 
+def surface_distances(mesh_a, mesh_b, n: int = 20000, seed: int = 0) -> np.ndarray:
+    """Distances (mm) from ``n`` points sampled on each surface to the other, both ways: (2 n,), for comparing a
+    fitted surface with a phantom's true one."""
+    import igl
+
+    out = []
+    for src, dst in ((mesh_a, mesh_b), (mesh_b, mesh_a)):
+        points = np.asarray(src.sample(n, seed=seed))
+        out.append(np.sqrt(igl.point_mesh_squared_distance(points, dst.vertices, dst.faces.astype(np.int64))[0]))
+    return np.concatenate(out)
+
+
 def make_phantom(family, params, *, rotate=(0.0, 0.0, 0.0), translate=(0.0, 0.0, 0.0), spacing=(0.3, 0.3, 0.3),
                  kind: str = "labels", direction=None, noise: float = 100.0, blur: float = 0.25,
                  intensities=(0.0, 1000.0), margin: float = 3.0, seed: int = 0):
