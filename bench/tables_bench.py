@@ -117,7 +117,7 @@ def _scaling_plot(fam, others, quick):
         a1.loglog([n**3 for n in sizes], ts, "o-", label=name)
         tris, ts2 = [], []
         for res in resolutions:
-            m = fam.mesh(fam.defaults, res)
+            m = fam.mesh(fam.defaults, resolution=res)
             tris.append(len(m.faces))
             ts2.append(timeit(lambda: fn(m, cube_grid(m, 64)), repeat=1)[0])
         a2.loglog(tris, ts2, "o-", label=name)

@@ -38,8 +38,18 @@ def tiny_model(tiny_data, tmp_path_factory):
 def test_network_maps_parameters_to_a_volume():
     net = SDMNN(SDMNNConfig(out_shape=(16, 16, 8), channels=(8, 8, 8), hidden=16))
     assert net(torch.zeros(3, 4)).shape == (3, 16, 16, 8)
-    with pytest.raises(ValueError, match="divisible"):
-        SDMNNConfig(out_shape=(15, 16, 8), channels=(8, 8, 8))
+
+
+@pytest.mark.parametrize("n_params, shape", [(1, (13, 7, 30)), (16, (8, 9, 17)), (6, (40, 32, 56))])
+def test_network_takes_any_grid_shape_and_any_parameter_count(n_params, shape):
+    net = SDMNN(SDMNNConfig(n_params=n_params, out_shape=shape, channels=(8, 8, 8), hidden=16))
+    x = torch.zeros(2, n_params, requires_grad=True)
+    out = net(x)
+    assert out.shape == (2, *shape)
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    with pytest.raises(ValueError, match="n_params >= 1"):
+        SDMNNConfig(n_params=0, out_shape=shape)
 
 
 def test_checkpoint_round_trip_predicts_the_same(tiny_model, cochlea):

@@ -9,6 +9,7 @@ import trimesh
 
 import sdmnn
 from sdmnn import Grid, MeshError, MeshWarning, exact_sdm
+from sdmnn.shapes.torus import RESOLUTION
 
 
 def chord_error(torus, params, resolution):
@@ -23,9 +24,9 @@ def test_exact_sdm_matches_the_analytic_torus_up_to_the_mesh_chords(torus):
     sdm = exact_sdm(torus.mesh(params), torus.grid)
     truth = torus.analytic_sdf(params, torus.grid)
     err = np.abs(sdm - truth).max()
-    assert err <= chord_error(torus, params, torus.resolution) + 1e-5
+    assert err <= chord_error(torus, params, RESOLUTION) + 1e-5
     # and the error shrinks with a finer mesh: it is the mesh, not the distance computation
-    finer = exact_sdm(torus.mesh(params, (512, 128)), torus.grid)
+    finer = exact_sdm(torus.mesh(params, resolution=(512, 128)), torus.grid)
     assert np.abs(finer - truth).max() < err / 3
 
 
@@ -154,7 +155,7 @@ def test_scan_equals_bvh_on_random_shapes_and_grids(family, rng):
     fam = sdmnn.get_family(family)
     for _ in range(3):
         params = dict(zip(fam.names, fam.space.low + rng.random(4) * (fam.space.high - fam.space.low)))
-        mesh = fam.mesh(params, (96, 16) if family == "torus" else (160, 16))
+        mesh = fam.mesh(params, resolution=(96, 16) if family == "torus" else (160, 16))
         lo, hi = mesh.bounds
         spacing = tuple(rng.uniform(0.15, 0.35, 3))
         origin = lo + rng.uniform(-0.3, 0.5, 3) * (hi - lo)  # may start inside the shape
@@ -209,7 +210,7 @@ def test_scan_on_convex_vertices_and_on_a_concave_shape():
 
 
 def test_mesh_far_outside_the_grid(torus):
-    mesh = torus.mesh(torus.defaults, (64, 16))
+    mesh = torus.mesh(torus.defaults, resolution=(64, 16))
     _assert_same(*_both(mesh, Grid((8, 9, 10), (0.3, 0.3, 0.3), (20.0, -1.0, 3.0))))
 
 
@@ -311,7 +312,7 @@ def test_vertex_cone_rays_match_all_pairs(cochlea, torus, shape):
     from sdmnn import scan
     from sdmnn import sdm as sdm_mod
 
-    mesh = {"cochlea": lambda: cochlea.mesh(cochlea.defaults, (160, 16)), "torus": lambda: torus.mesh(torus.defaults, (48, 12)),
+    mesh = {"cochlea": lambda: cochlea.mesh(cochlea.defaults, resolution=(160, 16)), "torus": lambda: torus.mesh(torus.defaults, resolution=(48, 12)),
             "icosphere": lambda: trimesh.creation.icosphere(subdivisions=2), "L prism": _l_prism}[shape]()
     V, F = np.ascontiguousarray(mesh.vertices, float), np.ascontiguousarray(mesh.faces, np.int64)
     topo = sdm_mod._Topology.of(V, F)
@@ -352,7 +353,7 @@ def test_scan_safety_net_fills_unreached_voxels(torus, small_grid):
     from sdmnn import bvh
     from sdmnn import sdm as sdm_mod
 
-    mesh = torus.mesh(torus.defaults, (64, 16))
+    mesh = torus.mesh(torus.defaults, resolution=(64, 16))
     V = np.ascontiguousarray(mesh.vertices, float)
     F = np.ascontiguousarray(mesh.faces, np.int64)
     topo = sdm_mod._Topology.of(V, F)
@@ -372,7 +373,7 @@ def test_keep_freed_memory_applies_on_glibc_and_changes_no_result(torus, small_g
 
     from sdmnn.runtime import keep_freed_memory
 
-    mesh = torus.mesh(torus.defaults, (64, 16))
+    mesh = torus.mesh(torus.defaults, resolution=(64, 16))
     before = exact_sdm(mesh, small_grid)
     applied = keep_freed_memory()
     assert applied == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 import sdmnn
 from sdmnn import ParameterError
 from sdmnn.sdm import winding_number
+from sdmnn.shapes import require_valid
 
 FAMILIES = ["cochlea", "torus"]
 
@@ -17,7 +18,7 @@ def corners(family):
 
 
 def assert_valid_solid(family, params, resolution=None):
-    mesh = family.mesh(params, resolution)
+    mesh = family.mesh(params, **({"resolution": resolution} if resolution else {}))
     assert mesh.is_watertight, params
     assert mesh.is_winding_consistent, params
     assert mesh.volume > 0, params
@@ -100,5 +101,130 @@ def test_default_mesh_resolution_is_not_the_accuracy_bottleneck(cochlea):
     # the corner measured worst: widest base, fastest decay; against a 16x finer mesh
     p = {"a": 5.0, "alpha": 0.0, "b": 0.25, "phi": -np.pi / 4}
     coarse = sdmnn.exact_sdm(cochlea.mesh(p), cochlea.grid)
-    fine = sdmnn.exact_sdm(cochlea.mesh(p, (1600, 128)), cochlea.grid)
+    fine = sdmnn.exact_sdm(cochlea.mesh(p, resolution=(1600, 128)), cochlea.grid)
     assert np.abs(coarse - fine).max() < 0.01  # mm: 1/20 of a 0.2 mm voxel
+
+
+# --- families defined by users: define_family, files, modules, plug-ins, checks --------------------------------------
+
+def _sphere_family(name, mesh=None, **kw):
+    import trimesh
+
+    return sdmnn.define_family(name, {"r": (0.5, 1.0), "x": (-1.0, 1.0)},
+                               mesh or (lambda p: trimesh.creation.icosphere(2, p["r"]).apply_translation([p["x"], 0, 0])), **kw)
+
+
+def test_define_family_computes_a_grid_that_covers_every_shape_of_the_box():
+    fam = _sphere_family("ball", spacing=0.1)
+    g = fam.grid
+    assert g.spacing == (0.1, 0.1, 0.1) and all(n % 8 == 0 for n in g.shape)
+    lo, hi = g.bounds
+    for r, x in itertools.product((0.5, 0.75, 1.0), (-1.0, 0.3, 1.0)):
+        b = fam.mesh({"r": r, "x": x}).bounds
+        assert np.all(b[0] >= lo + 3 * 0.1) and np.all(b[1] <= hi - 3 * 0.1)  # a margin of voxels beyond every shape
+    assert sdmnn.get_family("ball") is fam
+    assert sdmnn.check_family(fam).ok
+
+
+def test_defaults_are_the_middle_of_the_ranges_unless_given():
+    assert _sphere_family("ball2").defaults == {"r": 0.75, "x": 0.0}
+    assert _sphere_family("ball3", defaults={"x": 0.5}).defaults == {"r": 0.75, "x": 0.5}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"ranges": {"r": (1.0, 1.0)}}, "low < high"),
+    ({"ranges": {"r": (2.0, 1.0)}}, "low < high"),
+    ({"ranges": {}}, "needs ranges"),
+    ({"ranges": {"r": (0, float("nan"))}}, "finite"),
+    ({"ranges": {"r": (0.5, 1.0)}, "defaults": {"r": 2.0}}, "must lie in"),
+    ({"ranges": {"r": (0.5, 1.0)}, "units": {"q": "mm"}}, "not one of its parameters"),
+    ({"name": "cochlea"}, "built-in"),
+    ({"name": "a:b"}, "letters, digits"),
+    ({"mesh": 3}, "must be a function"),
+])
+def test_bad_family_definitions_get_one_sentence(kwargs, message):
+    args = {"name": "userfam", "ranges": {"r": (0.5, 1.0)}, "mesh": lambda p: None, **kwargs}
+    with pytest.raises(sdmnn.FamilyError, match=message):
+        sdmnn.define_family(args.pop("name"), args.pop("ranges"), args.pop("mesh"), **args)
+
+
+def test_a_mesher_that_raises_or_returns_no_mesh_names_the_family_and_the_parameters():
+    def broken(p):
+        raise RuntimeError("no way")
+
+    with pytest.raises(sdmnn.MeshError, match=r"broken family's mesher raised RuntimeError: no way \(at r=0.75"):
+        _sphere_family("broken", broken).mesh({"r": 0.75, "x": 0})
+    with pytest.raises(sdmnn.MeshError, match="must return a trimesh.Trimesh or"):
+        _sphere_family("nomesh", lambda p: [1, 2]).mesh({"r": 0.75, "x": 0})
+    V, F = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1.0]]), np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+    assert _sphere_family("tetra", lambda p: (V, F)).mesh({"r": 0.75, "x": 0}).is_watertight
+
+
+def test_get_family_loads_a_family_file_once_and_remembers_where_it_came_from(capsule_file):
+    spec = f"{capsule_file}:CAPSULE"
+    fam = sdmnn.get_family(spec)
+    assert fam.name == "capsule" and fam.source == f"{capsule_file.resolve()}:CAPSULE" and len(fam.space) == 4
+    assert sdmnn.get_family(spec) is fam and sdmnn.get_family("capsule") is fam and sdmnn.get_family(fam.ref) is fam
+
+
+def test_get_family_loads_a_module_and_an_entry_point(tmp_path, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from sdmnn.shapes import registry
+
+    (tmp_path / "userfamilies.py").write_text("import sdmnn, trimesh\n"
+                                              "RING = sdmnn.define_family('ring', {'R': (2.0, 3.0)}, "
+                                              "lambda p: trimesh.creation.annulus(1.0, p['R'], 1.0))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert sdmnn.get_family("userfamilies:RING").source == "userfamilies:RING"
+    plugin = EntryPoint(name="plugring", value="userfamilies:RING", group=registry.ENTRY_POINTS)
+    monkeypatch.setattr(registry, "_entry_points", lambda: {"plugring": plugin})
+    assert sdmnn.get_family("plugring").name == "ring"
+    assert "ring" in [f.name for f in sdmnn.families()]
+
+
+@pytest.mark.parametrize("text, spec, message", [
+    ("def f(:\n", "F", "syntax error at line 1"),
+    ("X = 1\n", "NOPE", "has no NOPE"),
+    ("X = 1\n", "X", "X is a int, not a family"),
+    ("raise RuntimeError('boom')\n", "X", "raised RuntimeError while loading: boom"),
+    ("import sdmnn\nX = sdmnn.define_family('q', {'a': (2, 1)}, print)\n", "X", "range of a must be finite with low < high"),
+])
+def test_bad_family_files_get_one_sentence_naming_the_file(tmp_path, text, spec, message):
+    path = tmp_path / "fam.py"
+    path.write_text(text)
+    with pytest.raises(sdmnn.FamilyError, match=message) as e:
+        sdmnn.get_family(f"{path}:{spec}")
+    assert "fam.py" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(sdmnn.FamilyError, match="does not exist"):
+        sdmnn.get_family(f"{tmp_path}/missing.py:X")
+
+
+def test_check_family_reports_open_inverted_self_intersecting_and_off_grid_shapes():
+    import trimesh
+
+    def shape(p):
+        m = trimesh.creation.icosphere(2, 1.0)
+        if p["k"] < 1:
+            return m
+        if p["k"] < 2:  # open: a face missing
+            return trimesh.Trimesh(m.vertices, m.faces[1:], process=False)
+        if p["k"] < 3:  # inverted
+            return trimesh.Trimesh(m.vertices, m.faces[:, ::-1], process=False)
+        if p["k"] < 4:  # two spheres that cross each other, as one mesh
+            return trimesh.util.concatenate([m, m.copy().apply_translation([0.6, 0, 0])])
+        return m.apply_translation([50.0, 0, 0])  # far off the grid
+
+    fam = sdmnn.define_family("faulty", {"k": (0.0, 4.5)}, shape, grid=sdmnn.Grid((16, 16, 16), (0.25,) * 3, (-1.9,) * 3))
+    from sdmnn.shapes.check import check_shape
+
+    problems = {k: check_shape(fam, np.array([k])) for k in (0.5, 1.5, 2.5, 3.5, 4.5)}
+    assert problems[0.5] == ""
+    assert "open" in problems[1.5] or "edges" in problems[1.5]
+    assert "inverted" in problems[2.5]
+    assert "intersect" in problems[3.5]
+    assert "leaves the grid" in problems[4.5]
+    result = sdmnn.check_family(fam, samples=8)
+    assert not result.ok and "k=4.5" in result.report() and result.checked == 11
+    with pytest.raises(sdmnn.FamilyError, match="fails `sdmnn families check`"):
+        require_valid(fam)

@@ -11,14 +11,15 @@ import importlib
 # public name -> the module that defines it
 _EXPORTS = {
     "Grid": "grid",
-    "Family": "shapes", "get_family": "shapes", "families": "shapes",
+    "Family": "shapes", "get_family": "shapes", "families": "shapes", "define_family": "shapes",
+    "check_family": "shapes",
     "exact_sdm": "sdm", "unsigned_distance": "sdm", "winding_number": "sdm",
     "open_dataset": "dataset", "make_dataset": "dataset", "OnlineSDMs": "stream",
     "load_model": "nn.checkpoint",
     "fit": "fit", "FitResult": "fit",
     "save_volume": "io", "load_volume": "io", "load_mesh": "io", "save_mesh": "io",
     "SdmnnError": "errors", "ParameterError": "errors", "GridError": "errors", "MeshError": "errors",
-    "FileError": "errors", "ModelError": "errors", "DatasetError": "errors", "FitError": "errors",
+    "FileError": "errors", "FamilyError": "errors", "ModelError": "errors", "DatasetError": "errors", "FitError": "errors",
     "MeshWarning": "errors", "FitWarning": "errors",
 }
 _SUBMODULES = {"bodies", "bvh", "cli", "dataset", "demo", "errors", "fit", "grid", "io", "nn", "phantom", "runtime",

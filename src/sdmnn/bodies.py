@@ -108,6 +108,15 @@ def overlap(V: np.ndarray, F: np.ndarray, twin: np.ndarray) -> str:
     return ""
 
 
+def crossing(V: np.ndarray, F: np.ndarray) -> str:
+    """Where two triangles of a mesh that share no vertex intersect or touch ('' when none do): the search
+    that ``overlap`` skips on a mesh of one body, for checks that can afford it (``sdmnn families check``)."""
+    a, _ = _crossing(np.ascontiguousarray(V, dtype=np.float64), np.ascontiguousarray(F, dtype=np.int64))
+    if a < 0:
+        return ""
+    return "its surface intersects itself near (" + ", ".join(f"{x:.4g}" for x in V[F[a]].mean(axis=0)) + ") mm"
+
+
 @njit(cache=True, parallel=True)
 def _crossing(V, F):
     """A pair of triangles that share no vertex and intersect or touch, (a, b), or (-1, -1). Each triangle

@@ -53,53 +53,76 @@ def _choice(value: str, option: str, choices) -> str:
     raise SdmnnError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
 
 
-@app.command()
-def families():
-    """List the shape families, their parameters, units, ranges, defaults and grids."""
-    from .shapes import families as all_families
+FamilyArg = typer.Argument(..., help="A family: a name (see `sdmnn families`), FILE.py:NAME or package.module:NAME.")
 
-    for fam in all_families():
+families_app = typer.Typer(invoke_without_command=True,
+                           help="List the shape families (built in, installed plug-ins), or `check` one.")
+app.add_typer(families_app, name="families")
+
+
+@families_app.callback()
+def families(ctx: typer.Context,
+             family: Optional[list[str]] = typer.Option(None, "--family", "-f", help="Also list this family (FILE.py:NAME...; repeat).")):
+    """List the shape families, their parameters, units, ranges, defaults and grids."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .shapes import families as all_families, get_family
+
+    shown = all_families()
+    shown += [f for f in map(get_family, family or []) if f not in shown]
+    for fam in shown:
         g = fam.grid
-        table = Table(title=f"{fam.name}: {fam.description}", title_justify="left")
+        table = Table(title=f"{fam.name}: {fam.description}" + (f" ({fam.source})" if fam.source else ""), title_justify="left")
         for col in ("parameter", "unit", "range", "default", "meaning"):
             table.add_column(col)
         for p in fam.space.parameters:
             table.add_row(p.name, p.unit, f"[{p.low:.4g}, {p.high:.4g}]", f"{p.default:.4g}", p.description)
         console.print(table)
         console.print(f"  grid {g.shape[0]}x{g.shape[1]}x{g.shape[2]} voxels of {g.spacing[0]:g} mm, "
-                      f"origin {tuple(round(o, 3) for o in g.origin)} mm; mesh resolution {fam.resolution}\n")
+                      f"origin {tuple(round(o, 3) for o in g.origin)} mm\n")
+
+
+@families_app.command("check")
+def families_check(family: str = FamilyArg,
+                   samples: int = typer.Option(32, help="Random parameter vectors, besides the defaults and the corners of the box."),
+                   seed: int = typer.Option(0, help="Seed of the random vectors.")):
+    """Build the family's shapes at the defaults, the corners and random points of its box; report every one that is
+    not watertight, is inverted, intersects itself or leaves the grid (exit 1 if any)."""
+    from .shapes import check_family, get_family
+
+    if samples < 0:
+        raise SdmnnError(f"--samples must be at least 0, got {samples}")
+    fam = get_family(family)
+    g = fam.grid
+    console.print(f"{fam.ref}: grid {g.shape[0]}x{g.shape[1]}x{g.shape[2]} voxels of {g.spacing[0]:g} mm, origin "
+                  f"{tuple(round(o, 4) for o in g.origin)} mm" + ("" if fam.given_grid else " (computed: pin it with grid=sdmnn.Grid(...))"))
+    with err.status(f"checking {fam.name}") as status:
+        result = check_family(fam, samples=samples, seed=seed, progress=lambda i, n: status.update(f"checking {fam.name}: shape {i}/{n}"))
+    console.print(result.report(limit=50), highlight=False)
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 @app.command()
-def mesh(family: str = typer.Argument(..., help="Family name (see `sdmnn families`)."),
+def mesh(family: str = FamilyArg,
          param: Optional[list[str]] = ParamOpt,
          output: Path = typer.Option(..., "-o", "--output", help="Mesh file: .stl, .ply, .obj, .off or .glb."),
-         resolution: Optional[str] = typer.Option(None, help="SECTIONSxPOINTS, e.g. 400x32 (default: the family's).")):
+         refine: int = typer.Option(1, help="A finer mesh: this many times the family's default resolution (families whose mesher takes `refine`).")):
     """Write the surface mesh of one shape."""
     from .io import save_mesh
     from .shapes import get_family
 
     fam = get_family(family)
     params = parse_params(fam, param)
-    m = fam.mesh(params, _resolution(resolution))
+    if refine < 1:
+        raise SdmnnError(f"--refine must be at least 1, got {refine}")
+    m = fam.mesh(params, **({"refine": refine} if refine > 1 else {}))
     save_mesh(output, m)
     console.print(f"wrote {output}: {len(m.faces)} triangles, volume {m.volume:.3f} mm^3")
 
 
-def _resolution(text):
-    if text is None:
-        return None
-    try:
-        s, p = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise SdmnnError(f"resolution is SECTIONSxPOINTS, e.g. 400x32, got {text!r}") from None
-    if s < 3 or p < 3:
-        raise SdmnnError(f"resolution must be at least 3x3, got {text}")
-    return (s, p)
-
-
 @app.command()
-def sdm(family: Optional[str] = typer.Argument(None, help="Family name; or give --mesh instead."),
+def sdm(family: Optional[str] = typer.Argument(None, help="A family (name, FILE.py:NAME or package.module:NAME); or give --mesh instead."),
         param: Optional[list[str]] = ParamOpt,
         mesh_file: Optional[Path] = typer.Option(None, "--mesh", help="Any closed triangle mesh (STL, PLY, OBJ...)."),
         output: Path = typer.Option(..., "-o", "--output", help="Volume file: .nii.gz, .nii or .npy."),
@@ -144,7 +167,7 @@ def sdm(family: Optional[str] = typer.Argument(None, help="Family name; or give 
         else:
             from .nn.checkpoint import load_model
 
-            net = load_model(model) if model else load_model(family=fam.name, arch=forward)
+            net = load_model(model) if model else load_model(family=fam, arch=forward)
             if net.family.name != fam.name:
                 raise SdmnnError(f"the model is for the {net.family.name} family, not {fam.name}")
             grid = net.grid
@@ -185,7 +208,7 @@ app.add_typer(dataset_app, name="dataset")
 
 
 @dataset_app.command("make")
-def dataset_make(family: str = typer.Argument(..., help="Family name."),
+def dataset_make(family: str = FamilyArg,
                  design: str = typer.Option(..., help="grid:K (K^d factorial), sobol:N, random:N or csv:PATH."),
                  output: Path = typer.Option(..., "-o", "--output", help="Zarr store to create (or to finish, if it exists)."),
                  seed: int = typer.Option(0, help="Seed of sobol and random designs."),
@@ -240,7 +263,7 @@ def dataset_show(path: Path = typer.Argument(..., help="A dataset store."),
 
 
 @app.command()
-def train(family: str = typer.Argument("cochlea", help="Family name."),
+def train(family: str = typer.Argument("cochlea", help="A family: a name, FILE.py:NAME or package.module:NAME."),
           data: Optional[list[Path]] = typer.Option(None, help="Static dataset store(s) (repeat)."),
           val: Optional[Path] = typer.Option(None, help="Held-out dataset for validation."),
           online: bool = typer.Option(False, help="Also train on fresh random SDMs computed in the background."),
@@ -278,33 +301,40 @@ def train(family: str = typer.Argument("cochlea", help="Family name."),
 def evaluate(model: Optional[Path] = typer.Argument(None, help="Model folder (default: the shipped cochlea model)."),
              n: int = typer.Option(200, "--n", help="Number of held-out random parameter vectors."),
              seed: int = typer.Option(1, help="Seed of the held-out design."),
-             json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full result as JSON.")):
+             json_flag: bool = typer.Option(False, "--json", help="Print the headline figures as one JSON object instead of a table."),
+             output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write the full result (every case) as JSON.")):
     """Accuracy of a trained model against the exact SDM on held-out parameters, and the time of both."""
+    import json
+
     from .demo import speed_ratio
     from .io import write_json
     from .nn.checkpoint import load_model
-    from .nn.evaluate import evaluate as run
+    from .nn.evaluate import evaluate as run, summary
 
     if n < 1:
         raise SdmnnError(f"--n must be at least 1, got {n}")
     net = load_model(model)
-    r = run(net, n=n, seed=seed)
+    r = run(net, n=n, seed=seed, progress=not json_flag)
+    if output:
+        write_json(output, r)
+    if json_flag:
+        print(json.dumps(summary(r), indent=2))
+        return
     table = Table(title=f"{net.family.name} model vs exact SDM on {n} held-out cases (seed {seed})", title_justify="left")
     for col in ("metric", "mean over cases", "worst case"):
         table.add_column(col)
     for key, label, scale, unit in (("mae", "mean |error| over the volume", 1, "mm"), ("band_mae", "mean |error| within 1 mm of the surface", 1, "mm"),
-                                    ("max_error", "max |error|", 1, "mm"), ("wrong_sign", "voxels with the wrong sign", 100, "%")):
+                                    ("max_error", "max |error|", 1, "mm"), ("wrong_sign", "voxels with the wrong sign", 100, "%"),
+                                    ("wrong_sign_near", "wrong sign within one voxel of the surface", 100, "%")):
         table.add_row(label, f"{scale * r['mean'][key]:.4f} {unit}", f"{scale * r['worst'][key]:.4f} {unit}")
     console.print(table)
     console.print(f"time per SDM (median): exact {1e3 * r['exact_seconds']:.0f} ms (mesh + SDM), model {1e3 * r['model_seconds']:.1f} ms: "
                   f"the model is {speed_ratio(r['exact_seconds'], r['model_seconds'])}")
-    if json_out:
-        write_json(json_out, r)
 
 
 @app.command()
 def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM (mm) or a CT-like image (NIfTI, NRRD, MHA or .npy), any geometry."),
-        family: str = typer.Option("cochlea", help="Family whose parameters are fitted."),
+        family: str = typer.Option("cochlea", help="Family whose parameters are fitted (a name, FILE.py:NAME or package.module:NAME)."),
         observed: str = typer.Option("labels", metavar="[labels|sdm|intensity]",
                                      help="labels (logistic shape model), sdm (Gaussian) or intensity (two tissues, blur, noise)."),
         forward: str = typer.Option("hybrid", metavar="[hybrid|sdmnn|exact|deepsdf]",
@@ -370,7 +400,7 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
 
 
 @app.command()
-def phantom(family: str = typer.Argument(..., help="Family name."),
+def phantom(family: str = FamilyArg,
             param: Optional[list[str]] = ParamOpt,
             rotate: str = typer.Option("0,0,0", help="RX,RY,RZ: rotation vector in degrees, about the shape's centre."),
             translate: str = typer.Option("0,0,0", help="TX,TY,TZ: shift in mm (the image stays centred on the unshifted shape)."),

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import DatasetError, FileError, ParameterError, SdmnnError
+from .errors import DatasetError, FamilyError, FileError, ParameterError, SdmnnError
 from .grid import Grid
-from .shapes import Family, get_family
+from .shapes import Family, get_family, require_valid
+from .shapes.registry import BUILT_IN, stored_family
 
 FORMAT = 1
 TASK_SIZE = 16
@@ -100,13 +101,13 @@ def _metadata(family: Family, grid: Grid, design: str, seed: int, count: int, ta
     import numpy, trimesh, zarr
 
     return {
-        "format": FORMAT, "family": family.name, "parameters": family.space.to_dict(), "grid": grid.to_dict(),
-        "mesh_resolution": list(family.resolution), "design": design, "seed": seed, "count": count,
+        "format": FORMAT, "family": family.name, "family_source": family.source, "parameters": family.space.to_dict(),
+        "grid": grid.to_dict(), "design": design, "seed": seed, "count": count,
         "task_size": task_size, "units": "mm, negative inside",
         "versions": {"sdmnn": __version__, "numpy": numpy.__version__, "trimesh": trimesh.__version__, "zarr": zarr.__version__},
     }
 
-_IDENTITY = ("format", "family", "parameters", "grid", "mesh_resolution", "design", "seed", "count", "task_size")
+_IDENTITY = ("format", "family", "parameters", "grid", "design", "seed", "count", "task_size")
 
 
 def _open_group(path, mode="r"):
@@ -170,7 +171,7 @@ def run_task(path: str, start: int, stop: int, threads: int | None = None) -> di
     if threads:
         set_threads(threads)
     group, meta = _open_group(path, "r+")
-    family, grid = get_family(meta["family"]), Grid.from_dict(meta["grid"])
+    family, grid = stored_family(meta, path), Grid.from_dict(meta["grid"])
     done = group["done"][start:stop]
     params = group["params"][start:stop]
     written, failed = 0, []
@@ -205,6 +206,10 @@ def make_dataset(path, family, design: str, seed: int = 0, workers: int = 1, sch
                  grid: Grid | None = None, task_size: int = TASK_SIZE, exclude=None, progress: bool = True) -> MakeSummary:
     """Generate (or finish) a dataset of exact SDMs for a design, with a process pool or a Dask cluster."""
     family = get_family(family)
+    require_valid(family)
+    if family.source is None and family.name not in BUILT_IN and (workers > 1 or scheduler):
+        raise FamilyError(f"the {family.name} family was defined in this process, so worker processes cannot find it: "
+                          "use one worker, or define it in a file and give FILE.py:NAME")
     grid = grid or family.grid
     grid.check_memory()
     points = design_points(design, family, seed, exclude)
@@ -293,8 +298,8 @@ class SDMDataset:
         if meta is None:
             raise DatasetError(f"{path}: not an sdmnn dataset (no metadata)")
         if family is not None and meta["family"] != get_family(family).name:
-            raise DatasetError(f"{path} holds the {meta['family']} family, not {family}")
-        self.family = get_family(meta["family"])
+            raise DatasetError(f"{path} holds the {meta['family']} family, not {get_family(family).name}")
+        self.family = stored_family(meta, path)
         self.grid = Grid.from_dict(meta["grid"])
         if grid is not None and grid != self.grid:
             raise DatasetError(f"{path} is on grid {self.grid.to_dict()}, not the expected {grid.to_dict()}")

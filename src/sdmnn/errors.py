@@ -14,7 +14,12 @@ class GridError(SdmnnError):
 
 
 class MeshError(SdmnnError):
-    """A mesh that is empty or has non-finite vertices."""
+    """A mesh that is empty or has non-finite vertices, or a mesher that fails."""
+
+
+class FamilyError(SdmnnError):
+    """A shape family that cannot be defined, found, loaded or used: bad ranges, a family file that does not
+    load or lacks the name asked for, a mesher whose shapes are open, inverted, self-intersecting or off the grid."""
 
 
 class FileError(SdmnnError):

@@ -154,7 +154,7 @@ class FitResult:
 
     def to_dict(self) -> dict:
         return {
-            "family": self.family, "forward": self.forward, "observed": self.observed_kind, "map": self.params,
+            "family": self.family, "family_source": get_family(self.family).source, "forward": self.forward, "observed": self.observed_kind, "map": self.params,
             "pose": self.pose.tolist(), "pose_centre": self.pose_centre.tolist(), "mean": self.mean, "std": self.std,
             "interval_90": {k: list(v) for k, v in self.interval(0.9).items()}, "quality": self.quality,
             "noise": self.noise, "seconds": self.seconds, "evaluations": self.evaluations,
@@ -646,7 +646,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
     if forward != "exact":
         from .nn.checkpoint import load_model
 
-        net = model or load_model(family=fam.name, arch=network)
+        net = model or load_model(family=fam, arch=network)
         if net.family.name != fam.name:
             raise FitError(f"the model was trained for the {net.family.name} family, not {fam.name}")
 

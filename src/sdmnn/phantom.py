@@ -9,16 +9,18 @@ settings) comes back as a dict, saved beside the image by the command line.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
 from .errors import SdmnnError
 from .grid import Grid
 from .shapes import get_family
+from .shapes.registry import stored_family
 
 KINDS = ("labels", "ct")
 #: Finer-mesh factor: sections and points around each section, both times this.
-REFINE = 4
+REFINE = 4  # passed to the family's mesher as ``refine`` when it takes that option
 #: Sub-voxels are at most this large (mm) along each axis.
 SUBVOXEL = 0.1
 
@@ -37,8 +39,8 @@ def pose_matrix(rotate_degrees, translate, centre) -> np.ndarray:
 
 def truth_mesh(truth: dict):
     """The phantom's true surface in world mm (the fine mesh at the true pose)."""
-    fam = get_family(truth["family"])
-    mesh = fam.mesh(truth["params"], tuple(truth["mesh_resolution"]))
+    fam = stored_family(truth, "the phantom")
+    mesh = fam.mesh(truth["params"], **({"refine": truth["mesh_refine"]} if truth["mesh_refine"] > 1 else {}))
     return mesh.apply_transform(np.array(truth["pose"]))
 
 
@@ -96,8 +98,11 @@ def make_phantom(family, params, *, rotate=(0.0, 0.0, 0.0), translate=(0.0, 0.0,
     for name, value in (("noise", noise), ("blur", blur), ("margin", margin)):
         if not (math.isfinite(value) and value >= 0):
             raise SdmnnError(f"{name} must be a number >= 0, got {value}")
-    resolution = (REFINE * fam.resolution[0], REFINE * fam.resolution[1])
-    mesh = fam.mesh(vector, resolution)
+    refine = REFINE if "refine" in fam.mesh_options else 1
+    if refine == 1:
+        warnings.warn(f"the {fam.name} family's mesher takes no `refine` option, so the phantom's true surface is "
+                      "meshed as finely as the fit's own model", stacklevel=2)
+    mesh = fam.mesh(vector, **({"refine": refine} if refine > 1 else {}))
     centre = mesh.vertices.mean(0)
     pose = pose_matrix(rotate, translate, centre)
     posed = mesh.copy().apply_transform(pose)
@@ -125,10 +130,10 @@ def make_phantom(family, params, *, rotate=(0.0, 0.0, 0.0), translate=(0.0, 0.0,
         inside = gaussian_filter(inside, sigma=blur / sub_spacing, mode="nearest")
     fraction = inside.reshape(shape[0], k[0], shape[1], k[1], shape[2], k[2]).mean(axis=(1, 3, 5))
     truth = {
-        "family": fam.name, "params": fam.space.as_dict(vector), "pose": pose.tolist(),
+        "family": fam.name, "family_source": fam.source, "params": fam.space.as_dict(vector), "pose": pose.tolist(),
         "rotate_degrees": list(map(float, rotate)), "translate_mm": list(map(float, translate)),
         "centre_mm": centre.tolist(), "kind": kind, "spacing": spacing.tolist(), "direction": D.tolist(),
-        "mesh_resolution": list(resolution), "subvoxels": k.tolist(), "seed": seed,
+        "mesh_refine": refine, "subvoxels": k.tolist(), "seed": seed,
     }
     if kind == "labels":
         return (fraction >= 0.5).astype(np.uint8), grid, truth

@@ -22,13 +22,14 @@ import torch
 from .dataset import compute_sample
 from .grid import Grid
 from .shapes import get_family
+from .shapes.registry import portable
 
 #: How often (seconds) a worker checks that the process that started it is still there.
 PARENT_CHECK_SECONDS = 0.5
 
 
-def _sample(family_name: str, grid: Grid, seed: int, index: int):
-    family = get_family(family_name)
+def _sample(family, grid: Grid, seed: int, index: int):
+    family = get_family(family)
     rng = np.random.default_rng([seed, index])
     vector = family.space.low + rng.random(len(family.space)) * (family.space.high - family.space.low)
     return vector, compute_sample(family, grid, vector)
@@ -85,4 +86,4 @@ class OnlineSDMs(torch.utils.data.IterableDataset):
             pool.join()
 
     def _submit(self, pool, index):
-        return pool.apply_async(_sample, (self.family.name, self.grid, self.seed, index))
+        return pool.apply_async(_sample, (portable(self.family), self.grid, self.seed, index))

@@ -17,7 +17,8 @@ from .. import __version__
 from ..errors import FileError, ModelError, ParameterError, SdmnnError
 from ..grid import Grid
 from ..io import atomic_path
-from ..shapes import Family, get_family
+from ..shapes import Family
+from ..shapes.registry import stored_family
 from .deepsdf import DeepSDF, DeepSDFConfig
 from .model import SDMNN, SDMNNConfig
 
@@ -76,7 +77,7 @@ def read_checkpoint(folder, name: str = "model") -> tuple[dict, dict]:
 
 def model_meta(family: Family, grid: Grid, arch: str, config: dict, training: dict) -> dict:
     return {
-        "arch": arch, "config": config, "family": family.name, "parameters": family.space.to_dict(),
+        "arch": arch, "config": config, "family": family.name, "family_source": family.source, "parameters": family.space.to_dict(),
         "grid": grid.to_dict(), "normalisation": NORMALISATION, "training": training,
     }
 
@@ -84,7 +85,7 @@ def model_meta(family: Family, grid: Grid, arch: str, config: dict, training: di
 def check_meta(meta: dict, folder) -> tuple[Family, Grid]:
     """The family and grid a checkpoint was trained on; refuses one whose family no longer matches."""
     try:
-        family = get_family(meta["family"])
+        family = stored_family(meta, folder)
         grid = Grid.from_dict(meta["grid"])
     except (KeyError, TypeError) as e:
         raise ModelError(f"{folder}: the model description lacks {e}") from None
@@ -129,18 +130,24 @@ class Predictor:
         return sdm[0] if single else sdm
 
 
-def shipped_model_path(family: str = "cochlea", arch: str = "sdmnn") -> Path | None:
-    """The folder of the model shipped in the package for ``family``, or None."""
+def shipped_model_path(family="cochlea", arch: str = "sdmnn") -> Path | None:
+    """The folder of the model shipped in the package for ``family`` (a name or a built-in Family), or None."""
+    if isinstance(family, Family):
+        if family.source is not None:
+            return None
+        family = family.name
     path = MODELS / f"{family}-{arch}"
     return path if (path / "model.json").exists() else None
 
 
-def load_model(path=None, family: str = "cochlea", arch: str = "sdmnn") -> Predictor:
+def load_model(path=None, family="cochlea", arch: str = "sdmnn") -> Predictor:
     """A trained model: ``load_model()`` is the shipped cochlea SDMNN; ``load_model(folder)`` another."""
     if path is None:
         path = shipped_model_path(family, arch)
         if path is None:
-            raise SdmnnError(f"no shipped {arch} model for the {family} family; train one with `sdmnn train`")
+            name = family.name if isinstance(family, Family) else family
+            raise SdmnnError(f"no {arch} model is shipped for the {name} family: train one with `sdmnn train` and give its "
+                             "folder (--model), or use the exact forward model (--forward exact)")
     meta, tensors = read_checkpoint(path)
     fam, grid = check_meta(meta, path)
     if meta.get("arch") not in ARCHITECTURES:

@@ -32,14 +32,21 @@ class SDMNNConfig:
     def __post_init__(self):
         self.out_shape = tuple(int(n) for n in self.out_shape)
         self.channels = tuple(int(c) for c in self.channels)
+        if len(self.out_shape) != 3 or min(self.out_shape) < 1 or not self.channels or min(self.channels) < 1 or self.n_params < 1:
+            raise ValueError(f"out_shape must be 3 sizes >= 1, channels at least one number >= 1 and n_params >= 1; "
+                             f"got {self.out_shape}, {self.channels}, {self.n_params}")
+
+    @property
+    def padded_shape(self) -> tuple[int, int, int]:
+        """The volume the network computes: ``out_shape`` rounded up to a multiple of 2^len(channels), of
+        which the centre ``out_shape`` is returned (so any grid shape works)."""
         f = 2 ** len(self.channels)
-        if any(n % f for n in self.out_shape):
-            raise ValueError(f"out_shape {self.out_shape} must be divisible by {f} for {len(self.channels)} channel stages")
+        return tuple(-(-n // f) * f for n in self.out_shape)
 
     @property
     def base_shape(self) -> tuple[int, int, int]:
         f = 2 ** len(self.channels)
-        return tuple(n // f for n in self.out_shape)
+        return tuple(n // f for n in self.padded_shape)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,4 +100,8 @@ class SDMNN(nn.Module):
             out = F.interpolate(out, size=shape, mode="trilinear", align_corners=False) + head(h)
         X, Y, Z = shape
         fine = self.shuffle(h).view(B, 2, 2, 2, X, Y, Z).permute(0, 4, 1, 5, 2, 6, 3).reshape(B, 2 * X, 2 * Y, 2 * Z)
-        return F.interpolate(out, scale_factor=2, mode="trilinear", align_corners=False)[:, 0] + fine
+        sdm = F.interpolate(out, scale_factor=2, mode="trilinear", align_corners=False)[:, 0] + fine
+        if self.config.padded_shape != self.config.out_shape:
+            (a, b, c), (n0, n1, n2) = ((p - n) // 2 for p, n in zip(self.config.padded_shape, self.config.out_shape)), self.config.out_shape
+            sdm = sdm[:, a : a + n0, b : b + n1, c : c + n2]
+        return sdm

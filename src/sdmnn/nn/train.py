@@ -100,22 +100,23 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
     """Train (or resume) an SDMNN model; writes ``cfg.out``/model.{json,safetensors}, a resumable
     checkpoint and train.jsonl. Returns the final validation metrics."""
     from ..dataset import open_dataset
-    from ..shapes import get_family
+    from ..shapes import get_family, require_valid
 
     rank, world = _distributed()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     family = get_family(cfg.family)
+    require_valid(family)
     if not cfg.data and not cfg.online:
         raise SdmnnError("give at least one dataset (--data) or --online")
-    sets = [open_dataset(p, family=family.name) for p in cfg.data]
+    sets = [open_dataset(p, family=family) for p in cfg.data]
     grid = sets[0].grid if sets else family.grid
     for p, s in zip(cfg.data, sets):
         if s.grid != grid:
             raise SdmnnError(f"{p} is on another grid than {cfg.data[0]}")
     X = torch.cat([s.x for s in sets]) if sets else torch.empty(0, len(family.space))
     Y = torch.cat([s.sdm for s in sets]) if sets else torch.empty(0, *grid.shape)
-    val = open_dataset(cfg.val, family=family.name, grid=grid) if cfg.val else None
+    val = open_dataset(cfg.val, family=family, grid=grid) if cfg.val else None
 
     if cfg.arch not in ARCHITECTURES:
         raise SdmnnError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {cfg.arch!r}")
@@ -146,7 +147,7 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
         if rank == 0:
             print(f"resuming {out} at step {state['step']} ({state['seconds'] / 60:.1f} min trained)", flush=True)
     model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
-    online = _OnlineBuffer(family.name, grid, cfg.seed * 1000 + rank, cfg.online_workers, cfg.online_buffer) if cfg.online else None
+    online = _OnlineBuffer(family, grid, cfg.seed * 1000 + rank, cfg.online_workers, cfg.online_buffer) if cfg.online else None
 
     budget = (cfg.minutes or math.inf) * 60
     total_steps = cfg.steps or math.inf

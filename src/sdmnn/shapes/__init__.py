@@ -1,25 +1,10 @@
-"""Parametric shape families behind a small registry."""
-from ..errors import SdmnnError
-from .cochlea import COCHLEA
-from .family import Family, tube_mesh
+"""Parametric shape families: defined with ``define_family`` (the built-in ones too), found by
+``get_family`` (a name, ``FILE.py:NAME``, ``package.module:NAME`` or an installed plug-in), and checked
+by ``check_family``."""
+from .check import FamilyCheck, check_family, require_valid
+from .family import Family, auto_grid, define_family, tube_mesh
 from .params import Parameter, ParameterSpace
-from .torus import TORUS
+from .registry import families, get_family
 
-_REGISTRY: dict[str, Family] = {f.name: f for f in (COCHLEA, TORUS)}
-
-
-def get_family(name: str) -> Family:
-    """The registered family called ``name`` (``"cochlea"``, ``"torus"``)."""
-    if isinstance(name, Family):
-        return name
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise SdmnnError(f"unknown family {name!r}; the families are {', '.join(sorted(_REGISTRY))}") from None
-
-
-def families() -> list[Family]:
-    return list(_REGISTRY.values())
-
-
-__all__ = ["Family", "Parameter", "ParameterSpace", "get_family", "families", "tube_mesh"]
+__all__ = ["Family", "Parameter", "ParameterSpace", "define_family", "auto_grid", "get_family", "families",
+           "check_family", "require_valid", "FamilyCheck", "tube_mesh"]

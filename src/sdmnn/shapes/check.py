@@ -1,0 +1,107 @@
+"""``check_family``: are the family's shapes closed, outward, free of self-intersections and inside its grid?
+
+Run by ``sdmnn families check``, and before a dataset or a training run of any family that is not built
+in: a family that fails is refused with the report.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import FamilyError, SdmnnError
+from .family import Family
+from .registry import BUILT_IN
+
+#: Random parameter vectors checked besides the corners of the box and the defaults.
+SAMPLES = 32
+#: Corners of the box checked (all of them up to 6 parameters, this many random ones beyond).
+CORNERS = 64
+
+
+@dataclass(frozen=True)
+class FamilyCheck:
+    """What ``check_family`` found: how many shapes it built, and each failing one with why."""
+
+    family: str
+    checked: int
+    problems: tuple[tuple[dict, str], ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def report(self, limit: int = 10) -> str:
+        if self.ok:
+            return f"the {self.family} family passed: {self.checked} shapes are closed, outward, free of self-intersections and inside its grid"
+        lines = [f"{len(self.problems)} of {self.checked} shapes of the {self.family} family fail:"]
+        for params, problem in self.problems[:limit]:
+            lines.append("  " + ", ".join(f"{k}={v:.4g}" for k, v in params.items()) + f": {problem}")
+        if len(self.problems) > limit:
+            lines.append(f"  ... and {len(self.problems) - limit} more")
+        return "\n".join(lines)
+
+
+def check_points(family: Family, samples: int = SAMPLES, seed: int = 0) -> np.ndarray:
+    """The parameter vectors ``check_family`` builds: the defaults, the corners of the box, ``samples`` random."""
+    space = family.space
+    d = len(space)
+    rng = np.random.default_rng(seed)
+    corners = (np.arange(2**d)[:, None] >> np.arange(d) & 1) if d <= 6 else rng.integers(0, 2, (CORNERS, d))
+    unit = np.concatenate([corners, rng.random((samples, d))])
+    return np.concatenate([[space.vector(space.defaults)], space.low + unit * (space.high - space.low)])
+
+
+def check_shape(family: Family, vector: np.ndarray) -> str:
+    """Why the shape at ``vector`` is unusable ('' when it is fine)."""
+    from ..bodies import crossing
+    from ..sdm import mesh_is_clean
+
+    try:
+        mesh = family.mesh(vector)
+    except SdmnnError as e:
+        return str(e)
+    if len(mesh.faces) == 0 or not np.all(np.isfinite(mesh.vertices)):
+        return "the mesh is empty or has non-finite vertices"
+    clean, why = mesh_is_clean(mesh)
+    if not clean:
+        return why
+    if mesh.volume <= 0:
+        return f"the mesh is inverted (its normals point inward; volume {mesh.volume:.4g} mm^3)"
+    lo, hi = family.grid.bounds
+    outside = (mesh.vertices < lo) | (mesh.vertices > hi)
+    if outside.any():
+        v = mesh.vertices[np.argmax(outside.any(axis=1))]
+        return f"the shape leaves the grid (a vertex at ({v[0]:.4g}, {v[1]:.4g}, {v[2]:.4g}) mm; the grid's voxel centres span {lo.round(3).tolist()} to {hi.round(3).tolist()} mm)"
+    return crossing(mesh.vertices, mesh.faces)
+
+
+def check_family(family, samples: int = SAMPLES, seed: int = 0, progress=None) -> FamilyCheck:
+    """Build the family's shapes at the defaults, the corners of the box and ``samples`` random points, and
+    report every one that is not watertight, is inverted, intersects itself or leaves the grid."""
+    from .registry import get_family
+
+    family = get_family(family)
+    points = check_points(family, samples, seed)
+    problems = []
+    for i, vector in enumerate(points):
+        problem = check_shape(family, vector)
+        if problem:
+            problems.append((family.space.as_dict(vector), problem))
+        if progress is not None:
+            progress(i + 1, len(points))
+    return FamilyCheck(family.name, len(points), tuple(problems))
+
+
+_PASSED: set[int] = set()
+
+
+def require_valid(family: Family) -> None:
+    """Refuse (FamilyError, with the report) a family that is not built in and fails ``check_family``;
+    checked once per process."""
+    if family.name in BUILT_IN and family.source is None or id(family) in _PASSED:
+        return
+    result = check_family(family)
+    if not result.ok:
+        raise FamilyError(f"{family.ref} fails `sdmnn families check`: " + result.report(limit=3))
+    _PASSED.add(id(family))

@@ -1,0 +1,164 @@
+"""Where families are found: the built-in ones, those defined in this process, family files
+(``path/to/file.py:NAME``), modules (``package.module:NAME``) and installed packages that register
+families under the entry-point group ``sdmnn.families``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+from ..errors import FamilyError
+from .family import Family
+
+#: The entry-point group under which installed packages register families (name = a Family object).
+ENTRY_POINTS = "sdmnn.families"
+BUILT_IN = ("cochlea", "torus")
+_BUILT_IN_MODULES = tuple(f"{__package__}.{name}" for name in BUILT_IN)
+
+_REGISTRY: dict[str, Family] = {}
+#: Families loaded from files or modules, by spec, so that a file is executed once per process.
+_LOADED: dict[str, Family] = {}
+
+
+def register(family: Family) -> None:
+    """Make ``family`` findable by its name in this process (``define_family`` does this)."""
+    built_in = getattr(family.mesher, "__module__", None) in _BUILT_IN_MODULES
+    if not built_in:
+        _built_ins()
+    if family.name in BUILT_IN and not built_in:
+        raise FamilyError(f"{family.name!r} is the name of a built-in family; give yours another name")
+    _REGISTRY[family.name] = family
+
+
+def get_family(name) -> Family:
+    """A family by name (``"cochlea"``, ``"torus"``, a family defined in this process or registered by an
+    installed package), by ``"path/to/file.py:NAME"`` or by ``"package.module:NAME"``; a Family is returned
+    as it is."""
+    _built_ins()
+    if isinstance(name, Family):
+        return name
+    if not isinstance(name, str) or not name:
+        raise FamilyError(f"a family is a name or FILE.py:NAME, got {name!r}")
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if ":" in name:
+        return _load(name)
+    plugin = _entry_points().get(name)
+    if plugin is not None:
+        return _from_entry_point(plugin)
+    known = ", ".join(sorted(set(_REGISTRY) | set(_entry_points())))
+    raise FamilyError(f"unknown family {name!r}; the families are {known}, or give FILE.py:NAME or package.module:NAME")
+
+
+def stored_family(meta: dict, where) -> Family:
+    """The family a dataset or a model was made with, from its ``family`` and ``family_source`` entries."""
+    name, source = meta.get("family"), meta.get("family_source")
+    try:
+        family = get_family(source or name)
+    except FamilyError as e:
+        raise FamilyError(f"{where} was made with the {name} family" + (f" from {source}" if source else "") + f", which cannot be found now: {e}") from None
+    if family.name != name:
+        raise FamilyError(f"{where} was made with the {name} family, but {source} now defines {family.name}")
+    return family
+
+
+def portable(family: Family):
+    """What to hand to another process so that it finds ``family``: its ref when one finds it anywhere
+    (built in, a file, a module, a plug-in), else the family itself (pickled; defined in a ``__main__``
+    script, it is found again when that script is imported under the spawn start method)."""
+    return family.ref if family.source or family.name in BUILT_IN else family
+
+
+def families() -> list[Family]:
+    """The built-in families, those defined in this process and those of installed packages."""
+    _built_ins()
+    found = dict(_REGISTRY)
+    for name, plugin in _entry_points().items():
+        if name not in found:
+            found[name] = _from_entry_point(plugin)
+    return list(found.values())
+
+
+def _built_ins():
+    if "cochlea" not in _REGISTRY:
+        import importlib
+
+        for module in _BUILT_IN_MODULES:  # each registers its family
+            importlib.import_module(module)
+
+
+def _entry_points() -> dict:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINTS)}
+
+
+def _from_entry_point(plugin) -> Family:
+    try:
+        family = plugin.load()
+    except Exception as e:
+        raise FamilyError(f"the family {plugin.name!r} registered by an installed package ({plugin.value}) does not load: "
+                          f"{type(e).__name__}: {e}") from None
+    return _checked(family, f"the entry point {plugin.name!r} ({plugin.value})", plugin.name)
+
+
+def _load(spec: str) -> Family:
+    """A family from ``path/file.py:NAME`` or ``package.module:NAME``, executed once per process."""
+    where, _, attr = spec.rpartition(":")
+    if not where or not attr.isidentifier():
+        raise FamilyError(f"a family spec is FILE.py:NAME or package.module:NAME, got {spec!r}")
+    is_file = where.endswith(".py") or "/" in where or "\\" in where
+    key = f"{Path(where).resolve()}:{attr}" if is_file else spec
+    if key in _LOADED:
+        return _LOADED[key]
+    module = _exec_file(Path(where)) if is_file else _import(where)
+    if not hasattr(module, attr):
+        found = [k for k, v in vars(module).items() if isinstance(v, Family)]
+        raise FamilyError(f"{where} has no {attr}" + (f"; the families in it are {', '.join(found)}" if found else
+                                                      "; define one there with sdmnn.define_family"))
+    family = _checked(getattr(module, attr), where, attr)
+    family = dataclasses.replace(family, source=key)
+    _REGISTRY[family.name] = family
+    _LOADED[key] = family
+    return family
+
+
+def _exec_file(path: Path):
+    if not path.is_file():
+        raise FamilyError(f"family file {path} does not exist")
+    name = f"sdmnn_family_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # so that pickling and dataclasses can find what the file defines
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        del sys.modules[name]
+        raise FamilyError(f"{path}: syntax error at line {e.lineno}: {e.msg}") from None
+    except FamilyError as e:
+        del sys.modules[name]
+        raise FamilyError(f"{path}: {e}") from None
+    except Exception as e:
+        del sys.modules[name]
+        raise FamilyError(f"{path} raised {type(e).__name__} while loading: {e}") from None
+    return module
+
+
+def _import(module_name: str):
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise FamilyError(f"cannot import {module_name} for its family: {e}") from None
+    except FamilyError as e:
+        raise FamilyError(f"{module_name}: {e}") from None
+    except Exception as e:
+        raise FamilyError(f"{module_name} raised {type(e).__name__} while loading: {e}") from None
+
+
+def _checked(value, where: str, attr: str) -> Family:
+    if not isinstance(value, Family):
+        raise FamilyError(f"{where}: {attr} is a {type(value).__name__}, not a family made with sdmnn.define_family")
+    return value
