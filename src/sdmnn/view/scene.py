@@ -210,7 +210,7 @@ class Scene:
             volume = self._network_sdm(state.params)
             if not volume.min() < 0 < volume.max():
                 return trimesh.Trimesh()
-            V, F, _, _ = marching_cubes(volume, 0.0, gradient_direction="ascent")  # outward: towards larger SDM
+            V, F, _, _ = marching_cubes(volume, 0.0)  # faces outward, towards larger SDM (in index space)
             if np.linalg.det(self.net.grid.affine[:3, :3]) < 0:  # a mirrored grid turns index space inside out
                 F = F[:, ::-1]
             pose = self.pose(state)
