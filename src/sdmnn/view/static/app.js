@@ -144,7 +144,7 @@ function buildPanel() {
   }
   if (info.pose.length) {
     document.getElementById('pose-section').hidden = false;
-    info.pose.forEach((p, n) => slider(document.getElementById('pose'), `pose-${p.name}`, p, 0, null,
+    info.pose.forEach((p, n) => slider(document.getElementById('pose'), `pose-${p.name}`, p, 0, intervals[p.name],
       (v) => { pose[n] = v; changed(true); }));
   }
   const network = document.getElementById('forward-sdmnn');
