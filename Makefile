@@ -2,6 +2,8 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+# The viewer's browser test drives the distribution's chromium (Playwright's own browser download needs the internet).
+CHROMIUM := command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 .PHONY: demo test bench bench-quick data model clean
 
@@ -11,6 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
+	$(CHROMIUM)
 	touch $(STAMP)
 
 $(VENV)/.bench: $(STAMP)
@@ -23,6 +26,7 @@ demo: $(STAMP)
 	$(BIN)/sdmnn demo -o out
 
 test: $(STAMP)
+	$(CHROMIUM)
 	$(BIN)/pytest
 
 bench: $(VENV)/.bench

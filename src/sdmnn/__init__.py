@@ -23,7 +23,7 @@ _EXPORTS = {
     "MeshWarning": "errors", "FitWarning": "errors",
 }
 _SUBMODULES = {"bodies", "bvh", "cli", "dataset", "demo", "errors", "fit", "grid", "io", "nn", "phantom", "runtime",
-               "scan", "sdm", "shapes", "stream", "viz"}
+               "scan", "sdm", "shapes", "stream", "view", "viz"}
 
 
 def __getattr__(name):

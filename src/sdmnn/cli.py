@@ -431,6 +431,21 @@ def phantom(family: str = FamilyArg,
     console.print(f"wrote {output} ({grid.shape[0]}x{grid.shape[1]}x{grid.shape[2]} voxels of {sp} mm) and {truth_path}")
 
 
+@app.command()
+def view(family: Optional[str] = typer.Option(None, help="Family name (default: the fit's, else cochlea)."),
+         model: Optional[Path] = typer.Option(None, help="Model folder (default: the shipped network of the family, if any)."),
+         image: Optional[Path] = typer.Option(None, help="An image to show under the shape (NIfTI, NRRD or MHA), in its own world coordinates."),
+         fit_dir: Optional[Path] = typer.Option(None, "--fit", help="A folder written by `sdmnn fit`: its shape, pose and intervals (and its image, if still there)."),
+         port: int = typer.Option(8765, help="Port on 127.0.0.1 (0: any free one)."),
+         no_browser: bool = typer.Option(False, "--no-browser", help="Do not open a browser.")):
+    """An interactive viewer in the browser: parameter sliders, slices with the zero contour, the surface in 3-D."""
+    from .view import load_scene, serve
+
+    scene = load_scene(family, model=model, image=image, fit=fit_dir)
+    serve(scene, port=port, open_browser=not no_browser,
+          on_start=lambda url: console.print(f"sdmnn view: {url} (Ctrl+C stops it)", highlight=False))
+
+
 def _numbers(text: str, option: str, count: int, allow_one: bool = False) -> tuple:
     """"1,2,3" -> (1.0, 2.0, 3.0), checked: ``count`` finite numbers (or one, repeated, when ``allow_one``)."""
     import math

@@ -1,0 +1,286 @@
+"""What the viewer shows, computed: a family's SDM (the network's or the exact one) for a state of the sliders,
+on three orthogonal slices of the display grid, as a surface, or as files to download.
+
+The display grid is the image's own grid when an image is open (so every slice is a plane of its voxels and
+every position is in its world millimetres, LPS), else the fit's grid, else the family's grid. The shape is
+built in the family's model frame and placed in the world by the pose: the fit's MAP pose moved by the pose
+sliders (``rx, ry, rz`` radians about the world axes through the shape's centre, ``tx, ty, tz`` mm), as in
+``sdmnn.fit``; the identity without a fit.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FileError, SdmnnError
+from ..fit import POSE_NAMES, Pose
+from ..grid import Grid
+
+FORWARDS = ("sdmnn", "exact")
+#: How far the pose sliders move the fitted pose: radians for the rotations, mm for the shifts.
+POSE_RANGE = {"rx": 0.5, "ry": 0.5, "rz": 0.5, "tx": 5.0, "ty": 5.0, "tz": 5.0}
+
+
+@dataclass(frozen=True)
+class FitSummary:
+    """What the viewer takes from a fit folder's result.json (written by ``FitResult.save``)."""
+
+    folder: Path
+    family: str
+    params: dict  # MAP shape parameters
+    intervals: dict  # name -> (low, high), the 90 % posterior intervals (shape and pose)
+    pose: np.ndarray  # (4, 4) model -> world at the MAP
+    pose_centre: np.ndarray  # (3,) model-frame point the rotations turn about
+    has_pose: bool  # whether the pose was fitted (pose="rigid")
+    grid: Grid  # the fitted image's grid
+    target: str | None
+    quality: dict
+
+    @classmethod
+    def read(cls, folder) -> "FitSummary":
+        folder = Path(folder)
+        path = folder / "result.json"
+        if not path.is_file():
+            raise FileError(f"{folder} is not a fit folder: it has no result.json (write one with `sdmnn fit -o {folder}`)")
+        try:
+            r = json.loads(path.read_text())
+            return cls(folder, r["family"], dict(r["map"]), {k: tuple(v) for k, v in r["interval_90"].items()},
+                       np.array(r["pose"], float).reshape(4, 4), np.array(r["pose_centre"], float).reshape(3),
+                       "rx" in r["names"], Grid.from_dict(r["grid"]), r.get("target"),
+                       {k: v for k, v in r.get("quality", {}).items() if isinstance(v, (int, float, str))})
+        except (ValueError, KeyError, TypeError) as e:
+            raise FileError(f"{path} cannot be read as a fit's result ({type(e).__name__}: {e})") from None
+
+
+@dataclass(frozen=True)
+class State:
+    """Where the sliders are: the shape parameters (the family's order), the pose step (``POSE_NAMES``, zeros
+    without a fit) and the forward model."""
+
+    params: tuple[float, ...]
+    pose: tuple[float, ...] = (0.0,) * 6
+    forward: str = "sdmnn"
+
+
+class Scene:
+    """A family (and optionally its network, an image and a fit) and everything the viewer computes from a
+    ``State``. Computations are serialised (one user, one browser) and the latest few are cached, so that moving a
+    slice, after moving a parameter, costs only the slicing."""
+
+    def __init__(self, family, model=None, image=None, fit: FitSummary | None = None):
+        from ..shapes import get_family
+
+        self.family = get_family(family)
+        self.fit = fit
+        if fit is not None and fit.family != self.family.name:
+            raise SdmnnError(f"the fit in {fit.folder} is of the {fit.family} family, not {self.family.name}")
+        self.net, self.no_network = _network(self.family, model)
+        self.image = None
+        if image is not None:
+            self.image, self.grid = image
+            self.image = np.asarray(self.image)
+        else:
+            self.grid = fit.grid if fit is not None else self.family.grid
+        self._lock = threading.Lock()
+        self._network_sdm = lru_cache(maxsize=4)(self._network_sdm_uncached)
+        self._mesh = lru_cache(maxsize=4)(self._mesh_uncached)
+        self._slice = lru_cache(maxsize=48)(self._slice_uncached)
+        if self.net is not None:  # the first prediction pays torch's warm-up: not the user's first move
+            self._network_sdm(self.state(self.initial()).params)
+
+    # -- the state -------------------------------------------------------------------------------
+    @property
+    def pose_names(self) -> tuple[str, ...]:
+        """The pose sliders: those of a fit with a fitted pose, else none."""
+        return POSE_NAMES if self.fit is not None and self.fit.has_pose else ()
+
+    def initial(self) -> dict:
+        """The sliders' first positions: the fit's MAP, else the family's defaults."""
+        return dict(self.fit.params) if self.fit is not None else dict(self.family.defaults)
+
+    def state(self, params: dict, pose=None, forward: str = "sdmnn") -> State:
+        """A checked ``State`` from a full parameter mapping (missing ones are refused by the family's checks)."""
+        if forward not in FORWARDS:
+            raise SdmnnError(f"forward must be one of {', '.join(FORWARDS)}, got {forward!r}")
+        if forward == "sdmnn" and self.net is None:
+            raise SdmnnError(self.no_network)
+        vector = self.family.space.vector(params)
+        step = np.zeros(6) if pose is None else np.asarray(pose, float)
+        if step.shape != (6,) or not np.all(np.isfinite(step)):
+            raise SdmnnError(f"the pose step is six finite numbers ({', '.join(POSE_NAMES)}), got {pose!r}")
+        if not self.pose_names and np.any(step):
+            raise SdmnnError("a pose step needs a fit with a fitted pose (--fit of `sdmnn fit --pose rigid`)")
+        return State(tuple(float(v) for v in vector), tuple(float(v) for v in step), forward)
+
+    def pose(self, state: State) -> np.ndarray:
+        """The 4x4 model -> world matrix of ``state``."""
+        if self.fit is None:
+            return np.eye(4)
+        m, c = self.fit.pose, self.fit.pose_centre
+        fitted = Pose(m[:3, :3], m[:3, :3] @ c + m[:3, 3], c)
+        return fitted.moved(state.pose).matrix()
+
+    # -- volumes ---------------------------------------------------------------------------------
+    def _network_sdm_uncached(self, params: tuple) -> np.ndarray:
+        return self.net.predict(np.array(params))
+
+    def _mesh_uncached(self, params: tuple, pose: tuple):
+        mesh = self.family.mesh(np.array(params))
+        return mesh.apply_transform(self.pose(State(params, pose)))
+
+    def sdm_on(self, grid: Grid, state: State, forward: str | None = None) -> np.ndarray:
+        """The SDM of ``state`` (mm, negative inside) on any ``grid`` in world mm: the exact one of the posed
+        mesh, or the network's, sampled trilinearly at the voxels mapped into the model frame (beyond its
+        model grid: the border value plus the distance to it, as in ``sdmnn.fit``)."""
+        forward = forward or state.forward
+        if forward == "exact":
+            from ..sdm import exact_sdm
+
+            return exact_sdm(self._mesh(state.params, state.pose), grid)
+        volume = self._network_sdm(state.params)
+        world = grid.to_world(np.indices(grid.shape).reshape(3, -1).T)
+        model = (world - self.pose(state)[:3, 3]) @ self.pose(state)[:3, :3]  # inverse rigid map
+        return _sample(volume, self.net.grid, model).reshape(grid.shape)
+
+    def centre(self) -> list[int]:
+        """The display-grid voxel nearest the deepest point of the first shape (the minimum of its exact SDM on
+        the family grid, posed): slices through it cut the shape, whatever its form."""
+        from ..sdm import exact_sdm
+
+        state = self.state(self.initial(), forward="exact")
+        sdm = exact_sdm(self.family.mesh(np.array(state.params)), self.family.grid)
+        deepest = self.family.grid.to_world(np.array(np.unravel_index(np.argmin(sdm), sdm.shape), float))
+        pose = self.pose(state)
+        index = np.rint(self.grid.to_index(pose[:3, :3] @ deepest + pose[:3, 3])).astype(int)
+        return np.clip(index, 0, np.array(self.grid.shape) - 1).tolist()
+
+    def slice_grid(self, axis: int, index: int) -> Grid:
+        """The one-voxel-thick grid of plane ``index`` along ``axis`` of the display grid."""
+        shape = list(self.grid.shape)
+        if not 0 <= index < shape[axis]:
+            raise SdmnnError(f"slice {index} along axis {'ijk'[axis]} lies outside the grid (0 to {shape[axis] - 1})")
+        corner = np.zeros(3)
+        corner[axis] = index
+        shape[axis] = 1
+        return Grid(tuple(shape), self.grid.spacing, tuple(self.grid.to_world(corner)), self.grid.direction)
+
+    def _slice_uncached(self, state: State, axis: int, index: int, forward: str) -> np.ndarray:
+        return np.squeeze(self.sdm_on(self.slice_grid(axis, index), state, forward), axis=axis).astype(np.float32)
+
+    def slices(self, state: State, positions, difference: bool = False) -> list[dict]:
+        """The three planes through ``positions`` (i, j, k): for each, its axis, index and ``sdm`` (2-D, the
+        first remaining voxel axis first), and with ``difference`` the network's minus the exact SDM; with an
+        image, its voxels there too."""
+        if len(positions) != 3:
+            raise SdmnnError(f"slice positions are three voxel indices (i, j, k), got {positions!r}")
+        if difference and self.net is None:
+            raise SdmnnError(self.no_network)
+        out = []
+        with self._lock:
+            for axis, index in enumerate(int(p) for p in positions):
+                plane = {"axis": axis, "index": index, "sdm": self._slice(state, axis, index, state.forward)}
+                if difference:
+                    plane["difference"] = self._slice(state, axis, index, "sdmnn") - self._slice(state, axis, index, "exact")
+                if self.image is not None:
+                    plane["image"] = np.take(self.image, index, axis=axis).astype(np.float32)
+                out.append(plane)
+        return out
+
+    def volume(self, state: State) -> np.ndarray:
+        """The SDM of ``state`` on the whole display grid (for the download)."""
+        with self._lock:
+            return self.sdm_on(self.grid, state).astype(np.float32)
+
+    def surface(self, state: State):
+        """The surface shown, as a trimesh in world mm: the posed family mesh for the exact SDM; the zero level
+        set of the network's SDM (marching cubes on its model grid) for the network. Empty when the network's
+        SDM has no zero crossing."""
+        import trimesh
+
+        with self._lock:
+            if state.forward == "exact":
+                return self._mesh(state.params, state.pose).copy()
+            from skimage.measure import marching_cubes
+
+            volume = self._network_sdm(state.params)
+            if not volume.min() < 0 < volume.max():
+                return trimesh.Trimesh()
+            V, F, _, _ = marching_cubes(volume, 0.0)  # faces outward, towards larger SDM (in index space)
+            if np.linalg.det(self.net.grid.affine[:3, :3]) < 0:  # a mirrored grid turns index space inside out
+                F = F[:, ::-1]
+            pose = self.pose(state)
+            V = self.net.grid.to_world(V) @ pose[:3, :3].T + pose[:3, 3]
+            return trimesh.Trimesh(V, F, process=False)
+
+    def describe(self) -> dict:
+        """What the page needs to build itself: parameters, first values, fit intervals, pose sliders, the
+        forward models available, the display grid and the image's intensity window."""
+        g = self.grid
+        info = {
+            "family": self.family.name,
+            "parameters": [{"name": p.name, "unit": p.unit, "low": p.low, "high": p.high, "default": p.default,
+                            "description": p.description} for p in self.family.space.parameters],
+            "values": self.initial(),
+            "pose": [{"name": n, "unit": "rad" if n.startswith("r") else "mm", "low": -POSE_RANGE[n],
+                      "high": POSE_RANGE[n]} for n in self.pose_names],
+            "network": self.net is not None, "no_network": self.no_network,
+            "grid": {"shape": list(g.shape), "spacing": list(g.spacing), "origin": list(g.origin),
+                     "affine": g.affine.tolist()},
+            "centre": self.centre(),
+            "image": None, "fit": None,
+        }
+        if self.image is not None:
+            sample = self.image.ravel()[:: max(1, self.image.size // 200_000)]
+            lo, hi = np.percentile(sample, [0.5, 99.5])
+            info["image"] = {"window": [float(lo), float(hi) if hi > lo else float(lo) + 1.0]}
+        if self.fit is not None:
+            info["fit"] = {"folder": str(self.fit.folder), "params": self.fit.params,
+                           "intervals": {k: list(v) for k, v in self.fit.intervals.items()}, "quality": self.fit.quality}
+        return info
+
+
+def _network(family, model):
+    """(the network for ``family`` or None, the sentence saying why there is none)."""
+    from ..nn.checkpoint import load_model, shipped_model_path
+
+    if model is None:
+        if shipped_model_path(family.name) is None:
+            return None, (f"no network for the {family.name} family is shipped; only the exact SDM is shown "
+                          f"(train one with `sdmnn train {family.name}` and open it with --model)")
+        net = load_model(family=family.name)
+    else:
+        net = load_model(model)
+    if net.family.name != family.name:
+        raise SdmnnError(f"the model {model} is for the {net.family.name} family, not {family.name}")
+    return net, ""
+
+
+def _sample(volume: np.ndarray, grid: Grid, points: np.ndarray) -> np.ndarray:
+    """``volume`` on ``grid`` at world ``points`` (N, 3), trilinear; beyond the grid, the border value plus the
+    distance to the border (an upper bound of the distance there)."""
+    from scipy.ndimage import map_coordinates
+
+    index = grid.to_index(points)
+    top = np.array(grid.shape) - 1
+    inside = np.clip(index, 0, top)
+    beyond = np.linalg.norm((index - inside) * np.array(grid.spacing), axis=1)
+    return map_coordinates(volume, inside.T, order=1, mode="nearest") + beyond
+
+
+def load_scene(family: str | None = None, model=None, image=None, fit=None) -> Scene:
+    """A ``Scene`` from paths, as ``sdmnn view`` takes them: the family defaults to the fit's, then to the
+    cochlea; the image defaults to the fit's own (its ``target``) when that file is still there."""
+    from ..io import load_volume
+
+    summary = FitSummary.read(fit) if fit is not None else None
+    if family is None:
+        family = summary.family if summary is not None else "cochlea"
+    if image is None and summary is not None and summary.target and Path(summary.target).is_file():
+        image = summary.target
+    volume = load_volume(image) if image is not None else None
+    return Scene(family, model=model, image=volume, fit=summary)
