@@ -11,7 +11,7 @@ import numpy as np
 
 import sdmnn
 from sdmnn.dataset import design_points
-from sdmnn.fit import fit
+from sdmnn.fitting import fit
 from sdmnn.nn import shipped_model_path
 from sdmnn.phantom import make_phantom, surface_distances, truth_mesh
 

@@ -39,7 +39,7 @@ def run(quick: bool = False) -> str:
     deepsdf_note = ""
     if shipped_model_path("cochlea", "deepsdf") and not quick:
         from fit_bench import cases as fit_cases
-        from sdmnn.fit import fit, synthetic_target
+        from sdmnn.fitting import fit, synthetic_target
 
         truth = fit_cases(1)[0]
         labels, _ = synthetic_target("cochlea", truth, "labels", tau=0.05, seed=0)

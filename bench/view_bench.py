@@ -65,7 +65,7 @@ def browser_times(scene, moves: int, screenshot_scene=None) -> np.ndarray:
 def fitted_scene(folder: Path):
     """A real fit (the README's phantom, pose unknown) and the scene that shows it over its image."""
     import sdmnn
-    from sdmnn.fit import fit
+    from sdmnn.fitting import fit
     from sdmnn.phantom import make_phantom
     from sdmnn.view import load_scene
 

@@ -106,7 +106,7 @@ def test_a_defect_is_one_sentence_asking_to_report_it_and_exit_3(tmp_path):
 
 @pytest.mark.skipif(sdmnn.nn.shipped_model_path() is None, reason="no shipped model")
 def test_fit_cli_writes_a_table_json_samples_and_pngs(tmp_path):
-    from sdmnn.fit import synthetic_target
+    from sdmnn.fitting import synthetic_target
 
     truth = {"a": 3.6, "alpha": 0.5, "b": 0.11, "phi": -0.2}
     labels, grid = synthetic_target("cochlea", truth, "labels", tau=0.05, seed=1)

@@ -14,7 +14,7 @@ import trimesh
 
 import sdmnn
 from sdmnn.errors import SdmnnError
-from sdmnn.fit import FitResult
+from sdmnn.fitting import FitResult
 from sdmnn.phantom import make_phantom
 from sdmnn.view import load_scene, make_app, running
 

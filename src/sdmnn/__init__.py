@@ -16,13 +16,13 @@ _EXPORTS = {
     "exact_sdm": "sdm", "unsigned_distance": "sdm", "winding_number": "sdm",
     "open_dataset": "dataset", "make_dataset": "dataset", "OnlineSDMs": "stream",
     "load_model": "nn.checkpoint",
-    "fit": "fit", "FitResult": "fit",
+    "fit": "fitting", "FitResult": "fitting",
     "save_volume": "io", "load_volume": "io", "load_mesh": "io", "save_mesh": "io",
     "SdmnnError": "errors", "ParameterError": "errors", "GridError": "errors", "MeshError": "errors",
     "FileError": "errors", "FamilyError": "errors", "ModelError": "errors", "DatasetError": "errors", "FitError": "errors",
     "MeshWarning": "errors", "FitWarning": "errors",
 }
-_SUBMODULES = {"bodies", "bvh", "cli", "dataset", "demo", "errors", "fit", "grid", "io", "nn", "phantom", "runtime",
+_SUBMODULES = {"bodies", "bvh", "cli", "dataset", "demo", "errors", "fitting", "grid", "io", "nn", "phantom", "runtime",
                "scan", "sdm", "shapes", "stream", "view", "viz"}
 
 

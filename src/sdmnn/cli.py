@@ -353,7 +353,7 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
     """Posterior over a family's parameters (and pose) given an image; prints MAP, mean, std and 90 % intervals."""
     import numpy as np
 
-    from .fit import FORWARD_MODELS, OBSERVED_KINDS, POSES, fit as run_fit
+    from .fitting import FORWARD_MODELS, OBSERVED_KINDS, POSES, fit as run_fit
     from .io import load_volume
 
     observed = _choice(observed, "--observed", OBSERVED_KINDS)
@@ -432,7 +432,7 @@ def phantom(family: str = FamilyArg,
 
 
 @app.command()
-def view(family: Optional[str] = typer.Option(None, help="Family name (default: the fit's, else cochlea)."),
+def view(family: Optional[str] = typer.Option(None, help="A family: a name, FILE.py:NAME or package.module:NAME (default: the fit's, else cochlea)."),
          model: Optional[Path] = typer.Option(None, help="Model folder (default: the shipped network of the family, if any)."),
          image: Optional[Path] = typer.Option(None, help="An image to show under the shape (NIfTI, NRRD or MHA), in its own world coordinates."),
          fit_dir: Optional[Path] = typer.Option(None, "--fit", help="A folder written by `sdmnn fit`: its shape, pose and intervals (and its image, if still there)."),

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FileError, SdmnnError
-from ..fit import POSE_NAMES, Pose
+from ..fitting import POSE_NAMES, Pose
 from ..grid import Grid
 
 FORWARDS = ("sdmnn", "exact")
@@ -31,7 +31,8 @@ class FitSummary:
     """What the viewer takes from a fit folder's result.json (written by ``FitResult.save``)."""
 
     folder: Path
-    family: str
+    family: str  # its name
+    family_ref: str  # what finds it again: the family file (FILE.py:NAME) of a user family, else the name
     params: dict  # MAP shape parameters
     intervals: dict  # name -> (low, high), the 90 % posterior intervals (shape and pose)
     pose: np.ndarray  # (4, 4) model -> world at the MAP
@@ -49,7 +50,7 @@ class FitSummary:
             raise FileError(f"{folder} is not a fit folder: it has no result.json (write one with `sdmnn fit -o {folder}`)")
         try:
             r = json.loads(path.read_text())
-            return cls(folder, r["family"], dict(r["map"]), {k: tuple(v) for k, v in r["interval_90"].items()},
+            return cls(folder, r["family"], r.get("family_source") or r["family"], dict(r["map"]), {k: tuple(v) for k, v in r["interval_90"].items()},
                        np.array(r["pose"], float).reshape(4, 4), np.array(r["pose_centre"], float).reshape(3),
                        "rx" in r["names"], Grid.from_dict(r["grid"]), r.get("target"),
                        {k: v for k, v in r.get("quality", {}).items() if isinstance(v, (int, float, str))})
@@ -249,10 +250,10 @@ def _network(family, model):
     from ..nn.checkpoint import load_model, shipped_model_path
 
     if model is None:
-        if shipped_model_path(family.name) is None:
+        if shipped_model_path(family) is None:
             return None, (f"no network for the {family.name} family is shipped; only the exact SDM is shown "
                           f"(train one with `sdmnn train {family.name}` and open it with --model)")
-        net = load_model(family=family.name)
+        net = load_model(family=family)
     else:
         net = load_model(model)
     if net.family.name != family.name:
@@ -279,7 +280,7 @@ def load_scene(family: str | None = None, model=None, image=None, fit=None) -> S
 
     summary = FitSummary.read(fit) if fit is not None else None
     if family is None:
-        family = summary.family if summary is not None else "cochlea"
+        family = summary.family_ref if summary is not None else "cochlea"
     if image is None and summary is not None and summary.target and Path(summary.target).is_file():
         image = summary.target
     volume = load_volume(image) if image is not None else None

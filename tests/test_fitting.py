@@ -5,7 +5,7 @@ import pytest
 
 import sdmnn
 from sdmnn import FitError, FitWarning, Grid
-from sdmnn.fit import check_observed, correlation_volume, fit, synthetic_target
+from sdmnn.fitting import check_observed, correlation_volume, fit, synthetic_target
 from sdmnn.nn import shipped_model_path
 from sdmnn.phantom import make_phantom, surface_distances, truth_mesh
 
@@ -153,3 +153,12 @@ def test_a_good_fit_gives_no_warning():
         warnings.simplefilter("error", FitWarning)
         r = fit(y, grid, observed_kind="labels", forward="sdmnn")
     assert r.quality["dice"] > 0.9
+
+
+def test_sdmnn_fit_stays_the_function_after_its_module_is_imported():
+    import importlib
+
+    importlib.import_module("sdmnn.fitting")
+    import sdmnn.phantom  # noqa: F401
+
+    assert sdmnn.fit is fit and callable(sdmnn.fit)
