@@ -25,9 +25,10 @@ $(VENV)/.bench: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/sdmnn demo -o out
 
+# Two test processes: numba compiles different kernels in each, and one waits on a subprocess while the other runs.
 test: $(STAMP)
 	$(CHROMIUM)
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 bench: $(VENV)/.bench
 	$(BIN)/python bench/run.py

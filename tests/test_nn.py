@@ -190,3 +190,20 @@ def test_training_on_online_samples_only(tmp_path):
     assert result["steps"] == 2
     meta = json.loads((tmp_path / "online" / "model.json").read_text())
     assert meta["training"]["samples_seen"] == 2 and meta["training"]["config"]["online"] is True
+
+
+def test_device_auto_runs_on_the_cpu_here_and_a_missing_gpu_is_one_sentence(tiny_model):
+    from sdmnn.runtime import resolve_device
+
+    net = load_model(tiny_model, device="auto")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert net.device.type == expected
+    assert net.predict(net.family.defaults).shape == net.grid.shape
+    with pytest.raises(SdmnnError, match="device must be one of"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(SdmnnError, match="no CUDA GPU"):
+            load_model(tiny_model, device="cuda")
+        r = subprocess.run([sys.executable, "-m", "sdmnn.cli", "sdm", "cochlea", "--forward", "sdmnn", "--device", "cuda",
+                            "-o", "x.nii.gz"], capture_output=True, text=True, timeout=120, cwd=tiny_model)
+        assert r.returncode == 2 and "no CUDA GPU" in r.stderr and "Traceback" not in r.stderr

@@ -19,6 +19,7 @@ console = Console()
 err = Console(stderr=True)
 
 ParamOpt = typer.Option(None, "--param", "-p", help="A parameter as NAME=VALUE (repeat); missing ones take the family default.")
+DeviceOpt = typer.Option("auto", metavar="[auto|cpu|cuda]", help="Where the network runs: auto (a CUDA GPU when torch sees one, else the CPU), cpu or cuda.")
 
 
 def parse_params(family, items: list[str] | None) -> dict:
@@ -133,7 +134,8 @@ def sdm(family: Optional[str] = typer.Argument(None, help="A family (name, FILE.
                                    help="How the exact SDM is computed: scan, bvh, or auto (the scan on clean meshes)."),
         model: Optional[Path] = typer.Option(None, help="Model folder for --forward sdmnn/deepsdf (default: the shipped one)."),
         spacing: float = typer.Option(0.2, help="Voxel size in mm, for --mesh."),
-        margin: float = typer.Option(2.0, help="Margin around the mesh's bounding box in mm, for --mesh.")):
+        margin: float = typer.Option(2.0, help="Margin around the mesh's bounding box in mm, for --mesh."),
+        device: str = DeviceOpt):
     """Compute a signed distance map (mm, negative inside) on the family grid, or around any mesh."""
     from .grid import Grid
     from .io import load_mesh, save_volume
@@ -167,7 +169,7 @@ def sdm(family: Optional[str] = typer.Argument(None, help="A family (name, FILE.
         else:
             from .nn.checkpoint import load_model
 
-            net = load_model(model) if model else load_model(family=fam, arch=forward)
+            net = load_model(model, device=device) if model else load_model(family=fam, arch=forward, device=device)
             if net.family.name != fam.name:
                 raise SdmnnError(f"the model is for the {net.family.name} family, not {fam.name}")
             grid = net.grid
@@ -279,6 +281,7 @@ def train(family: str = typer.Argument("cochlea", help="A family: a name, FILE.p
           points: int = typer.Option(4096, help="DeepSDF: SDF samples per shape and step."),
           seed: int = typer.Option(0),
           threads: Optional[int] = typer.Option(None, help="Torch threads (default: all cores)."),
+          device: str = DeviceOpt,
           eval_every: int = typer.Option(250, help="Validate and log every N steps."),
           output: Path = typer.Option(Path("runs/cochlea"), "-o", "--output", help="Run folder: model, checkpoints, train.jsonl; rerun to resume.")):
     """Train SDMNN (resumable: rerun the same command); under torchrun, with DDP."""
@@ -291,7 +294,8 @@ def train(family: str = typer.Argument("cochlea", help="A family: a name, FILE.p
         raise SdmnnError(f"channels is a comma-separated list of integers, got {channels!r}") from None
     cfg = TrainConfig(family=family, data=[str(p) for p in data or []], val=str(val) if val else None, online=online,
                       online_workers=online_workers, minutes=minutes, steps=steps, batch=batch, lr=lr, near_weight=near_weight,
-                      arch=arch, channels=ch, hidden=hidden, points=points, seed=seed, threads=threads, eval_every=eval_every, out=str(output))
+                      arch=arch, channels=ch, hidden=hidden, points=points, seed=seed, threads=threads, device=device,
+                      eval_every=eval_every, out=str(output))
     result = run(cfg, command="sdmnn " + " ".join(sys.argv[1:]))
     console.print(f"trained {result['steps']} steps in {result['seconds'] / 60:.1f} min -> {output}/model.json" +
                   (f"; validation MAE {result['mae']:.4f} mm, within 1 mm {result['band_mae']:.4f} mm, wrong sign {100 * result['wrong_sign']:.2f} %" if "mae" in result else ""))
@@ -302,7 +306,8 @@ def evaluate(model: Optional[Path] = typer.Argument(None, help="Model folder (de
              n: int = typer.Option(200, "--n", help="Number of held-out random parameter vectors."),
              seed: int = typer.Option(1, help="Seed of the held-out design."),
              json_flag: bool = typer.Option(False, "--json", help="Print the headline figures as one JSON object instead of a table."),
-             output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write the full result (every case) as JSON.")):
+             output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write the full result (every case) as JSON."),
+             device: str = DeviceOpt):
     """Accuracy of a trained model against the exact SDM on held-out parameters, and the time of both."""
     import json
 
@@ -313,7 +318,7 @@ def evaluate(model: Optional[Path] = typer.Argument(None, help="Model folder (de
 
     if n < 1:
         raise SdmnnError(f"--n must be at least 1, got {n}")
-    net = load_model(model)
+    net = load_model(model, device=device)
     r = run(net, n=n, seed=seed, progress=not json_flag)
     if output:
         write_json(output, r)
@@ -349,6 +354,7 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
         sigma: Optional[float] = typer.Option(None, help="SDM noise in mm, > 0 (default: estimated)."),
         band: Optional[float] = typer.Option(None, help="For SDM targets: use only voxels within this many mm of the surface (> 0)."),
         threads: Optional[int] = typer.Option(None, help="Threads for the network and the exact SDM (default: all cores)."),
+        device: str = DeviceOpt,
         output: Path = typer.Option(Path("fit"), "-o", "--output", help="Folder for result.json, mesh.stl, sdm.nii.gz, labels.nii.gz, overlay.png...")):
     """Posterior over a family's parameters (and pose) given an image; prints MAP, mean, std and 90 % intervals."""
     import numpy as np
@@ -379,10 +385,10 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
     if model is not None:
         from .nn.checkpoint import load_model
 
-        net = load_model(model)
+        net = load_model(model, device=device)
     with err.status(f"fitting the {family} family to {target.name}") as status:
         r = run_fit(volume, grid, family=family, observed_kind=observed, forward=forward, pose=pose, seed=seed, model=net,
-                    tau=tau, sigma=sigma, band=band, label=label, mask=mask_volume, centre=where, threads=threads,
+                    tau=tau, sigma=sigma, band=band, label=label, mask=mask_volume, centre=where, threads=threads, device=device,
                     progress=lambda text: status.update(f"fitting {target.name}: {text}"))
     table = Table(title=f"{family} fit ({forward} forward model, {observed} target, pose {pose})", title_justify="left")
     for col in ("parameter", "MAP", "mean", "std", "90 % interval"):

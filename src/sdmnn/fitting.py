@@ -537,7 +537,7 @@ class _Network:
         torch = self.torch
         self.evals[self.net.arch] += len(vectors)
         with torch.no_grad():
-            return self.net.predict_torch(torch.as_tensor(np.asarray(vectors), dtype=torch.float32))
+            return self.net.predict_torch(torch.as_tensor(np.asarray(vectors), dtype=torch.float32)).cpu()
 
     def sample(self, volumes, poses, every: int = 1) -> np.ndarray:
         """SDMs (B, nx, ny, nz) at every ``every``-th observed voxel mapped into the model frame by ``poses``
@@ -587,7 +587,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         pose: str = "none", seed: int = 0, model=None, prior: dict | None = None, tau: float | None = None,
         sigma: float | None = None, band: float | None = None, label: int | None = None, mask=None, centre=None,
         n_shapes: int = 8, n_starts: int = 3, n_samples: int = 4000, max_exact: int = 40, threads: int | None = None,
-        progress=None) -> FitResult:
+        device: str = "cpu", progress=None) -> FitResult:
     """Posterior over a family's shape parameters (and, with ``pose="rigid"``, a rigid pose) given an image.
 
     Parameters
@@ -616,6 +616,8 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         Where the shape is about (the search starts there; default: the image's own estimate).
     threads : int, optional
         Threads for the network (default: every core on a quiet machine, one when the cores are busy).
+    device : {"cpu", "cuda", "auto"}
+        Where the shipped network runs when ``model`` is not given (a given model runs on its own device).
     progress : callable, optional
         Called with a short text at each stage.
     """
@@ -646,7 +648,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
     if forward != "exact":
         from .nn.checkpoint import load_model
 
-        net = model or load_model(family=fam, arch=network)
+        net = model or load_model(family=fam, arch=network, device=device)
         if net.family.name != fam.name:
             raise FitError(f"the model was trained for the {net.family.name} family, not {fam.name}")
 

@@ -55,6 +55,25 @@ def set_threads(n: int | None) -> None:
     numba.set_num_threads(n or numba.config.NUMBA_NUM_THREADS)
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str = "auto") -> str:
+    """The torch device for ``device``: ``auto`` is CUDA when torch sees a GPU, else the CPU; ``cuda`` without a
+    GPU is one sentence (SdmnnError)."""
+    import torch
+
+    from .errors import SdmnnError
+
+    if device not in DEVICES and not str(device).startswith("cuda:"):
+        raise SdmnnError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SdmnnError(f"device {device} was asked for, but torch sees no CUDA GPU here; use --device cpu (or auto)")
+    return device
+
+
 def torch_threads() -> int:
     """How many threads torch should use now: every core on a quiet machine, one when other processes keep the
     cores busy (the 1-minute load average above the cores less one half). torch's waiting threads spin, so on

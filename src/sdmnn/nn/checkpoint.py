@@ -98,12 +98,13 @@ class Predictor:
     """A trained forward model: ``predict(params)`` -> SDM(s) in mm on ``grid``; ``predict_torch``
     is differentiable with respect to the (unnormalised) parameters."""
 
-    def __init__(self, net: torch.nn.Module, family: Family, grid: Grid, meta: dict, path=None):
-        self.net = net.eval()
+    def __init__(self, net: torch.nn.Module, family: Family, grid: Grid, meta: dict, path=None, device: str = "cpu"):
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
         self.family, self.grid, self.meta, self.path = family, grid, meta, path
         space = family.space
-        self._low = torch.tensor(space.low, dtype=torch.float32)
-        self._span = torch.tensor(space.high - space.low, dtype=torch.float32)
+        self._low = torch.tensor(space.low, dtype=torch.float32, device=self.device)
+        self._span = torch.tensor(space.high - space.low, dtype=torch.float32, device=self.device)
 
     @property
     def arch(self) -> str:
@@ -113,10 +114,11 @@ class Predictor:
         return 2 * (params - self._low) / self._span - 1
 
     def predict_torch(self, params: torch.Tensor) -> torch.Tensor:
-        """(B, d) parameters in the family's units (a differentiable tensor) -> (B, nx, ny, nz) SDMs (mm)."""
+        """(B, d) parameters in the family's units (a differentiable tensor) -> (B, nx, ny, nz) SDMs (mm), on the
+        model's device."""
         if params.ndim != 2 or params.shape[1] != len(self.family.space):
             raise ParameterError(f"expected parameters of shape (B, {len(self.family.space)}), got {tuple(params.shape)}")
-        return self.net(self.normalise_torch(params.float()))
+        return self.net(self.normalise_torch(params.float().to(self.device)))
 
     def predict(self, params, batch_size: int = 16) -> np.ndarray:
         """A mapping or a (d,) vector -> one SDM; a (B, d) array or list of mappings -> (B, nx, ny, nz). float32, mm."""
@@ -125,7 +127,7 @@ class Predictor:
         out = []
         with torch.inference_mode():
             for s in range(0, len(x), batch_size):
-                out.append(self.predict_torch(x[s : s + batch_size]).numpy())
+                out.append(self.predict_torch(x[s : s + batch_size]).cpu().numpy())
         sdm = np.concatenate(out)
         return sdm[0] if single else sdm
 
@@ -140,8 +142,12 @@ def shipped_model_path(family="cochlea", arch: str = "sdmnn") -> Path | None:
     return path if (path / "model.json").exists() else None
 
 
-def load_model(path=None, family="cochlea", arch: str = "sdmnn") -> Predictor:
-    """A trained model: ``load_model()`` is the shipped cochlea SDMNN; ``load_model(folder)`` another."""
+def load_model(path=None, family="cochlea", arch: str = "sdmnn", device: str = "cpu") -> Predictor:
+    """A trained model: ``load_model()`` is the shipped cochlea SDMNN; ``load_model(folder)`` another. ``device``:
+    cpu, cuda (cuda:N) or auto (CUDA when torch sees a GPU)."""
+    from ..runtime import resolve_device
+
+    device = resolve_device(device)
     if path is None:
         path = shipped_model_path(family, arch)
         if path is None:
@@ -165,4 +171,4 @@ def load_model(path=None, family="cochlea", arch: str = "sdmnn") -> Predictor:
         raise SdmnnError(f"{path}: the weights do not match the architecture in model.json ({str(e).splitlines()[0]})") from None
     if meta["arch"] == "sdmnn":
         net = net.to(memory_format=torch.channels_last_3d)
-    return Predictor(net, fam, grid, meta, path)
+    return Predictor(net, fam, grid, meta, path, device)

@@ -43,6 +43,7 @@ class TrainConfig:
     clamp: float = 2.0  # deepsdf: clamp of the distance (mm)
     seed: int = 0
     threads: int | None = None
+    device: str = "auto"  # cpu, cuda (cuda:N) or auto: CUDA when torch sees a GPU
     eval_every: int = 250
     out: str = "runs/cochlea"
 
@@ -55,10 +56,10 @@ def weighted_mse(pred, target, near_weight, near_scale):
     return (w * (pred - target) ** 2).sum() / w.sum()
 
 
-def _distributed():
+def _distributed(device):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend)
     rank = torch.distributed.get_rank() if world > 1 else 0
     return rank, world
@@ -102,7 +103,12 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
     from ..dataset import open_dataset
     from ..shapes import get_family, require_valid
 
-    rank, world = _distributed()
+    from ..runtime import resolve_device
+
+    device = torch.device(resolve_device(cfg.device))
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per torchrun process
+    rank, world = _distributed(device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     family = get_family(cfg.family)
@@ -146,7 +152,10 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
         state = meta["state"]
         if rank == 0:
             print(f"resuming {out} at step {state['step']} ({state['seconds'] / 60:.1f} min trained)", flush=True)
-    model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
+    net = net.to(device)
+    _optimizer_to(opt, device)
+    model = (torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+             if world > 1 else net)
     online = _OnlineBuffer(family, grid, cfg.seed * 1000 + rank, cfg.online_workers, cfg.online_buffer) if cfg.online else None
 
     budget = (cfg.minutes or math.inf) * 60
@@ -170,12 +179,13 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
         for g in opt.param_groups:
             g["lr"] = lr
         xb, yb = _batch(X, Y, online, rng, cfg.batch)
+        xb = xb.to(device, non_blocking=True)
         if cfg.arch == "deepsdf":  # L1 on clamped SDF samples, near the surface and uniform
             pts, target = sample_points(yb, torch.arange(len(yb)), cfg.points, cfg.clamp, rng)
-            pred = model(xb, net.coords[pts])
-            loss = (pred - target.clamp(-cfg.clamp, cfg.clamp)).abs().mean()
+            pred = model(xb, net.coords[pts.to(device)])
+            loss = (pred - target.to(device).clamp(-cfg.clamp, cfg.clamp)).abs().mean()
         else:
-            loss = weighted_mse(model(xb), yb, cfg.near_weight, cfg.near_scale)
+            loss = weighted_mse(model(xb), yb.to(device, non_blocking=True), cfg.near_weight, cfg.near_scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -231,9 +241,18 @@ def _batch(X, Y, online, rng, n):
 @torch.no_grad()
 def validate(net, val, batch: int = 16) -> dict:
     net.eval()
-    pred = torch.cat([net(val.x[s : s + batch]) for s in range(0, len(val), batch)]).numpy()
+    device = next(net.parameters()).device
+    pred = torch.cat([net(val.x[s : s + batch].to(device)).cpu() for s in range(0, len(val), batch)]).numpy()
     net.train()
-    return sdm_errors(pred, val.sdm.numpy())
+    return sdm_errors(pred, val.sdm.numpy(), voxel=max(val.grid.spacing))
+
+
+def _optimizer_to(opt, device):
+    """Move a (resumed) optimizer's state to ``device``."""
+    for state in opt.state.values():
+        for k, v in state.items():
+            if torch.is_tensor(v) and k != "step":
+                state[k] = v.to(device)
 
 
 def _save(out, net, opt, family, grid, mcfg, cfg, state, command, name, accuracy=None):
