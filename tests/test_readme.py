@@ -56,7 +56,7 @@ def test_every_readme_command_runs(tmp_path):
 
 
 def test_the_readme_python_examples_run(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "sdmnn.cli", "phantom", "cochlea", "--rotate", "20,-35,50", "--spacing", "0.5",
+    r = subprocess.run([sys.executable, "-m", "sdmnn.cli", "phantom", "cochlea", "--rotate", "20,-35,50", "--spacing", "0.6",
                         "-o", "seg.nii.gz"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     codes = blocks("python")
