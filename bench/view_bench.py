@@ -88,11 +88,11 @@ def run(quick: bool = False) -> str:
     rows = []
     threads = torch.get_num_threads()
     for n in sorted({threads, 1}, reverse=True):
-        torch.set_num_threads(n)
+        scene.net.threads = n  # the model's own choice follows the load average, which other jobs move
         handler, trip = server_times(scene, moves)
         rows.append(f"| server, slices of a new shape ({n} torch thread{'s' if n > 1 else ''}) | {np.median(handler):.0f} | "
                     f"{np.percentile(handler, 90):.0f} | {np.median(trip):.0f} |")
-    torch.set_num_threads(threads)
+    scene.net.threads = threads
     with tempfile.TemporaryDirectory() as tmp:
         shown = browser_times(scene, moves, screenshot_scene=None if quick else fitted_scene(Path(tmp)))
     rows.append(f"| browser, from the slider's move to the slices drawn ({threads} torch threads) | {np.median(shown):.0f} | "

@@ -98,8 +98,12 @@ class Predictor:
     """A trained forward model: ``predict(params)`` -> SDM(s) in mm on ``grid``; ``predict_torch``
     is differentiable with respect to the (unnormalised) parameters."""
 
-    def __init__(self, net: torch.nn.Module, family: Family, grid: Grid, meta: dict, path=None, device: str = "cpu"):
+    def __init__(self, net: torch.nn.Module, family: Family, grid: Grid, meta: dict, path=None, device: str = "cpu",
+                 threads: int | None = None):
         self.device = torch.device(device)
+        #: torch threads for ``predict`` on the CPU; None: every core on a quiet machine, one on busy cores
+        #: (``runtime.torch_threads``), chosen at each call.
+        self.threads = threads
         self.net = net.to(self.device).eval()
         self.family, self.grid, self.meta, self.path = family, grid, meta, path
         space = family.space
@@ -124,6 +128,12 @@ class Predictor:
         """A mapping or a (d,) vector -> one SDM; a (B, d) array or list of mappings -> (B, nx, ny, nz). float32, mm."""
         single = isinstance(params, dict) or np.ndim(params) == 1
         x = torch.from_numpy(self.family.space.matrix(params).astype(np.float32))
+        if self.device.type == "cpu":
+            from ..runtime import torch_threads
+
+            threads = self.threads or torch_threads()
+            if threads != torch.get_num_threads():
+                torch.set_num_threads(threads)
         out = []
         with torch.inference_mode():
             for s in range(0, len(x), batch_size):
@@ -142,9 +152,10 @@ def shipped_model_path(family="cochlea", arch: str = "sdmnn") -> Path | None:
     return path if (path / "model.json").exists() else None
 
 
-def load_model(path=None, family="cochlea", arch: str = "sdmnn", device: str = "cpu") -> Predictor:
+def load_model(path=None, family="cochlea", arch: str = "sdmnn", device: str = "cpu", threads: int | None = None) -> Predictor:
     """A trained model: ``load_model()`` is the shipped cochlea SDMNN; ``load_model(folder)`` another. ``device``:
-    cpu, cuda (cuda:N) or auto (CUDA when torch sees a GPU)."""
+    cpu, cuda (cuda:N) or auto (CUDA when torch sees a GPU). ``threads``: torch threads of ``predict`` on the CPU
+    (default: every core on a quiet machine, one when other processes keep the cores busy)."""
     from ..runtime import resolve_device
 
     device = resolve_device(device)
@@ -171,4 +182,4 @@ def load_model(path=None, family="cochlea", arch: str = "sdmnn", device: str = "
         raise SdmnnError(f"{path}: the weights do not match the architecture in model.json ({str(e).splitlines()[0]})") from None
     if meta["arch"] == "sdmnn":
         net = net.to(memory_format=torch.channels_last_3d)
-    return Predictor(net, fam, grid, meta, path, device)
+    return Predictor(net, fam, grid, meta, path, device, threads)

@@ -65,7 +65,8 @@ class Conv3d(nn.Conv3d):
     same results to float rounding, differentiable."""
 
     def forward(self, x):
-        if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+        if (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+                and not torch.jit.is_tracing()):  # exporters (ONNX) trace the standard convolution
             return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups)
         return super().forward(x)
 
