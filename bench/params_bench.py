@@ -98,10 +98,10 @@ if __name__ == "__main__":
     from run import machine
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=120.0, help="training budget per family")
+    parser.add_argument("--minutes", type=float, default=None, help="training budget per family (default: 120, 2 with --quick)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     t = time.perf_counter()
     text = run(args.quick, args.minutes)
     Path("docs/bench/params.md").write_text(f"{text}\n\n_Section regenerated in {time.perf_counter() - t:.0f} s "
-                                            f"(`python bench/params_bench.py --minutes {args.minutes:g}`) on {datetime.date.today()}. {machine()}_\n")
+                                            f"(`python bench/params_bench.py{' --quick' if args.quick else ''}{f' --minutes {args.minutes:g}' if args.minutes else ''}`) on {datetime.date.today()}. {machine()}_\n")

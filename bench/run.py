@@ -27,7 +27,7 @@ def machine() -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (under 5 minutes)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (about 15 minutes, 6 of them training the params section's three networks)")
     parser.add_argument("--only", nargs="*", choices=SECTIONS, help="run only these sections")
     parser.add_argument("--root", default=str(Path(__file__).resolve().parent.parent),
                         help="folder whose docs/ receives the results (default: the repository)")

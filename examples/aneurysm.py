@@ -33,7 +33,7 @@ def artery_mesh(params: dict, refine: int = 1):
     normal = np.stack([-np.sin(kappa * s), np.cos(kappa * s), np.zeros_like(s)], -1)
     binormal = np.array([0.0, 0.0, 1.0])  # tangent x normal: points run counter-clockwise about the tangent
     centre -= centre.mean(0)  # centred, so that the grid stays small
-    bulge = params.get("bulge", 0.0) * np.exp(-(((s / LENGTH - params.get("bulge_at", 0.5)) * LENGTH) / (params.get("bulge_length", 4.0) / 2)) ** 2)
+    bulge = params["bulge"] * np.exp(-(((s / LENGTH - params["bulge_at"]) * LENGTH) / (params["bulge_length"] / 2)) ** 2)
     radius = params["radius"] * (1 - (1 - params["taper"]) * s / LENGTH) * (1 + bulge)
     theta = np.linspace(0, 2 * math.pi, points, endpoint=False)
     rings = centre[:, None] + radius[:, None, None] * (np.cos(theta)[None, :, None] * normal[:, None] + np.sin(theta)[None, :, None] * binormal)

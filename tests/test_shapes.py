@@ -167,6 +167,21 @@ def test_get_family_loads_a_family_file_once_and_remembers_where_it_came_from(ca
     assert sdmnn.get_family(spec) is fam and sdmnn.get_family("capsule") is fam and sdmnn.get_family(fam.ref) is fam
 
 
+def test_a_family_file_runs_once_whatever_name_is_asked_of_it(tmp_path):
+    path = tmp_path / "two.py"
+    path.write_text("import sdmnn, trimesh\n"
+                    "import builtins\n"
+                    "builtins.two_py_runs = getattr(builtins, 'two_py_runs', 0) + 1\n"
+                    "BALL = sdmnn.define_family('ballx', {'r': (0.5, 1.0)}, lambda p: trimesh.creation.icosphere(1, p['r']))\n"
+                    "BOX = sdmnn.define_family('boxx', {'s': (0.5, 1.0)}, lambda p: trimesh.creation.box([p['s']] * 3))\n")
+    import builtins
+
+    ball, box = sdmnn.get_family(f"{path}:BALL"), sdmnn.get_family(f"{path}:BOX")
+    assert builtins.two_py_runs == 1
+    assert ball.source.endswith("two.py:BALL") and box.source.endswith("two.py:BOX")
+    assert sdmnn.get_family("ballx") is ball and sdmnn.get_family("boxx") is box
+
+
 def test_get_family_loads_a_module_and_an_entry_point(tmp_path, monkeypatch):
     from importlib.metadata import EntryPoint
 
@@ -179,7 +194,8 @@ def test_get_family_loads_a_module_and_an_entry_point(tmp_path, monkeypatch):
     assert sdmnn.get_family("userfamilies:RING").source == "userfamilies:RING"
     plugin = EntryPoint(name="plugring", value="userfamilies:RING", group=registry.ENTRY_POINTS)
     monkeypatch.setattr(registry, "_entry_points", lambda: {"plugring": plugin})
-    assert sdmnn.get_family("plugring").name == "ring"
+    fam = sdmnn.get_family("plugring")
+    assert fam.name == "ring" and fam.source == "userfamilies:RING"  # another process finds it by that
     assert "ring" in [f.name for f in sdmnn.families()]
 
 

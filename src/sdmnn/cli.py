@@ -85,7 +85,7 @@ def families(ctx: typer.Context,
 
 @families_app.command("check")
 def families_check(family: str = FamilyArg,
-                   samples: int = typer.Option(32, help="Random parameter vectors, besides the defaults and the corners of the box."),
+                   samples: int = typer.Option(32, help="Random parameter vectors, besides the defaults and the corners of the box (all of them up to 6 parameters, 64 random ones beyond)."),
                    seed: int = typer.Option(0, help="Seed of the random vectors.")):
     """Build the family's shapes at the defaults, the corners and random points of its box; report every one that is
     not watertight, is inverted, intersects itself or leaves the grid (exit 1 if any)."""
@@ -323,7 +323,7 @@ def evaluate(model: Optional[Path] = typer.Argument(None, help="Model folder (de
     if output:
         write_json(output, r)
     if json_flag:
-        print(json.dumps(summary(r), indent=2))
+        print(json.dumps(summary(r), indent=2, allow_nan=False))
         return
     table = Table(title=f"{net.family.name} model vs exact SDM on {n} held-out cases (seed {seed})", title_justify="left")
     for col in ("metric", "mean over cases", "worst case"):
@@ -438,7 +438,7 @@ def phantom(family: str = FamilyArg,
 
 
 @app.command()
-def view(family: Optional[str] = typer.Option(None, help="A family: a name, FILE.py:NAME or package.module:NAME (default: the fit's, else cochlea)."),
+def view(family: Optional[str] = typer.Option(None, help="A family: a name, FILE.py:NAME or package.module:NAME (default: the fit's, else the model's, else cochlea)."),
          model: Optional[Path] = typer.Option(None, help="Model folder (default: the shipped network of the family, if any)."),
          image: Optional[Path] = typer.Option(None, help="An image to show under the shape (NIfTI, NRRD or MHA), in its own world coordinates."),
          fit_dir: Optional[Path] = typer.Option(None, "--fit", help="A folder written by `sdmnn fit`: its shape, pose and intervals (and its image, if still there)."),

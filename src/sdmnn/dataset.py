@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import DatasetError, FamilyError, FileError, ParameterError, SdmnnError
+from .errors import DatasetError, FileError, ParameterError, SdmnnError
 from .grid import Grid
 from .shapes import Family, get_family, require_valid
-from .shapes.registry import BUILT_IN, stored_family
+from .shapes.registry import require_portable, stored_family
 
 FORMAT = 1
 TASK_SIZE = 16
@@ -141,6 +141,8 @@ def create_store(path, family: Family, grid: Grid, design: str, seed: int, point
         diff = [k for k in _IDENTITY if old.get(k) != meta[k]]
         if diff:
             raise DatasetError(f"{path} exists with other metadata ({', '.join(diff)} differ); choose another output path or delete it")
+        if old.get("family_source") is None and meta["family_source"]:  # now resumed from a file: workers can find it
+            group.attrs["sdmnn"] = {**old, "family_source": meta["family_source"]}
         return group
     if not path.parent.exists():
         raise FileError(f"cannot write {path}: the folder {path.parent} does not exist")
@@ -207,9 +209,8 @@ def make_dataset(path, family, design: str, seed: int = 0, workers: int = 1, sch
     """Generate (or finish) a dataset of exact SDMs for a design, with a process pool or a Dask cluster."""
     family = get_family(family)
     require_valid(family)
-    if family.source is None and family.name not in BUILT_IN and (workers > 1 or scheduler):
-        raise FamilyError(f"the {family.name} family was defined in this process, so worker processes cannot find it: "
-                          "use one worker, or define it in a file and give FILE.py:NAME")
+    if workers > 1 or scheduler:
+        require_portable(family)
     grid = grid or family.grid
     grid.check_memory()
     points = design_points(design, family, seed, exclude)

@@ -95,6 +95,8 @@ class FitResult:
     grid: Grid  # the observed image's grid
     log_posterior: float
     covariance: np.ndarray = field(repr=False, default=None)
+    #: Where a family of one's own was loaded from (FILE.py:NAME...), None for the built-in ones.
+    family_source: str | None = None
 
     def interval(self, level: float = 0.9) -> dict:
         """Central posterior interval of each parameter (shape and pose) from the samples."""
@@ -103,7 +105,7 @@ class FitResult:
 
     def mesh(self):
         """The fitted surface (MAP shape at the MAP pose) as a trimesh in world mm."""
-        mesh = get_family(self.family).mesh(self.params)
+        mesh = get_family(self.family_source or self.family).mesh(self.params)
         return mesh.apply_transform(self.pose)
 
     def sdm(self, grid: Grid | None = None) -> np.ndarray:
@@ -154,7 +156,7 @@ class FitResult:
 
     def to_dict(self) -> dict:
         return {
-            "family": self.family, "family_source": get_family(self.family).source, "forward": self.forward, "observed": self.observed_kind, "map": self.params,
+            "family": self.family, "family_source": self.family_source, "forward": self.forward, "observed": self.observed_kind, "map": self.params,
             "pose": self.pose.tolist(), "pose_centre": self.pose_centre.tolist(), "mean": self.mean, "std": self.std,
             "interval_90": {k: list(v) for k, v in self.interval(0.9).items()}, "quality": self.quality,
             "noise": self.noise, "seconds": self.seconds, "evaluations": self.evaluations,
@@ -587,7 +589,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         pose: str = "none", seed: int = 0, model=None, prior: dict | None = None, tau: float | None = None,
         sigma: float | None = None, band: float | None = None, label: int | None = None, mask=None, centre=None,
         n_shapes: int = 8, n_starts: int = 3, n_samples: int = 4000, max_exact: int = 40, threads: int | None = None,
-        device: str = "cpu", progress=None) -> FitResult:
+        device: str = "auto", progress=None) -> FitResult:
     """Posterior over a family's shape parameters (and, with ``pose="rigid"``, a rigid pose) given an image.
 
     Parameters
@@ -616,8 +618,9 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         Where the shape is about (the search starts there; default: the image's own estimate).
     threads : int, optional
         Threads for the network (default: every core on a quiet machine, one when the cores are busy).
-    device : {"cpu", "cuda", "auto"}
-        Where the shipped network runs when ``model`` is not given (a given model runs on its own device).
+    device : {"auto", "cpu", "cuda"}
+        Where the shipped network runs when ``model`` is not given (a given model runs on its own device); auto:
+        a CUDA GPU when torch sees one.
     progress : callable, optional
         Called with a short text at each stage.
     """
@@ -736,7 +739,8 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         quality = _quality(like, d, obs)
         names = tuple(fam.names) + (POSE_NAMES if free_pose else ())
         result = FitResult(
-            family=fam.name, names=names, params=dict(zip(fam.names, map(float, vector))), pose=best_pose.matrix(),
+            family=fam.name, family_source=fam.source, names=names, params=dict(zip(fam.names, map(float, vector))),
+            pose=best_pose.matrix(),
             pose_centre=np.asarray(best_pose.centre, float),
             mean=dict(zip(names, map(float, samples.mean(0)))), std=dict(zip(names, map(float, samples.std(0)))),
             samples=samples, seconds=time.perf_counter() - t0, evaluations=evals, forward=forward,

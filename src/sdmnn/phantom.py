@@ -40,7 +40,8 @@ def pose_matrix(rotate_degrees, translate, centre) -> np.ndarray:
 def truth_mesh(truth: dict):
     """The phantom's true surface in world mm (the fine mesh at the true pose)."""
     fam = stored_family(truth, "the phantom")
-    mesh = fam.mesh(truth["params"], **({"refine": truth["mesh_refine"]} if truth["mesh_refine"] > 1 else {}))
+    refine = truth.get("mesh_refine", 1)
+    mesh = fam.mesh(truth["params"], **({"refine": refine} if refine > 1 else {}))
     return mesh.apply_transform(np.array(truth["pose"]))
 
 
@@ -98,7 +99,7 @@ def make_phantom(family, params, *, rotate=(0.0, 0.0, 0.0), translate=(0.0, 0.0,
     for name, value in (("noise", noise), ("blur", blur), ("margin", margin)):
         if not (math.isfinite(value) and value >= 0):
             raise SdmnnError(f"{name} must be a number >= 0, got {value}")
-    refine = REFINE if "refine" in fam.mesh_options else 1
+    refine = REFINE if fam.takes("refine") else 1
     if refine == 1:
         warnings.warn(f"the {fam.name} family's mesher takes no `refine` option, so the phantom's true surface is "
                       "meshed as finely as the fit's own model", stacklevel=2)

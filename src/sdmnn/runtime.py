@@ -65,12 +65,17 @@ def resolve_device(device: str = "auto") -> str:
 
     from .errors import SdmnnError
 
-    if device not in DEVICES and not str(device).startswith("cuda:"):
+    import re
+
+    device = str(device)
+    if device not in DEVICES and not re.fullmatch(r"cuda:\d+", device):
         raise SdmnnError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SdmnnError(f"device {device} was asked for, but torch sees no CUDA GPU here; use --device cpu (or auto)")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise SdmnnError(f"device {device} was asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
     return device
 
 

@@ -22,7 +22,7 @@ import torch
 from .dataset import compute_sample
 from .grid import Grid
 from .shapes import get_family
-from .shapes.registry import portable
+from .shapes.registry import require_portable
 
 #: How often (seconds) a worker checks that the process that started it is still there.
 PARENT_CHECK_SECONDS = 0.5
@@ -61,6 +61,7 @@ class OnlineSDMs(torch.utils.data.IterableDataset):
     def __init__(self, family, grid: Grid | None = None, seed: int = 0, workers: int = 1, prefetch: int | None = None,
                  start: int = 0):
         self.family = get_family(family)
+        require_portable(self.family)  # the samples are computed in worker processes
         self.grid = grid or self.family.grid
         self.seed, self.workers, self.start = seed, max(1, workers), start
         self.prefetch = prefetch or 2 * self.workers
@@ -86,4 +87,4 @@ class OnlineSDMs(torch.utils.data.IterableDataset):
             pool.join()
 
     def _submit(self, pool, index):
-        return pool.apply_async(_sample, (portable(self.family), self.grid, self.seed, index))
+        return pool.apply_async(_sample, (self.family.ref, self.grid, self.seed, index))

@@ -101,9 +101,12 @@ class Predictor:
     def __init__(self, net: torch.nn.Module, family: Family, grid: Grid, meta: dict, path=None, device: str = "cpu",
                  threads: int | None = None):
         self.device = torch.device(device)
-        #: torch threads for ``predict`` on the CPU; None: every core on a quiet machine, one on busy cores
-        #: (``runtime.torch_threads``), chosen at each call.
-        self.threads = threads
+        #: torch threads of ``predict`` on the CPU. Default: every core on a quiet machine, one when other processes
+        #: keep the cores busy (``runtime.torch_threads``), decided here, once: the load average counts this
+        #: process's own threads too, so deciding at each call would make a busy run throttle itself.
+        from ..runtime import torch_threads
+
+        self.threads = threads or torch_threads()
         self.net = net.to(self.device).eval()
         self.family, self.grid, self.meta, self.path = family, grid, meta, path
         space = family.space
@@ -128,12 +131,8 @@ class Predictor:
         """A mapping or a (d,) vector -> one SDM; a (B, d) array or list of mappings -> (B, nx, ny, nz). float32, mm."""
         single = isinstance(params, dict) or np.ndim(params) == 1
         x = torch.from_numpy(self.family.space.matrix(params).astype(np.float32))
-        if self.device.type == "cpu":
-            from ..runtime import torch_threads
-
-            threads = self.threads or torch_threads()
-            if threads != torch.get_num_threads():
-                torch.set_num_threads(threads)
+        if self.device.type == "cpu" and self.threads != torch.get_num_threads():
+            torch.set_num_threads(self.threads)
         out = []
         with torch.inference_mode():
             for s in range(0, len(x), batch_size):
@@ -155,7 +154,7 @@ def shipped_model_path(family="cochlea", arch: str = "sdmnn") -> Path | None:
 def load_model(path=None, family="cochlea", arch: str = "sdmnn", device: str = "cpu", threads: int | None = None) -> Predictor:
     """A trained model: ``load_model()`` is the shipped cochlea SDMNN; ``load_model(folder)`` another. ``device``:
     cpu, cuda (cuda:N) or auto (CUDA when torch sees a GPU). ``threads``: torch threads of ``predict`` on the CPU
-    (default: every core on a quiet machine, one when other processes keep the cores busy)."""
+    (default: every core on a quiet machine, one when other processes keep the cores busy, decided at load)."""
     from ..runtime import resolve_device
 
     device = resolve_device(device)

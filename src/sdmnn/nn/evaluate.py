@@ -43,8 +43,9 @@ def evaluate(model, n: int = 200, seed: int = 1, progress: bool = True) -> dict:
 
 
 def summary(result: dict) -> dict:
-    """The headline figures of an ``evaluate`` result under explicit names (``sdmnn evaluate --json``)."""
-    mean, worst = result["mean"], result["worst"]
+    """The headline figures of an ``evaluate`` result under explicit names (``sdmnn evaluate --json``); a figure
+    with nothing to count (no voxel near the surface) is None, so that the JSON stays strict."""
+    mean, worst = ({k: (v if np.isfinite(v) else None) for k, v in d.items()} for d in (result["mean"], result["worst"]))
     return {
         "family": result["family"], "n": result["n"], "seed": result["seed"],
         "mae_mm": mean["mae"], "mae_near_mm": mean["band_mae"], "wrong_sign_fraction": mean["wrong_sign"],

@@ -32,9 +32,9 @@ class SDMNNConfig:
     def __post_init__(self):
         self.out_shape = tuple(int(n) for n in self.out_shape)
         self.channels = tuple(int(c) for c in self.channels)
-        if len(self.out_shape) != 3 or min(self.out_shape) < 1 or not self.channels or min(self.channels) < 1 or self.n_params < 1:
-            raise ValueError(f"out_shape must be 3 sizes >= 1, channels at least one number >= 1 and n_params >= 1; "
-                             f"got {self.out_shape}, {self.channels}, {self.n_params}")
+        if len(self.out_shape) != 3 or min(self.out_shape) < 1 or len(self.channels) < 2 or min(self.channels) < 1 or self.n_params < 1:
+            raise ValueError(f"out_shape must be 3 sizes >= 1, channels at least two numbers >= 1 (the coarsest volume, "
+                             f"then one per stage) and n_params >= 1; got {self.out_shape}, {self.channels}, {self.n_params}")
 
     @property
     def padded_shape(self) -> tuple[int, int, int]:
@@ -61,8 +61,8 @@ def _coords(shape, device, dtype) -> torch.Tensor:
 class Conv3d(nn.Conv3d):
     """nn.Conv3d that always takes oneDNN's convolution on CPU. At batch 1, PyTorch picks its slow im2col
     convolution when batch x channels x depth x height is below 20480 (a heuristic for small 2-D inputs), which on
-    some grid shapes made a prediction 3-8x slower (measured: 64x48x40 took 80 ms instead of 20 ms). Same weights,
-    same results to float rounding, differentiable."""
+    some grid shapes made a prediction several times slower. Same weights, same results to float rounding,
+    differentiable."""
 
     def forward(self, x):
         if (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()

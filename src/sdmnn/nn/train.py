@@ -58,6 +58,8 @@ def weighted_mse(pred, target, near_weight, near_scale):
 
 def _distributed(device):
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's collectives run on the current device
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend)
@@ -133,7 +135,10 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
         if val is not None:  # a full-volume prediction costs ~1 s per shape: validate on the first 8
             val.x, val.sdm = val.x[:8], val.sdm[:8]
     else:
-        mcfg = SDMNNConfig(n_params=len(family.space), out_shape=grid.shape, channels=tuple(cfg.channels), hidden=cfg.hidden)
+        try:
+            mcfg = SDMNNConfig(n_params=len(family.space), out_shape=grid.shape, channels=tuple(cfg.channels), hidden=cfg.hidden)
+        except ValueError as e:
+            raise SdmnnError(f"the network cannot be built: {e}") from None
         net = SDMNN(mcfg).to(memory_format=torch.channels_last_3d)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
     out = Path(cfg.out)
@@ -170,7 +175,7 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
     while True:
         elapsed = time.perf_counter() - t_start
         frac = max(state["step"] / total_steps, elapsed / budget)
-        stop = torch.tensor(float(frac >= 1.0))
+        stop = torch.tensor(float(frac >= 1.0), device=device)
         if world > 1:
             torch.distributed.all_reduce(stop, op=torch.distributed.ReduceOp.MAX)
         if stop.item():

@@ -10,13 +10,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import FamilyError, SdmnnError
-from .family import Family
+from .family import Family, corners, short
 from .registry import BUILT_IN
 
 #: Random parameter vectors checked besides the corners of the box and the defaults.
 SAMPLES = 32
-#: Corners of the box checked (all of them up to 6 parameters, this many random ones beyond).
-CORNERS = 64
 
 
 @dataclass(frozen=True)
@@ -36,7 +34,7 @@ class FamilyCheck:
             return f"the {self.family} family passed: {self.checked} shapes are closed, outward, free of self-intersections and inside its grid"
         lines = [f"{len(self.problems)} of {self.checked} shapes of the {self.family} family fail:"]
         for params, problem in self.problems[:limit]:
-            lines.append("  " + ", ".join(f"{k}={v:.4g}" for k, v in params.items()) + f": {problem}")
+            lines.append(f"  {short(params)}: {problem}")
         if len(self.problems) > limit:
             lines.append(f"  ... and {len(self.problems) - limit} more")
         return "\n".join(lines)
@@ -45,10 +43,8 @@ class FamilyCheck:
 def check_points(family: Family, samples: int = SAMPLES, seed: int = 0) -> np.ndarray:
     """The parameter vectors ``check_family`` builds: the defaults, the corners of the box, ``samples`` random."""
     space = family.space
-    d = len(space)
     rng = np.random.default_rng(seed)
-    corners = (np.arange(2**d)[:, None] >> np.arange(d) & 1) if d <= 6 else rng.integers(0, 2, (CORNERS, d))
-    unit = np.concatenate([corners, rng.random((samples, d))])
+    unit = np.concatenate([corners(len(space), rng), rng.random((samples, len(space)))])
     return np.concatenate([[space.vector(space.defaults)], space.low + unit * (space.high - space.low)])
 
 
@@ -68,7 +64,10 @@ def check_shape(family: Family, vector: np.ndarray) -> str:
         return why
     if mesh.volume <= 0:
         return f"the mesh is inverted (its normals point inward; volume {mesh.volume:.4g} mm^3)"
-    lo, hi = family.grid.bounds
+    try:
+        lo, hi = family.grid.bounds  # an automatic grid is computed from the shapes: another one may fail it
+    except SdmnnError as e:
+        return str(e)
     outside = (mesh.vertices < lo) | (mesh.vertices > hi)
     if outside.any():
         v = mesh.vertices[np.argmax(outside.any(axis=1))]

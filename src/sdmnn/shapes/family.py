@@ -30,7 +30,8 @@ AUTO_VOXELS = 48
 AUTO_MARGIN = 4
 #: Quasi-random samples (besides the corners and the defaults) behind an automatic grid.
 AUTO_SAMPLES = 64
-#: At most this many corners of the box are meshed for an automatic grid (all of them up to 6 parameters).
+#: At most this many corners of the box are meshed for an automatic grid and checked by ``check_family`` (all of
+#: them up to 6 parameters).
 AUTO_CORNERS = 64
 
 
@@ -79,13 +80,19 @@ class Family:
         return self.given_grid if self.given_grid is not None else auto_grid(self, self.spacing)
 
     @cached_property
-    def mesh_options(self) -> frozenset[str]:
-        """The keyword options the mesher accepts (``refine``, ``resolution``...)."""
+    def mesh_options(self) -> frozenset[str] | None:
+        """The keyword options the mesher accepts (``refine``, ``resolution``...); None when it takes any (``**``)."""
         try:
             parameters = list(inspect.signature(self.mesher).parameters.values())[1:]
         except (TypeError, ValueError):
             return frozenset()
+        if any(p.kind == p.VAR_KEYWORD for p in parameters):
+            return None
         return frozenset(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+    def takes(self, option: str) -> bool:
+        """Whether the mesher takes the keyword option ``option``."""
+        return self.mesh_options is None or option in self.mesh_options
 
     def mesh(self, params, **options) -> trimesh.Trimesh:
         """The shape's surface for ``params`` (a mapping or a vector): a closed ``trimesh.Trimesh`` in mm.
@@ -94,7 +101,7 @@ class Family:
         parameters) when the mesher raises or returns something that is not a triangle mesh.
         """
         vector = self.space.vector(params)
-        unknown = sorted(set(options) - self.mesh_options)
+        unknown = sorted(o for o in options if not self.takes(o))
         if unknown:
             raise FamilyError(f"the {self.name} family's mesher takes no option {unknown[0]!r}"
                               + (f"; it takes {', '.join(sorted(self.mesh_options))}" if self.mesh_options else ""))
@@ -104,7 +111,7 @@ class Family:
         except (ParameterError, FamilyError, MeshError):
             raise
         except Exception as e:
-            raise MeshError(f"the {self.ref} family's mesher raised {type(e).__name__}: {e} (at {_short(values)})") from None
+            raise MeshError(f"the {self.ref} family's mesher raised {type(e).__name__}: {e} (at {short(values)})") from None
         return _as_trimesh(result, self, values)
 
     def analytic_sdf(self, params, grid: Grid) -> np.ndarray:
@@ -112,10 +119,6 @@ class Family:
         if self.sdf is None:
             raise FamilyError(f"the {self.name} family has no analytic SDF")
         return self.sdf(self.space.as_dict(self.space.vector(params)), grid)
-
-    def describe(self) -> dict:
-        return {"family": self.name, "description": self.description, "source": self.source,
-                "parameters": self.space.to_dict(), "grid": self.grid.to_dict()}
 
 
 def define_family(name: str, ranges: Mapping[str, tuple[float, float]], mesh: Callable, *, defaults=None,
@@ -191,15 +194,15 @@ def auto_grid(family: Family, spacing: float | None = None, samples: int = AUTO_
     from scipy.stats import qmc
 
     space = family.space
-    d = len(space)
-    rng = np.random.default_rng(seed)
-    corners = (np.arange(2**d)[:, None] >> np.arange(d) & 1) if d <= 6 else rng.integers(0, 2, (AUTO_CORNERS, d))
-    unit = np.concatenate([corners, qmc.Sobol(d, seed=seed).random(samples)])
+    unit = np.concatenate([corners(len(space), np.random.default_rng(seed)), qmc.Sobol(len(space), seed=seed).random(samples)])
     points = np.concatenate([[space.vector(space.defaults)], space.low + unit * (space.high - space.low)])
     lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
     for vector in points:
-        bounds = family.mesh(vector).bounds
-        lo, hi = np.minimum(lo, bounds[0]), np.maximum(hi, bounds[1])
+        mesh = family.mesh(vector)
+        if len(mesh.faces) == 0 or not np.all(np.isfinite(mesh.vertices)):
+            raise FamilyError(f"the {family.ref} family's mesher gives an empty mesh or non-finite vertices at "
+                              f"{short(space.as_dict(vector))}, so no grid can be computed; see `sdmnn families check`")
+        lo, hi = np.minimum(lo, mesh.bounds[0]), np.maximum(hi, mesh.bounds[1])
     extent = float((hi - lo).max())
     if spacing is None:
         spacing = float(f"{extent / (AUTO_VOXELS - 2 * AUTO_MARGIN):.2g}")
@@ -211,7 +214,16 @@ def auto_grid(family: Family, spacing: float | None = None, samples: int = AUTO_
     return Grid(tuple(int(n) for n in shape), (spacing,) * 3, tuple(float(f"{o:.6f}") for o in origin))
 
 
-def _short(values: dict) -> str:
+def corners(d: int, rng, limit: int = AUTO_CORNERS) -> np.ndarray:
+    """Corners of the unit box in d dimensions, as 0/1 rows: all of them when there are at most ``limit``, else
+    ``limit`` random ones."""
+    if 2**d <= limit:
+        return (np.arange(2**d)[:, None] >> np.arange(d) & 1).astype(float)
+    return rng.integers(0, 2, (limit, d)).astype(float)
+
+
+def short(values: dict) -> str:
+    """``a=3.5, b=0.12``: parameter values for messages."""
     return ", ".join(f"{k}={v:.4g}" for k, v in values.items())
 
 
@@ -225,7 +237,7 @@ def _as_trimesh(result, family: Family, values: dict) -> trimesh.Trimesh:
         if V.ndim == 2 and V.shape[1] == 3 and F.ndim == 2 and F.shape[1] == 3 and np.issubdtype(F.dtype, np.integer):
             return trimesh.Trimesh(V.astype(np.float64), F.astype(np.int64), process=False)
     raise MeshError(f"the {family.ref} family's mesher must return a trimesh.Trimesh or (V (n, 3), F (m, 3) integers), "
-                    f"got {type(result).__name__} (at {_short(values)})")
+                    f"got {type(result).__name__} (at {short(values)})")
 
 
 def tube_mesh(rings: np.ndarray, closed: bool) -> trimesh.Trimesh:

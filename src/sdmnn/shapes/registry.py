@@ -5,6 +5,7 @@ families under the entry-point group ``sdmnn.families``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -13,23 +14,26 @@ from pathlib import Path
 from ..errors import FamilyError
 from .family import Family
 
-#: The entry-point group under which installed packages register families (name = a Family object).
+#: The entry-point group under which installed packages register families (name = "module:ATTRIBUTE").
 ENTRY_POINTS = "sdmnn.families"
 BUILT_IN = ("cochlea", "torus")
 _BUILT_IN_MODULES = tuple(f"{__package__}.{name}" for name in BUILT_IN)
 
 _REGISTRY: dict[str, Family] = {}
-#: Families loaded from files or modules, by spec, so that a file is executed once per process.
+#: Families found through a spec (file, module, entry point), by spec.
 _LOADED: dict[str, Family] = {}
+#: Family files executed in this process, by resolved path: each runs once, whatever NAME is asked of it.
+_FILES: dict[Path, object] = {}
+_loading_built_ins = False
 
 
 def register(family: Family) -> None:
-    """Make ``family`` findable by its name in this process (``define_family`` does this)."""
-    built_in = getattr(family.mesher, "__module__", None) in _BUILT_IN_MODULES
-    if not built_in:
+    """Make ``family`` findable by its name in this process (``define_family`` does this). A family defined again
+    under its name (a notebook cell run twice) replaces the earlier one; the built-in names are refused."""
+    if not _loading_built_ins:
         _built_ins()
-    if family.name in BUILT_IN and not built_in:
-        raise FamilyError(f"{family.name!r} is the name of a built-in family; give yours another name")
+        if family.name in BUILT_IN:
+            raise FamilyError(f"{family.name!r} is the name of a built-in family; give yours another name")
     _REGISTRY[family.name] = family
 
 
@@ -42,6 +46,8 @@ def get_family(name) -> Family:
         return name
     if not isinstance(name, str) or not name:
         raise FamilyError(f"a family is a name or FILE.py:NAME, got {name!r}")
+    if name in _LOADED:
+        return _LOADED[name]
     if name in _REGISTRY:
         return _REGISTRY[name]
     if ":" in name:
@@ -65,11 +71,12 @@ def stored_family(meta: dict, where) -> Family:
     return family
 
 
-def portable(family: Family):
-    """What to hand to another process so that it finds ``family``: its ref when one finds it anywhere
-    (built in, a file, a module, a plug-in), else the family itself (pickled; defined in a ``__main__``
-    script, it is found again when that script is imported under the spawn start method)."""
-    return family.ref if family.source or family.name in BUILT_IN else family
+def require_portable(family: Family) -> None:
+    """Refuse (one sentence) to hand ``family`` to worker processes when they could not find it: a family
+    defined in the running code has no file, module or plug-in that another process can load."""
+    if family.source is None and family.name not in BUILT_IN:
+        raise FamilyError(f"the {family.name} family was defined in this process, so worker processes cannot find it: "
+                          "use one worker, or define it in a file and give FILE.py:NAME")
 
 
 def families() -> list[Family]:
@@ -77,17 +84,21 @@ def families() -> list[Family]:
     _built_ins()
     found = dict(_REGISTRY)
     for name, plugin in _entry_points().items():
-        if name not in found:
-            found[name] = _from_entry_point(plugin)
+        family = _from_entry_point(plugin)
+        found.setdefault(family.name, family)
     return list(found.values())
 
 
 def _built_ins():
-    if "cochlea" not in _REGISTRY:
-        import importlib
-
+    global _loading_built_ins
+    if "cochlea" in _REGISTRY or _loading_built_ins:
+        return
+    _loading_built_ins = True
+    try:
         for module in _BUILT_IN_MODULES:  # each registers its family
             importlib.import_module(module)
+    finally:
+        _loading_built_ins = False
 
 
 def _entry_points() -> dict:
@@ -97,16 +108,15 @@ def _entry_points() -> dict:
 
 
 def _from_entry_point(plugin) -> Family:
+    """An installed package's family, remembered by its ``module:ATTRIBUTE`` so that other processes find it."""
     try:
-        family = plugin.load()
-    except Exception as e:
-        raise FamilyError(f"the family {plugin.name!r} registered by an installed package ({plugin.value}) does not load: "
-                          f"{type(e).__name__}: {e}") from None
-    return _checked(family, f"the entry point {plugin.name!r} ({plugin.value})", plugin.name)
+        return _load(plugin.value)
+    except FamilyError as e:
+        raise FamilyError(f"the family {plugin.name!r} registered by an installed package ({plugin.value}) does not load: {e}") from None
 
 
 def _load(spec: str) -> Family:
-    """A family from ``path/file.py:NAME`` or ``package.module:NAME``, executed once per process."""
+    """A family from ``path/file.py:NAME`` or ``package.module:NAME``; a file runs once per process."""
     where, _, attr = spec.rpartition(":")
     if not where or not attr.isidentifier():
         raise FamilyError(f"a family spec is FILE.py:NAME or package.module:NAME, got {spec!r}")
@@ -119,46 +129,45 @@ def _load(spec: str) -> Family:
         found = [k for k, v in vars(module).items() if isinstance(v, Family)]
         raise FamilyError(f"{where} has no {attr}" + (f"; the families in it are {', '.join(found)}" if found else
                                                       "; define one there with sdmnn.define_family"))
-    family = _checked(getattr(module, attr), where, attr)
-    family = dataclasses.replace(family, source=key)
+    value = getattr(module, attr)
+    if not isinstance(value, Family):
+        raise FamilyError(f"{where}: {attr} is a {type(value).__name__}, not a family made with sdmnn.define_family")
+    family = dataclasses.replace(value, source=key)
     _REGISTRY[family.name] = family
     _LOADED[key] = family
     return family
 
 
 def _exec_file(path: Path):
+    resolved = path.resolve()
+    if resolved in _FILES:
+        return _FILES[resolved]
     if not path.is_file():
         raise FamilyError(f"family file {path} does not exist")
-    name = f"sdmnn_family_{abs(hash(str(path.resolve())))}"
+    # a name that is the same in every process, so that what the file defines pickles by reference
+    name = "sdmnn_family_" + hashlib.sha1(str(resolved).encode()).hexdigest()[:16]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # so that pickling and dataclasses can find what the file defines
+    sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except SyntaxError as e:
+    except BaseException as e:
         del sys.modules[name]
-        raise FamilyError(f"{path}: syntax error at line {e.lineno}: {e.msg}") from None
-    except FamilyError as e:
-        del sys.modules[name]
-        raise FamilyError(f"{path}: {e}") from None
-    except Exception as e:
-        del sys.modules[name]
-        raise FamilyError(f"{path} raised {type(e).__name__} while loading: {e}") from None
+        if isinstance(e, SyntaxError):
+            raise FamilyError(f"{path}: syntax error at line {e.lineno}: {e.msg}") from None
+        if isinstance(e, FamilyError):
+            raise FamilyError(f"{path}: {e}") from None
+        if isinstance(e, Exception):
+            raise FamilyError(f"{path} raised {type(e).__name__} while loading: {e}") from None
+        raise
+    _FILES[resolved] = module
     return module
 
 
 def _import(module_name: str):
     try:
         return importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        raise FamilyError(f"cannot import {module_name} for its family: {e}") from None
     except FamilyError as e:
         raise FamilyError(f"{module_name}: {e}") from None
     except Exception as e:
-        raise FamilyError(f"{module_name} raised {type(e).__name__} while loading: {e}") from None
-
-
-def _checked(value, where: str, attr: str) -> Family:
-    if not isinstance(value, Family):
-        raise FamilyError(f"{where}: {attr} is a {type(value).__name__}, not a family made with sdmnn.define_family")
-    return value
+        raise FamilyError(f"cannot import {module_name} for its family: {type(e).__name__}: {e}") from None

@@ -171,7 +171,10 @@ class Scene:
         return Grid(tuple(shape), self.grid.spacing, tuple(self.grid.to_world(corner)), self.grid.direction)
 
     def _slice_uncached(self, state: State, axis: int, index: int, forward: str) -> np.ndarray:
-        return np.squeeze(self.sdm_on(self.slice_grid(axis, index), state, forward), axis=axis).astype(np.float32)
+        plane = self.slice_grid(axis, index)  # checks the index
+        if forward == "sdmnn" and self.grid == self.net.grid and np.array_equal(self.pose(state), np.eye(4)):
+            return np.take(self._network_sdm(state.params), index, axis=axis).astype(np.float32)  # no resampling
+        return np.squeeze(self.sdm_on(plane, state, forward), axis=axis).astype(np.float32)
 
     def slices(self, state: State, positions, difference: bool = False) -> list[dict]:
         """The three planes through ``positions`` (i, j, k): for each, its axis, index and ``sdm`` (2-D, the
@@ -275,12 +278,19 @@ def _sample(volume: np.ndarray, grid: Grid, points: np.ndarray) -> np.ndarray:
 
 def load_scene(family: str | None = None, model=None, image=None, fit=None) -> Scene:
     """A ``Scene`` from paths, as ``sdmnn view`` takes them: the family defaults to the fit's, then to the
-    cochlea; the image defaults to the fit's own (its ``target``) when that file is still there."""
+    model's, then to the cochlea; the image defaults to the fit's own (its ``target``) when that file is still there."""
     from ..io import load_volume
 
     summary = FitSummary.read(fit) if fit is not None else None
-    if family is None:
-        family = summary.family_ref if summary is not None else "cochlea"
+    if family is None and summary is not None:
+        family = summary.family_ref
+    elif family is None and model is not None:
+        from ..nn.checkpoint import read_checkpoint
+        from ..shapes.registry import stored_family
+
+        family = stored_family(read_checkpoint(model)[0], model)
+    elif family is None:
+        family = "cochlea"
     if image is None and summary is not None and summary.target and Path(summary.target).is_file():
         image = summary.target
     volume = load_volume(image) if image is not None else None
