@@ -111,8 +111,8 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per torchrun process
     rank, world = _distributed(device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    # every core unless told otherwise: a model loaded earlier in this process may have left torch on one thread
+    torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
     family = get_family(cfg.family)
     require_valid(family)
     if not cfg.data and not cfg.online:
