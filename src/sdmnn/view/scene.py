@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
@@ -88,6 +89,10 @@ class Scene:
         else:
             self.grid = fit.grid if fit is not None else self.family.grid
         self._lock = threading.Lock()
+        # The network always runs on this one thread: torch keeps a team of worker threads per calling thread, and
+        # requests arrive on the server's threads; with teams on several threads spinning on 2 cores, a prediction
+        # was markedly slower than from a single thread (docs/bench/view.md).
+        self._torch_thread = ThreadPoolExecutor(1, thread_name_prefix="sdmnn-view-torch")
         self._network_sdm = lru_cache(maxsize=4)(self._network_sdm_uncached)
         self._mesh = lru_cache(maxsize=4)(self._mesh_uncached)
         self._slice = lru_cache(maxsize=48)(self._slice_uncached)
@@ -128,7 +133,7 @@ class Scene:
 
     # -- volumes ---------------------------------------------------------------------------------
     def _network_sdm_uncached(self, params: tuple) -> np.ndarray:
-        return self.net.predict(np.array(params))
+        return self._torch_thread.submit(self.net.predict, np.array(params)).result()
 
     def _mesh_uncached(self, params: tuple, pose: tuple):
         mesh = self.family.mesh(np.array(params))
