@@ -62,4 +62,5 @@ COCHLEA = define_family(
     # Pinned, since the shipped models were trained on it: 64 x 56 x 32 voxels of 0.2 mm centred on the union
     # of all shapes of the box (x in [-4.7, 5.9], y in [-4.4, 5.1], z in [-0.9, 3.3] mm), >= 4 voxels of margin.
     grid=Grid((64, 56, 32), (0.2, 0.2, 0.2), (-5.7, -5.15, -1.9)),
+    _built_in=True,
 )

@@ -123,7 +123,7 @@ class Family:
 
 def define_family(name: str, ranges: Mapping[str, tuple[float, float]], mesh: Callable, *, defaults=None,
                   grid: Grid | None = None, spacing: float | None = None, units=None, description: str = "",
-                  descriptions=None, sdf: Callable | None = None) -> Family:
+                  descriptions=None, sdf: Callable | None = None, _built_in: bool = False) -> Family:
     """A shape family from a parameter box and a mesher, registered under ``name`` in this process.
 
     Parameters
@@ -181,7 +181,7 @@ def define_family(name: str, ranges: Mapping[str, tuple[float, float]], mesh: Ca
             raise FamilyError(f"the {name} family's default of {pname} must lie in [{low:g}, {high:g}], got {default:g}")
         parameters.append(Parameter(pname, str((units or {}).get(pname, "")), low, high, default, str((descriptions or {}).get(pname, ""))))
     family = Family(name, description, ParameterSpace(tuple(parameters)), mesh, grid, spacing, sdf)
-    register(family)
+    register(family, built_in=_built_in)
     return family
 
 

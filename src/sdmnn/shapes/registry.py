@@ -24,13 +24,12 @@ _REGISTRY: dict[str, Family] = {}
 _LOADED: dict[str, Family] = {}
 #: Family files executed in this process, by resolved path: each runs once, whatever NAME is asked of it.
 _FILES: dict[Path, object] = {}
-_loading_built_ins = False
 
 
-def register(family: Family) -> None:
+def register(family: Family, built_in: bool = False) -> None:
     """Make ``family`` findable by its name in this process (``define_family`` does this). A family defined again
     under its name (a notebook cell run twice) replaces the earlier one; the built-in names are refused."""
-    if not _loading_built_ins:
+    if not built_in:
         _built_ins()
         if family.name in BUILT_IN:
             raise FamilyError(f"{family.name!r} is the name of a built-in family; give yours another name")
@@ -90,15 +89,8 @@ def families() -> list[Family]:
 
 
 def _built_ins():
-    global _loading_built_ins
-    if "cochlea" in _REGISTRY or _loading_built_ins:
-        return
-    _loading_built_ins = True
-    try:
-        for module in _BUILT_IN_MODULES:  # each registers its family
-            importlib.import_module(module)
-    finally:
-        _loading_built_ins = False
+    for module in _BUILT_IN_MODULES:  # each registers its family when first imported
+        importlib.import_module(module)
 
 
 def _entry_points() -> dict:

@@ -50,4 +50,5 @@ TORUS = define_family(
     description="torus tilted about x and shifted along z (analytic SDF)",
     grid=Grid((64, 64, 64), (0.2, 0.2, 0.2), (-6.3, -6.3, -6.3)),
     sdf=torus_sdf,
+    _built_in=True,
 )
