@@ -51,14 +51,13 @@ def check_points(family: Family, samples: int = SAMPLES, seed: int = 0) -> np.nd
 def check_shape(family: Family, vector: np.ndarray) -> str:
     """Why the shape at ``vector`` is unusable ('' when it is fine)."""
     from ..bodies import crossing
-    from ..sdm import mesh_is_clean
+    from ..sdm import check_mesh, mesh_is_clean
 
     try:
         mesh = family.mesh(vector)
+        check_mesh(mesh)  # empty, non-finite vertices, faces indexing missing vertices
     except SdmnnError as e:
         return str(e)
-    if len(mesh.faces) == 0 or not np.all(np.isfinite(mesh.vertices)):
-        return "the mesh is empty or has non-finite vertices"
     clean, why = mesh_is_clean(mesh)
     if not clean:
         return why
