@@ -61,11 +61,11 @@ DEVICES = ("auto", "cpu", "cuda")
 def resolve_device(device: str = "auto") -> str:
     """The torch device for ``device``: ``auto`` is CUDA when torch sees a GPU, else the CPU; ``cuda`` without a
     GPU is one sentence (SdmnnError)."""
+    import re
+
     import torch
 
     from .errors import SdmnnError
-
-    import re
 
     device = str(device)
     if device not in DEVICES and not re.fullmatch(r"cuda:\d+", device):
@@ -79,11 +79,16 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def torch_threads() -> int:
     """How many threads torch should use now: every core on a quiet machine, one when other processes keep the
     cores busy (the 1-minute load average above the cores less one half). torch's waiting threads spin, so on
     busy cores two threads ran a network several times slower than one."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     try:
         load = os.getloadavg()[0]
     except OSError:

@@ -105,14 +105,14 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
     from ..dataset import open_dataset
     from ..shapes import get_family, require_valid
 
-    from ..runtime import resolve_device
+    from ..runtime import resolve_device, usable_cores
 
     device = torch.device(resolve_device(cfg.device))
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per torchrun process
     rank, world = _distributed(device)
     # every core unless told otherwise: a model loaded earlier in this process may have left torch on one thread
-    torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
+    torch.set_num_threads(cfg.threads or usable_cores())
     family = get_family(cfg.family)
     require_valid(family)
     if not cfg.data and not cfg.online:
