@@ -274,7 +274,10 @@ def train(family: str = typer.Argument("cochlea", help="A family: a name, FILE.p
           steps: Optional[int] = typer.Option(None, help="Or a number of steps (whichever ends first)."),
           batch: int = typer.Option(8, help="Batch size (per process under torchrun)."),
           lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, warm-up then cosine)."),
-          near_weight: float = typer.Option(4.0, help="Loss weight near the surface: 1 + w*exp(-|d|/0.5 mm)."),
+          near_weight: float = typer.Option(4.0, help="Loss weight near the surface: 1 + w*exp(-|d|/s), s = --near-scale."),
+          near_scale: float = typer.Option(0.5, help="Length (mm) over which the near-surface weight falls off."),
+          init: Optional[str] = typer.Option(None, help="Start from this model's weights (a model folder, or 'shipped'): "
+                                             "fine-tuning, with a fresh optimiser and schedule."),
           arch: str = typer.Option("sdmnn", metavar="[sdmnn|deepsdf]", help="sdmnn (the network) or deepsdf (the DeepSDF-style baseline)."),
           channels: str = typer.Option("32,32,24", help="SDMNN decoder channels per scale, coarse to half resolution."),
           hidden: int = typer.Option(256, help="Width of the MLP (SDMNN) or of the decoder layers (DeepSDF)."),
@@ -294,7 +297,7 @@ def train(family: str = typer.Argument("cochlea", help="A family: a name, FILE.p
         raise SdmnnError(f"channels is a comma-separated list of integers, got {channels!r}") from None
     cfg = TrainConfig(family=family, data=[str(p) for p in data or []], val=str(val) if val else None, online=online,
                       online_workers=online_workers, minutes=minutes, steps=steps, batch=batch, lr=lr, near_weight=near_weight,
-                      arch=arch, channels=ch, hidden=hidden, points=points, seed=seed, threads=threads, device=device,
+                      near_scale=near_scale, init=init, arch=arch, channels=ch, hidden=hidden, points=points, seed=seed, threads=threads, device=device,
                       eval_every=eval_every, out=str(output))
     result = run(cfg, command="sdmnn " + " ".join(sys.argv[1:]))
     console.print(f"trained {result['steps']} steps in {result['seconds'] / 60:.1f} min -> {output}/model.json" +

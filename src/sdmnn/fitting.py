@@ -216,24 +216,42 @@ def _index_box(grid: Grid, world_lo, world_hi, margin_mm: float):
 
 @dataclass
 class _Observation:
-    """The observed voxels the fit uses (a crop of the image around the shape), as flat arrays."""
+    """The observed voxels the fit uses (a crop of the image around the shape), as flat arrays, and the points
+    where the forward models give the SDM: the voxel centres, or for intensity images with anisotropic voxels
+    their near-cubic sub-voxels (``model_grid``; each voxel split ``sub`` times along each axis), whose shares
+    of the inside the voxel averages."""
 
     kind: str
     grid: Grid  # the crop
     y: np.ndarray  # (N,) float64
     mask: np.ndarray  # (N,) float64, 1 where used
-    points: np.ndarray  # (N, 3) world positions (mm)
     h: float  # voxel size (geometric mean of the spacing), mm
     offset: np.ndarray  # the crop's first voxel in the full image
+    sub: tuple[int, int, int] = (1, 1, 1)
+    model_grid: Grid = None
+    points: np.ndarray = None  # (model_grid.size, 3) world positions (mm) of the model grid
 
     @classmethod
     def of(cls, kind, image, mask, grid: Grid, lo, hi):
-        sub = crop(grid, lo, hi)
+        crop_grid = crop(grid, lo, hi)
         lo = np.clip(np.asarray(lo, int), 0, np.array(grid.shape) - 1)
-        sl = tuple(slice(a, a + n) for a, n in zip(lo, sub.shape))
+        sl = tuple(slice(a, a + n) for a, n in zip(lo, crop_grid.shape))
         y = image[sl].astype(np.float64).ravel()
         m = np.ones_like(y) if mask is None else mask[sl].astype(np.float64).ravel()
-        return cls(kind, sub, y, m, sub.points(), float(np.prod(sub.spacing)) ** (1 / 3), lo)
+        h = np.array(crop_grid.spacing)
+        sub = tuple(int(k) for k in np.maximum(1, np.round(h / h.min()))) if kind == "intensity" else (1, 1, 1)
+        k = np.array(sub)
+        model_grid = crop_grid if sub == (1, 1, 1) else Grid(
+            tuple(int(n) for n in np.array(crop_grid.shape) * k), tuple(h / k),
+            tuple(crop_grid.to_world(-(k - 1) / (2 * k)).tolist()), crop_grid.direction)
+        return cls(kind, crop_grid, y, m, float(np.prod(h)) ** (1 / 3), lo, sub, model_grid, model_grid.points())
+
+    def coarse(self, v) -> np.ndarray:
+        """Values on the model grid (model_grid.size,) averaged over each voxel's sub-voxels: (N,)."""
+        if self.sub == (1, 1, 1):
+            return v
+        (a, b, c), (i, j, k) = self.grid.shape, self.sub
+        return v.reshape(a, i, b, j, c, k).mean(axis=(1, 3, 5)).ravel()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,11 +340,70 @@ def tau_floor(h: float) -> float:
     return h / (2 * math.pi)
 
 
+class _VoxelTerms:
+    """What a voxel's box does to the SDM ``d`` at its centre (on the whole crop): along the surface's normal n
+    (the SDM's gradient, in the voxel axes) the box spreads the surface's position with standard deviation
+    ``spread`` = sqrt(sum n_i^2 h_i^2 / 12), and a curved surface moves the box's half-full level by half the
+    Laplacian's trace against the box's covariance: ``shifted(d)`` = d + 1/2 sum_i (h_i^2 / 12) d_ii (a convex
+    surface fills less than half of the voxel its centre lies on). The shift is bounded by one spread: the
+    expansion does not hold across the SDM's kinks."""
+
+    def __init__(self, d, grid: Grid):
+        h = np.array(grid.spacing)
+        v = d.reshape(grid.shape)
+        grad = np.stack(np.gradient(v, *h), -1).reshape(-1, 3)
+        norm = np.linalg.norm(grad, axis=1, keepdims=True)
+        n2 = np.where(norm > 1e-9, grad / np.maximum(norm, 1e-9), 1 / math.sqrt(3)) ** 2
+        self.spread = np.sqrt(n2 @ (h**2 / 12))  # (N,) mm
+        self.shift = np.clip(self._curvature(v, grid).ravel(), -self.spread, self.spread)
+        self.bounded = np.abs(self.shift) < self.spread  # where the shift follows d
+        self.grid = grid
+
+    @staticmethod
+    def _curvature(v, grid: Grid):
+        """1/2 sum_i (h_i^2 / 12) v_ii = sum_i (v[i-1] - 2 v[i] + v[i+1]) / 24 (zero on the crop's faces)."""
+        out = np.zeros_like(v)
+        for axis in range(3):
+            inner = [slice(None)] * 3
+            inner[axis] = slice(1, -1)
+            lo, mid, hi = (np.take(v, range(k, v.shape[axis] - 2 + k), axis=axis) for k in (0, 1, 2))
+            out[tuple(inner)] += (lo - 2 * mid + hi) / 24
+        return out
+
+    def shifted(self, d) -> np.ndarray:
+        return d + self.shift
+
+    def linear(self, J) -> np.ndarray:
+        """The derivative of ``shifted`` applied to the columns of J (N, k)."""
+        return np.stack([J[:, j] + self.bounded * self._curvature(J[:, j].reshape(self.grid.shape), self.grid).ravel()
+                         for j in range(J.shape[1])], 1)
+
+
+def _blur(values, grid: Grid, blur: float) -> np.ndarray:
+    """``values`` (N,) on the whole crop blurred by a Gaussian of standard deviation ``blur`` mm: per axis, the
+    discrete Gaussian exp(-t) I_n(t) (t = (blur / h)^2 voxels^2), whose variance is exactly t, also at the half-voxel
+    widths of thick slices, where a sampled Gaussian is a fifth too narrow."""
+    from scipy.ndimage import correlate1d
+    from scipy.special import ive
+
+    v = values.reshape(grid.shape)
+    for axis, h in enumerate(grid.spacing):
+        t = (blur / h) ** 2
+        if t > 1e-6:
+            n = np.arange(-int(math.ceil(4 * math.sqrt(t) + 2)), int(math.ceil(4 * math.sqrt(t) + 2)) + 1)
+            w = ive(n, t)
+            v = correlate1d(v, w / w.sum(), axis=axis, mode="nearest")
+    return v.ravel()
+
+
 class _Likelihood:
     """The observation model of one kind: negative log-likelihood of SDM values ``d`` at the observed voxels,
     its noise estimate, and its Gauss-Newton gradient and Hessian. ``scale`` is tau (labels: the label
     softness), sigma (SDMs: the noise) or the blur (intensity: the point-spread function's standard deviation,
-    mm; partial volume is the logistic of d at the voxel's own softness ``floor``)."""
+    mm). On the whole crop, labels and intensities see the SDM as the voxel does (``_VoxelTerms``): labels are
+    Bernoulli with p = sigmoid(-d' / tau), d' the SDM shifted for the surface's curvature across the voxel;
+    intensities blend by the voxel's share of the inside, Phi(-d' / s) with s the box's spread along the
+    normal, blurred by the point-spread function."""
 
     def __init__(self, obs: _Observation, scale: float | None):
         self.obs, self.kind = obs, obs.kind
@@ -337,31 +414,27 @@ class _Likelihood:
         else:
             self.scale = {"labels": 0.5 * obs.h, "sdm": 0.2, "intensity": 0.5 * obs.h}[obs.kind]
         self.appearance = None  # (a inside, b outside, sigma) for intensity images
+        self._terms = (None, None)  # (d, its _VoxelTerms)
+
+    def terms(self, d) -> _VoxelTerms | None:
+        """The voxel terms of a whole-crop SDM (cached for the last one), None for a subset of the voxels."""
+        if np.ndim(d) != 1 or len(d) != self.obs.model_grid.size:
+            return None
+        if self._terms[0] is not d:
+            self._terms = (d, _VoxelTerms(d, self.obs.model_grid))
+        return self._terms[1]
 
     def blended(self, d, blur=None):
-        """Intensity images: the share of the inside tissue at each voxel, the logistic of the SDM (partial
-        volume) blurred by the point-spread function. On a subset of the voxels (the search's screen) the blur
-        is folded into the logistic instead (the same variance), which holds for surfaces flat at its scale."""
+        """Intensity images: the share of the inside tissue at each voxel, Phi(-d' / spread) blurred by the
+        point-spread function. On a subset of the voxels (the search's screen) the blur is folded into the spread
+        of the mean voxel instead (the same variance), which holds for surfaces flat at its scale."""
+        from scipy.special import ndtr
+
         blur = self.scale if blur is None else blur
-        g = self.obs.grid
-        if np.ndim(d) == 1 and len(d) == g.size:
-            p = _sigmoid(-d / self.partial_volume(d))
-            if blur > 0:
-                from scipy.ndimage import gaussian_filter
-
-                p = gaussian_filter(p.reshape(g.shape), blur / np.array(g.spacing), mode="nearest").ravel()
-            return p
-        return _sigmoid(-d / math.sqrt(self.floor**2 + 3 * blur**2 / math.pi**2))
-
-    def partial_volume(self, d) -> np.ndarray:
-        """Each voxel's softness (mm) for the logistic of partial volume: the width of the voxel's extent along
-        the surface's normal, over 2 pi (the logistic with the spread of a box that wide); the normal is the SDM's
-        gradient, so anisotropic voxels soften each surface as much as they span across it."""
-        g = self.obs.grid
-        grad = np.stack(np.gradient(d.reshape(g.shape), *g.spacing), -1).reshape(-1, 3)
-        norm = np.linalg.norm(grad, axis=1, keepdims=True)
-        n = np.where(norm > 1e-9, grad / np.maximum(norm, 1e-9), 1 / math.sqrt(3))
-        return np.abs(n) @ np.array(g.spacing) / (2 * math.pi)
+        t = self.terms(d)
+        if t is None:
+            return ndtr(-d / math.sqrt(self.obs.h**2 / 12 + blur**2))
+        return self.obs.coarse(_blur(ndtr(-t.shifted(d) / t.spread), self.obs.model_grid, blur))
 
     def nll(self, d, scale=None, every: int = 1):
         """-log p(observed | d) up to a constant, at the current (or the given) scale: a float for d (N,),
@@ -369,7 +442,9 @@ class _Likelihood:
         s = self.scale if scale is None else scale
         y, m = self.obs.y[::every], self.obs.mask[::every]
         if self.kind == "labels":
-            v = np.sum(m * (y * _softplus(d / s) + (1 - y) * _softplus(-d / s)), axis=-1)
+            t = self.terms(d)
+            z = d / s if t is None else t.shifted(d) / s
+            v = np.sum(m * (y * _softplus(z) + (1 - y) * _softplus(-z)), axis=-1)
         elif self.kind == "sdm":
             v = 0.5 * np.sum(m * (d - y) ** 2, axis=-1) / s**2 + m.sum() * math.log(s)
         else:
@@ -396,30 +471,23 @@ class _Likelihood:
             self.appearance = _appearance(self.blended(d), self.obs.y, self.obs.mask)
 
     def gauss_newton(self, d, J, scores: bool = False):
-        """(gradient (k,), Gauss-Newton (Fisher) Hessian (k, k)) of the NLL for SDM Jacobian J (N, k); with
-        ``scores``, also each voxel's gradient (N, k)."""
+        """(gradient (k,), Gauss-Newton (Fisher) Hessian (k, k)) of the NLL for SDM Jacobian J (N, k) on the whole
+        crop; with ``scores``, also each voxel's gradient (N, k)."""
         s, y, m = self.scale, self.obs.y, self.obs.mask
+        t = self.terms(d)
         if self.kind == "labels":
-            p = _sigmoid(-d / s)
+            J = t.linear(J)
+            p = _sigmoid(-t.shifted(d) / s)
             g_d, w = m * (y - p) / s, m * p * (1 - p) / s**2
         elif self.kind == "sdm":
             g_d, w = m * (d - y) / s**2, m / s**2
-        else:  # residual r = y - b - (a - b) blended(d): its Jacobian blurs (dp/dd) J column by column
-            a, b, sigma = _appearance(self.blended(d), y, m)
-            soft = self.partial_volume(d)
-            p = _sigmoid(-d / soft)
-            dp = -p * (1 - p) / soft
-            g = self.obs.grid
-            cols = []
-            for j in range(J.shape[1]):
-                col = dp * J[:, j]
-                if s > 0:
-                    from scipy.ndimage import gaussian_filter
-
-                    col = gaussian_filter(col.reshape(g.shape), s / np.array(g.spacing), mode="nearest").ravel()
-                cols.append(-(a - b) * col)
-            Jr = np.stack(cols, 1)
-            r = y - b - (a - b) * self.blended(d)
+        else:  # residual r = y - b - (a - b) blur(Phi(-d' / spread)): d' and the blur are linear
+            B = self.blended(d)
+            a, b, sigma = _appearance(B, y, m)
+            z = -t.shifted(d) / t.spread
+            dB = (np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi) / t.spread)[:, None] * t.linear(J)
+            Jr = (a - b) * np.stack([self.obs.coarse(_blur(dB[:, j], self.obs.model_grid, s)) for j in range(J.shape[1])], 1)
+            r = y - b - (a - b) * B
             out = Jr.T @ (m * r) / sigma**2, Jr.T @ (m[:, None] * Jr) / sigma**2
             return (*out, Jr * (m * r / sigma**2)[:, None]) if scores else out
         out = J.T @ g_d, J.T @ (w[:, None] * J)
@@ -429,7 +497,7 @@ class _Likelihood:
         """Standardised residuals per voxel (0 where unused), for the correlation volume."""
         s, y, m = self.scale, self.obs.y, self.obs.mask
         if self.kind == "labels":
-            p = _sigmoid(-d / s)
+            p = _sigmoid(-self.terms(d).shifted(d) / s)
             var = p * (1 - p)
             near = var > 1e-4  # voxels that carry information on the surface
             return np.where(near & (m > 0), (y - p) / np.sqrt(np.maximum(var, 1e-12)), 0.0)
@@ -496,7 +564,7 @@ class _Exact:
         self.evals["exact"] += 1
         mesh = self.family.mesh(np.clip(vector, self.family.space.low, self.family.space.high))
         posed = trimesh.Trimesh(pose.to_world(mesh.vertices), mesh.faces, process=False)
-        return exact_sdm(posed, self.obs.grid).astype(np.float64).ravel()
+        return exact_sdm(posed, self.obs.model_grid).astype(np.float64).ravel()
 
     def jacobian(self, vector, pose: Pose, d, low, high, free_pose: bool, h: float = 1e-3) -> np.ndarray:
         """d SDM / d (unit-box shape, rotation / POSE_SCALE, shift / POSE_SCALE), (N, k): the shape's columns
@@ -514,7 +582,7 @@ class _Exact:
     def pose_jacobian(self, d, pose: Pose) -> np.ndarray:
         """d SDM / d (rotation, shift) at the voxels, (N, 6), from the SDM's gradient: moving the shape by
         a small rigid motion moves its distance field along with it."""
-        g = self.obs.grid
+        g = self.obs.model_grid
         grad_index = np.stack(np.gradient(d.reshape(g.shape), *g.spacing), -1).reshape(-1, 3)
         grad = grad_index @ np.array(g.direction).T  # world gradient
         arm = self.obs.points - pose.position
@@ -746,7 +814,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
             samples=samples, seconds=time.perf_counter() - t0, evaluations=evals, forward=forward,
             observed_kind=observed_kind,
             noise={{"sdm": "sigma", "labels": "tau", "intensity": "blur"}[observed_kind]: scale_used,
-                   "tau_floor": like.floor if observed_kind != "sdm" else None,
+                   "tau_floor": like.floor if observed_kind == "labels" else None,
                    "appearance": dict(zip(("inside", "outside", "sigma"), like.appearance)) if like.appearance else None,
                    "model_error": model_error, "correlation_volume": temper},
             quality=quality, grid=grid, log_posterior=-like.nll(d) / temper, covariance=cov,
@@ -954,8 +1022,8 @@ def _levenberg_marquardt(forward, phases, like: _Likelihood, vector, pose: Pose,
 
 def _quality(like: _Likelihood, d, obs: _Observation) -> dict:
     """How well the fit explains the image, and a warning when it explains it poorly."""
-    y, m = obs.y, obs.mask > 0
-    fitted = d < 0
+    y, m, at_voxels = obs.y, obs.mask > 0, obs.coarse(d)
+    fitted = at_voxels < 0
     q = {}
     if like.kind == "labels":
         inside = y > 0.5
@@ -966,14 +1034,14 @@ def _quality(like: _Likelihood, d, obs: _Observation) -> dict:
                             "is it the right family, label and pose?")
     elif like.kind == "sdm":
         near = m & (np.abs(y) <= 2.0)
-        q["rms_mm"] = float(np.sqrt(np.mean((d[near] - y[near]) ** 2))) if near.any() else float("nan")
+        q["rms_mm"] = float(np.sqrt(np.mean((at_voxels[near] - y[near]) ** 2))) if near.any() else float("nan")
         q["dice"] = float(2 * np.sum(fitted & (y < 0) & m) / max(np.sum(fitted & m) + np.sum((y < 0) & m), 1))
         if q["dice"] < MIN_DICE:
             q["warning"] = f"the fit explains the SDM poorly (Dice of the insides {q['dice']:.2f} < {MIN_DICE})"
     else:
         a, b, sigma = like.appearance
         r = y - b - (a - b) * like.blended(d)
-        near = m & (np.abs(d) <= NEAR_MM)  # where the shape explains the image; far voxels hold only noise
+        near = m & (np.abs(at_voxels) <= NEAR_MM)  # where the shape explains the image; far voxels hold only noise
         q["r2"] = float(1 - np.sum(r[near] ** 2) / max(np.sum((y[near] - y[near].mean()) ** 2), 1e-12))
         q["contrast_to_noise"] = float(abs(a - b) / sigma)
         bright = np.abs(y - a) < np.abs(y - b)

@@ -36,6 +36,7 @@ class TrainConfig:
     warmup: int = 100
     near_weight: float = 4.0  # loss weight 1 + near_weight * exp(-|d| / near_scale)
     near_scale: float = 0.5  # mm
+    init: str | None = None  # start from this model's weights (a model folder, or "shipped"); fresh optimiser and schedule
     arch: str = "sdmnn"  # or "deepsdf", the baseline
     channels: tuple[int, ...] = (32, 32, 24)
     hidden: int = 256
@@ -148,7 +149,10 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
         except OSError as e:
             raise SdmnnError(f"cannot create the run folder {out}: {e.strerror}") from None
     state = {"step": 0, "seconds": 0.0, "samples_seen": 0}
-    if (out / "last.json").exists():  # resume
+    resuming = (out / "last.json").exists()
+    if cfg.init and not resuming:
+        _init_from(net, cfg.init, family, grid, mcfg, cfg.arch)
+    if resuming:
         meta, tensors = read_checkpoint(out, "last")
         if meta["config"] != json.loads(json.dumps(mcfg.to_dict())) or meta["family"] != family.name or meta["arch"] != cfg.arch:
             raise SdmnnError(f"{out} holds a run with another architecture or family; choose another --out")
@@ -250,6 +254,20 @@ def validate(net, val, batch: int = 16) -> dict:
     pred = torch.cat([net(val.x[s : s + batch].to(device)).cpu() for s in range(0, len(val), batch)]).numpy()
     net.train()
     return sdm_errors(pred, val.sdm.numpy(), voxel=max(val.grid.spacing))
+
+
+def _init_from(net, init, family, grid, mcfg, arch):
+    """Load the weights of the model ``init`` (a folder, or "shipped") into ``net``: same family, grid and architecture."""
+    from .checkpoint import load_model
+
+    source = load_model(None if init == "shipped" else init, family=family, arch=arch)
+    if source.family.name != family.name or source.grid != grid:
+        raise SdmnnError(f"--init {init}: that model was trained for the {source.family.name} family on another grid or family "
+                         "than this run's")
+    if source.meta["config"] != json.loads(json.dumps(mcfg.to_dict())):
+        raise SdmnnError(f"--init {init}: that model's architecture {source.meta['config']} differs from this run's "
+                         f"{mcfg.to_dict()}; give the same --channels and --hidden")
+    net.load_state_dict(source.net.state_dict())
 
 
 def _optimizer_to(opt, device):
