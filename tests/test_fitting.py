@@ -162,3 +162,41 @@ def test_sdmnn_fit_stays_the_function_after_its_module_is_imported():
     import sdmnn.phantom  # noqa: F401
 
     assert sdmnn.fit is fit and callable(sdmnn.fit)
+
+
+def _blurred_sphere(radius, spacing, blur, sub=0.05):
+    """A CT-like voxel image of a ball by brute force, independent of the fit's model: the inside indicator on
+    sub-voxels of ``sub`` mm, blurred there by a Gaussian, averaged per voxel. Returns (share, Grid, centre)."""
+    from scipy.ndimage import gaussian_filter
+
+    h = np.array(spacing)
+    n = np.ceil((2 * radius + 3) / h).astype(int)
+    grid = Grid(tuple(n), tuple(h), tuple(-(n - 1) * h / 2))
+    centre = np.array([0.031, -0.047, 0.113])  # off the voxel lattice
+    k = np.round(h / sub).astype(int)
+    axes = [grid.origin[i] - h[i] / 2 + (np.arange(n[i] * k[i]) + 0.5) * h[i] / k[i] for i in range(3)]
+    X, Y, Z = np.meshgrid(*axes, indexing="ij")
+    inside = (np.sqrt((X - centre[0]) ** 2 + (Y - centre[1]) ** 2 + (Z - centre[2]) ** 2) < radius).astype(float)
+    inside = gaussian_filter(inside, blur / (h / k), mode="nearest")
+    return inside.reshape(n[0], k[0], n[1], k[1], n[2], k[2]).mean(axis=(1, 3, 5)), grid, centre
+
+
+@pytest.mark.parametrize("radius", [0.6, 2.0])
+def test_the_intensity_model_matches_partial_volume_and_blur_of_a_ball(radius):
+    """The share of the inside the intensity model gives from a ball's analytic SDM, on 0.25 x 0.25 x 0.5 mm voxels
+    with a 0.25 mm blur, against brute-force sub-voxel sampling: within 1 % of the contrast near the surface, and the
+    blur that fits best is the true one."""
+    from scipy.optimize import minimize_scalar
+
+    from sdmnn.fitting import _Likelihood, _Observation
+
+    share, grid, centre = _blurred_sphere(radius, (0.25, 0.25, 0.5), 0.25)
+    obs = _Observation.of("intensity", share, None, grid, (0, 0, 0), np.array(grid.shape) - 1)
+    assert obs.sub == (1, 1, 2)
+    like = _Likelihood(obs, None)
+    d = np.linalg.norm(obs.points - centre, axis=1) - radius
+    near = np.abs(np.linalg.norm(grid.points() - centre, axis=1) - radius) < 1.0
+    residual = (like.blended(d, 0.25) - share.ravel())[near]
+    assert np.sqrt(np.mean(residual**2)) < 0.01
+    best = minimize_scalar(lambda b: np.sum((like.blended(d, b) - share.ravel())[near] ** 2), bounds=(0.1, 0.5), method="bounded")
+    assert abs(best.x - 0.25) < 0.015

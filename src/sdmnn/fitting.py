@@ -4,12 +4,16 @@ The image is taken as it comes: any grid (flipped, oblique, anisotropic; ``Grid`
 Its voxels are compared with the SDM d(x) of the posed shape at their world positions x:
 
 * ``labels`` (a segmentation; ``label`` picks one value of a multi-label map, default: non-zero):
-  Bernoulli with p(inside) = sigmoid(-d / tau), the logistic shape model;
+  Bernoulli with p(inside) = sigmoid(-d' / tau), the logistic shape model;
 * ``sdm`` (an observed SDM in mm): Gaussian noise of scale sigma on the distances;
-* ``intensity`` (a CT-like image): I = b + (a - b) B + Gaussian noise of scale sigma, B the partial-volume
-  share of the inside tissue (a logistic of d as soft as the voxel is wide across the surface) blurred by a
-  Gaussian point-spread function: two tissue intensities blended by partial volume and blur. a, b and sigma
-  are profiled out (closed-form least squares at every evaluation), so the user gives no thresholds.
+* ``intensity`` (a CT-like image): I = b + (a - b) B + Gaussian noise of scale sigma, B the voxel's share of
+  the inside tissue, Phi(-d' / s) with s the voxel box's spread along the surface's normal, blurred by a
+  Gaussian point-spread function: two tissue intensities blended by partial volume and blur. Thick voxels are
+  split into near-cubic sub-voxels, where the forward model gives the SDM, blurred there and averaged. a, b and
+  sigma are profiled out (closed-form least squares at every evaluation), so the user gives no thresholds.
+
+d' is the SDM as the voxel sees it: shifted by the surface's curvature across the voxel's box (a convex surface
+fills less than half of the voxel its centre lies on); see ``_VoxelTerms``.
 
 tau (labels), the blur (intensity) and sigma are estimated at the MAP, and tau never below ``h / (2 pi)`` with
 h the voxel size: the logistic whose spread matches a surface known only to within one voxel.
@@ -887,7 +891,7 @@ def _screen(table: _Network, like: _Likelihood, rotations, position, centre_mode
 
 def _shift_screen(table, like, vols, rotations, position, centre_model, shapes, max_shift):
     """_screen's shift search for intensity images, every integer voxel shift at once: with the intensities
-    profiled out, the residual sum of squares of a shifted template p = sigmoid(-d / tau) needs only its
+    profiled out, the residual sum of squares of a shifted template p = Phi(-d / s) needs only its
     correlation with the image, one FFT per (rotation, shape), on the crop at half resolution."""
     obs = like.obs
     g, image, mask = obs.grid, obs.y.reshape(obs.grid.shape), obs.mask.reshape(obs.grid.shape)
