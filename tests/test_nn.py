@@ -111,6 +111,34 @@ def test_checkpoint_for_other_ranges_or_architecture_is_refused(tiny_model, tmp_
         load_model(bad)
 
 
+def test_bfloat16_prediction_matches_float32_and_bad_precision_is_refused(cochlea):
+    """The fast path (convolution stages in bfloat16) against float32 on the shipped model: far below its own error."""
+    if sdmnn.nn.shipped_model_path() is None:
+        pytest.skip("no shipped model")
+    full, fast = load_model(precision="float32"), load_model(precision="bfloat16")
+    assert fast.precision == "bfloat16" and full.precision == "float32"
+    x = np.random.default_rng(0).uniform(cochlea.space.low, cochlea.space.high, (4, len(cochlea.space)))
+    diff = np.abs(fast.predict(x) - full.predict(x))
+    assert diff.max() < 0.05 and diff.mean() < 0.005
+    # the fit's differentiable path stays float32
+    assert torch.equal(fast.predict_torch(torch.tensor(x[:1])), full.predict_torch(torch.tensor(x[:1])))
+    with pytest.raises(SdmnnError, match="precision must be one of"):
+        load_model(precision="half")
+
+
+def test_fine_tuning_starts_from_the_given_model(tiny_model, tiny_data, tmp_path):
+    source = load_model(tiny_model)
+    cfg = TrainConfig(data=[str(tiny_data)], steps=1, batch=2, lr=1e-12, channels=TINY_CHANNELS, hidden=32,
+                      init=str(tiny_model), out=str(tmp_path / "ft"))
+    train(cfg, progress=False)
+    tuned = load_model(tmp_path / "ft")
+    x = np.array(list(sdmnn.get_family("cochlea").defaults.values()))
+    assert np.allclose(tuned.predict(x), source.predict(x), atol=1e-4)  # one step at lr 1e-12: the same weights
+    with pytest.raises(SdmnnError, match="architecture"):
+        train(TrainConfig(data=[str(tiny_data)], steps=1, batch=2, channels=(8, 4), hidden=32, init=str(tiny_model),
+                          out=str(tmp_path / "other")), progress=False)
+
+
 def test_training_resumes_where_it_stopped(tiny_data, tmp_path):
     cfg = TrainConfig(data=[str(tiny_data)], steps=2, batch=2, channels=TINY_CHANNELS, hidden=32, out=str(tmp_path / "r"))
     train(cfg, progress=False)

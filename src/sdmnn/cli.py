@@ -20,6 +20,8 @@ err = Console(stderr=True)
 
 ParamOpt = typer.Option(None, "--param", "-p", help="A parameter as NAME=VALUE (repeat); missing ones take the family default.")
 DeviceOpt = typer.Option("auto", metavar="[auto|cpu|cuda]", help="Where the network runs: auto (a CUDA GPU when torch sees one, else the CPU), cpu or cuda.")
+PrecisionOpt = typer.Option("auto", metavar="[auto|float32|bfloat16]", help="The network's arithmetic: bfloat16 runs its "
+                            "convolutions at half width (about 2x faster where the CPU has native bfloat16, which auto uses).")
 
 
 def parse_params(family, items: list[str] | None) -> dict:
@@ -135,7 +137,7 @@ def sdm(family: Optional[str] = typer.Argument(None, help="A family (name, FILE.
         model: Optional[Path] = typer.Option(None, help="Model folder for --forward sdmnn/deepsdf (default: the shipped one)."),
         spacing: float = typer.Option(0.2, help="Voxel size in mm, for --mesh."),
         margin: float = typer.Option(2.0, help="Margin around the mesh's bounding box in mm, for --mesh."),
-        device: str = DeviceOpt):
+        device: str = DeviceOpt, precision: str = PrecisionOpt):
     """Compute a signed distance map (mm, negative inside) on the family grid, or around any mesh."""
     from .grid import Grid
     from .io import load_mesh, save_volume
@@ -169,7 +171,8 @@ def sdm(family: Optional[str] = typer.Argument(None, help="A family (name, FILE.
         else:
             from .nn.checkpoint import load_model
 
-            net = load_model(model, device=device) if model else load_model(family=fam, arch=forward, device=device)
+            net = (load_model(model, device=device, precision=precision) if model else
+                   load_model(family=fam, arch=forward, device=device, precision=precision))
             if net.family.name != fam.name:
                 raise SdmnnError(f"the model is for the {net.family.name} family, not {fam.name}")
             grid = net.grid
@@ -310,7 +313,7 @@ def evaluate(model: Optional[Path] = typer.Argument(None, help="Model folder (de
              seed: int = typer.Option(1, help="Seed of the held-out design."),
              json_flag: bool = typer.Option(False, "--json", help="Print the headline figures as one JSON object instead of a table."),
              output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write the full result (every case) as JSON."),
-             device: str = DeviceOpt):
+             device: str = DeviceOpt, precision: str = PrecisionOpt):
     """Accuracy of a trained model against the exact SDM on held-out parameters, and the time of both."""
     import json
 
@@ -321,7 +324,7 @@ def evaluate(model: Optional[Path] = typer.Argument(None, help="Model folder (de
 
     if n < 1:
         raise SdmnnError(f"--n must be at least 1, got {n}")
-    net = load_model(model, device=device)
+    net = load_model(model, device=device, precision=precision)
     r = run(net, n=n, seed=seed, progress=not json_flag)
     if output:
         write_json(output, r)

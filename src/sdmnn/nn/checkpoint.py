@@ -99,7 +99,7 @@ class Predictor:
     is differentiable with respect to the (unnormalised) parameters."""
 
     def __init__(self, net: torch.nn.Module, family: Family, grid: Grid, meta: dict, path=None, device: str = "cpu",
-                 threads: int | None = None):
+                 threads: int | None = None, precision: str = "float32"):
         self.device = torch.device(device)
         #: torch threads of ``predict`` on the CPU. Default: every core on a quiet machine, one when other processes
         #: keep the cores busy (``runtime.torch_threads``), decided here, once: the load average counts this
@@ -108,6 +108,16 @@ class Predictor:
 
         self.threads = threads or torch_threads()
         self.net = net.to(self.device).eval()
+        #: "bfloat16": ``predict`` runs the network's convolution stages in bfloat16 (heads and sums in float32) on a
+        #: copy of it; ``predict_torch`` (the fit's, differentiable) stays float32.
+        self.precision = precision
+        self._fast = self.net
+        if precision == "bfloat16":
+            import copy
+
+            self._fast = copy.deepcopy(self.net)
+            for stage in self._fast.stages:
+                stage.to(torch.bfloat16)
         self.family, self.grid, self.meta, self.path = family, grid, meta, path
         space = family.space
         self._low = torch.tensor(space.low, dtype=torch.float32, device=self.device)
@@ -133,10 +143,12 @@ class Predictor:
         x = torch.from_numpy(self.family.space.matrix(params).astype(np.float32))
         if self.device.type == "cpu" and self.threads != torch.get_num_threads():
             torch.set_num_threads(self.threads)
+        if x.ndim != 2 or x.shape[1] != len(self.family.space):
+            raise ParameterError(f"expected parameters of shape (B, {len(self.family.space)}), got {tuple(x.shape)}")
         out = []
         with torch.inference_mode():
             for s in range(0, len(x), batch_size):
-                out.append(self.predict_torch(x[s : s + batch_size]).cpu().numpy())
+                out.append(self._fast(self.normalise_torch(x[s : s + batch_size].to(self.device))).float().cpu().numpy())
         sdm = np.concatenate(out)
         return sdm[0] if single else sdm
 
@@ -151,12 +163,20 @@ def shipped_model_path(family="cochlea", arch: str = "sdmnn") -> Path | None:
     return path if (path / "model.json").exists() else None
 
 
-def load_model(path=None, family="cochlea", arch: str = "sdmnn", device: str = "cpu", threads: int | None = None) -> Predictor:
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def load_model(path=None, family="cochlea", arch: str = "sdmnn", device: str = "cpu", threads: int | None = None,
+               precision: str = "auto") -> Predictor:
     """A trained model: ``load_model()`` is the shipped cochlea SDMNN; ``load_model(folder)`` another. ``device``:
     cpu, cuda (cuda:N) or auto (CUDA when torch sees a GPU). ``threads``: torch threads of ``predict`` on the CPU
-    (default: every core on a quiet machine, one when other processes keep the cores busy, decided at load)."""
+    (default: every core on a quiet machine, one when other processes keep the cores busy, decided at load).
+    ``precision`` of ``predict``: float32, bfloat16 (the SDMNN's convolution stages; see docs/bench/nn.md for what it
+    costs in accuracy), or auto: bfloat16 on a CPU whose oneDNN has native bfloat16 (AVX512-BF16 or AMX), else float32."""
     from ..runtime import resolve_device
 
+    if precision not in PRECISIONS:
+        raise SdmnnError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     device = resolve_device(device)
     if path is None:
         path = shipped_model_path(family, arch)
@@ -181,4 +201,9 @@ def load_model(path=None, family="cochlea", arch: str = "sdmnn", device: str = "
         raise SdmnnError(f"{path}: the weights do not match the architecture in model.json ({str(e).splitlines()[0]})") from None
     if meta["arch"] == "sdmnn":
         net = net.to(memory_format=torch.channels_last_3d)
-    return Predictor(net, fam, grid, meta, path, device, threads)
+    if precision == "auto":
+        native = torch.device(device).type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        precision = "bfloat16" if native and meta["arch"] == "sdmnn" else "float32"
+    elif precision == "bfloat16" and meta["arch"] != "sdmnn":
+        raise SdmnnError(f"precision bfloat16 is for the sdmnn architecture, not {meta['arch']}")
+    return Predictor(net, fam, grid, meta, path, device, threads, precision)

@@ -80,6 +80,10 @@ class Stage(nn.Module):
             Conv3d(cout, cout, 3, padding=1), nn.GroupNorm(groups, cout), nn.SiLU(),
         )
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.body[0].weight.dtype
+
     def forward(self, x):
         return self.body(x)
 
@@ -109,7 +113,8 @@ class SDMNN(nn.Module):
             shape = h.shape[2:]
             extra = torch.cat([_coords(shape, x.device, x.dtype).expand(B, -1, *shape),
                                x[:, :, None, None, None].expand(-1, -1, *shape)], 1)
-            h = stage(torch.cat([h, extra], 1).contiguous(memory_format=torch.channels_last_3d))
+            # a stage runs in its weights' precision (bfloat16 in a Predictor's fast path), the sums in x's
+            h = stage(torch.cat([h, extra], 1).to(stage.dtype).contiguous(memory_format=torch.channels_last_3d)).to(x.dtype)
             out = F.interpolate(out, size=shape, mode="trilinear", align_corners=False) + head(h)
         X, Y, Z = shape
         fine = self.shuffle(h).view(B, 2, 2, 2, X, Y, Z).permute(0, 4, 1, 5, 2, 6, 3).reshape(B, 2 * X, 2 * Y, 2 * Z)
