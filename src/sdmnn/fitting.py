@@ -478,24 +478,43 @@ class _Likelihood:
         """(gradient (k,), Gauss-Newton (Fisher) Hessian (k, k)) of the NLL for SDM Jacobian J (N, k) on the whole
         crop; with ``scores``, also each voxel's gradient (N, k)."""
         s, y, m = self.scale, self.obs.y, self.obs.mask
-        t = self.terms(d)
         if self.kind == "labels":
+            t = self.terms(d)
             J = t.linear(J)
             p = _sigmoid(-t.shifted(d) / s)
             g_d, w = m * (y - p) / s, m * p * (1 - p) / s**2
         elif self.kind == "sdm":
             g_d, w = m * (d - y) / s**2, m / s**2
-        else:  # residual r = y - b - (a - b) blur(Phi(-d' / spread)): d' and the blur are linear
-            B = self.blended(d)
-            a, b, sigma = _appearance(B, y, m)
-            z = -t.shifted(d) / t.spread
-            dB = (np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi) / t.spread)[:, None] * t.linear(J)
-            Jr = (a - b) * np.stack([self.obs.coarse(_blur(dB[:, j], self.obs.model_grid, s)) for j in range(J.shape[1])], 1)
-            r = y - b - (a - b) * B
+        else:
+            Jr, r, sigma = self._intensity_jacobian(d, J)
             out = Jr.T @ (m * r) / sigma**2, Jr.T @ (m[:, None] * Jr) / sigma**2
             return (*out, Jr * (m * r / sigma**2)[:, None]) if scores else out
         out = J.T @ g_d, J.T @ (w[:, None] * J)
         return (*out, J * g_d[:, None]) if scores else out
+
+    def _intensity_jacobian(self, d, J):
+        """(residual Jacobian (N, k), residuals r (N,), sigma) of an intensity image: r = y - b - (a - b) B with
+        B = coarse(blur(Phi(-d' / spread))), linear in d' and d' linear in d."""
+        B = self.blended(d)
+        a, b, sigma = _appearance(B, self.obs.y, self.obs.mask)
+        t = self.terms(d)
+        z = -t.shifted(d) / t.spread
+        dB = (np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi) / t.spread)[:, None] * t.linear(J)
+        Jr = (a - b) * np.stack([self.obs.coarse(_blur(dB[:, j], self.obs.model_grid, self.scale)) for j in range(J.shape[1])], 1)
+        return Jr, self.obs.y - b - (a - b) * B, sigma
+
+    def error_sensitivity(self, d, J) -> np.ndarray:
+        """(N, k): how each voxel's gradient of the NLL moves when the SDM moves by one mm there (an error of
+        the forward model, e.g. a network's): the Fisher weight of d at the voxel times its Jacobian row."""
+        m = self.obs.mask
+        if self.kind == "labels":
+            t = self.terms(d)
+            p = _sigmoid(-t.shifted(d) / self.scale)
+            return t.linear(J) * (m * p * (1 - p) / self.scale**2)[:, None]
+        if self.kind == "sdm":
+            return J * (m / self.scale**2)[:, None]
+        Jr, _, sigma = self._intensity_jacobian(d, np.concatenate([J, np.ones((len(J), 1))], 1))
+        return Jr[:, :-1] * (m * Jr[:, -1] / sigma**2)[:, None]
 
     def residuals(self, d) -> np.ndarray:
         """Standardised residuals per voxel (0 where unused), for the correlation volume."""
@@ -781,12 +800,12 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
 
             vector, best_pose, d, J = _levenberg_marquardt(exact, [(hybrid_jacobian, 50), (exact.jacobian, 2)], like, vector,
                                                            best_pose, low, high, max_exact, free_pose)
-            model_error = 0.0
+            model_error = None
         elif forward == "exact":
             say("polishing with the exact SDM")
             vector, best_pose, d, J = _levenberg_marquardt(exact, [(exact.jacobian, 50)], like, vector, best_pose, low, high,
                                                            max_exact, free_pose)
-            model_error = 0.0
+            model_error = None
         else:
             say("refining with the network")
             nnet = _Network(net, obs, evals)
@@ -795,14 +814,16 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
             model_error = _model_error(net)
         like.estimate(d)
         scale_used = like.scale
-        if model_error and observed_kind == "labels":
-            like.scale = math.sqrt(like.scale**2 + 3 * model_error**2 / math.pi**2)
-        elif model_error and observed_kind == "sdm":
-            like.scale = math.sqrt(like.scale**2 + model_error**2)
         temper = correlation_volume(like.residuals(d), obs.grid.shape)
         _, H, scores = like.gauss_newton(d, J, scores=True)
         scales = np.concatenate([span, POSE_SCALE if free_pose else []])
         cov_unit = _posterior_covariance(H, scores, obs.grid.shape, temper)
+        if model_error:  # the network's own error near the surface, correlated over patches of its measured volume
+            rms, patch_mm3 = model_error
+            side = np.maximum(1, np.round(patch_mm3 ** (1 / 3) / np.array(obs.grid.spacing))).astype(int)
+            G = _block_sums(like.error_sensitivity(d, J), obs.grid.shape, side)
+            H_inv = _inverse(H)
+            cov_unit = cov_unit + rms**2 * H_inv @ (G.T @ G) @ H_inv
         cov = cov_unit * np.outer(scales, scales)
         centre_theta = np.concatenate([vector, np.zeros(6) if free_pose else []])
         samples = _truncated_gaussian(np.random.default_rng(seed), centre_theta, cov, low, high, n_samples)
@@ -820,7 +841,8 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
             noise={{"sdm": "sigma", "labels": "tau", "intensity": "blur"}[observed_kind]: scale_used,
                    "tau_floor": like.floor if observed_kind == "labels" else None,
                    "appearance": dict(zip(("inside", "outside", "sigma"), like.appearance)) if like.appearance else None,
-                   "model_error": model_error, "correlation_volume": temper},
+                   "model_error": dict(zip(("near_rms_mm", "correlation_mm3"), model_error)) if model_error else None,
+                   "correlation_volume": temper},
             quality=quality, grid=grid, log_posterior=-like.nll(d) / temper, covariance=cov,
         )
         if quality.get("warning"):
@@ -1070,10 +1092,24 @@ def _prior_box(fam, prior):
     return low, high
 
 
-def _model_error(net) -> float:
-    """The learned model's error near the surface as a Gaussian scale (mm): 1.25 x its mean |error|."""
+def _model_error(net) -> tuple[float, float]:
+    """A learned model's error within one voxel of the surface, from its validation: (RMS in mm, the volume in mm^3
+    over which it is correlated). Models validated before these were recorded: 1.25 x the mean |error| within
+    1 mm (the RMS of a Gaussian error of that mean) and one model voxel."""
     acc = (net.meta.get("accuracy") or {}).get("validation") or {}
-    return 1.25 * float(acc.get("band_mae", 0.05))
+    voxel_mm3 = float(np.prod(net.grid.spacing))
+    if "near_rms" in acc and math.isfinite(acc.get("near_correlation_voxels", math.nan)):
+        return float(acc["near_rms"]), float(acc["near_correlation_voxels"]) * voxel_mm3
+    return 1.25 * float(acc.get("band_mae", 0.05)), voxel_mm3
+
+
+def _block_sums(rows, shape, side) -> np.ndarray:
+    """(blocks, k): the rows (one per voxel of ``shape``) summed over blocks of ``side`` voxels along each axis."""
+    idx = np.indices(shape).reshape(3, -1) // np.asarray(side).reshape(3, 1)
+    blocks = np.ravel_multi_index(tuple(idx), tuple(np.array(shape) // np.asarray(side) + 1))
+    summed = np.zeros((blocks.max() + 1, rows.shape[1]))
+    np.add.at(summed, blocks, rows)
+    return summed
 
 
 def _sobol(n, low, high, seed):
@@ -1089,11 +1125,7 @@ def _posterior_covariance(H, scores, shape, temper):
     sandwich holds when the model is wrong in ways the noise model does not say (partial volume, blur),
     the tempered Laplace when the residuals are what the model says."""
     H_inv = _inverse(H)
-    side = max(2, math.ceil(2 * temper ** (1 / 3)))
-    idx = np.indices(shape).reshape(3, -1) // side
-    blocks = np.ravel_multi_index(tuple(idx), tuple(np.array(shape) // side + 1))
-    summed = np.zeros((blocks.max() + 1, scores.shape[1]))
-    np.add.at(summed, blocks, scores)
+    summed = _block_sums(scores, shape, [max(2, math.ceil(2 * temper ** (1 / 3)))] * 3)
     sandwich = H_inv @ (summed.T @ summed) @ H_inv
     laplace = H_inv * temper
     # the larger of two covariances: the sandwich made at least the Laplace one, direction by direction
