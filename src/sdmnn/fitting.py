@@ -243,7 +243,8 @@ class _Observation:
         y = image[sl].astype(np.float64).ravel()
         m = np.ones_like(y) if mask is None else mask[sl].astype(np.float64).ravel()
         h = np.array(crop_grid.spacing)
-        sub = tuple(int(k) for k in np.maximum(1, np.round(h / h.min()))) if kind == "intensity" else (1, 1, 1)
+        # at most 4 sub-voxels along an axis: the forward model's cost grows with their number
+        sub = tuple(int(k) for k in np.clip(np.round(h / h.min()), 1, 4)) if kind == "intensity" else (1, 1, 1)
         k = np.array(sub)
         model_grid = crop_grid if sub == (1, 1, 1) else Grid(
             tuple(int(n) for n in np.array(crop_grid.shape) * k), tuple(h / k),
