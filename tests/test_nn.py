@@ -13,8 +13,8 @@ import sdmnn
 from sdmnn import Grid, ModelError, ParameterError, SdmnnError
 from sdmnn.dataset import make_dataset
 from sdmnn.nn import load_model
-from sdmnn.nn.model import SDMNN, SDMNNConfig
-from sdmnn.nn.train import TrainConfig, train
+from sdmnn.nn.model import SDMNN, InferenceSDMNN, SDMNNConfig
+from sdmnn.nn.train import TrainConfig, train, weighted_mse
 
 TINY = Grid((16, 16, 8), (0.8, 0.7, 0.8), (-5.4, -5.1, -1.7))
 TINY_CHANNELS = (8, 8, 8)
@@ -109,6 +109,32 @@ def test_checkpoint_for_other_ranges_or_architecture_is_refused(tiny_model, tmp_
     (bad / "model.json").write_text(json.dumps(meta))
     with pytest.raises(SdmnnError, match="do not match the architecture"):
         load_model(bad)
+
+
+def test_the_inference_network_computes_the_trained_function():
+    """InferenceSDMNN (folded coordinate and parameter channels, the upsampling as a convolution) against the SDMNN it
+    comes from, on a grid that is not a multiple of the network's stride (so padding and crop are exercised) and with
+    weights far from their initial values (so every folded term matters)."""
+    torch.manual_seed(0)
+    net = SDMNN(SDMNNConfig(n_params=3, out_shape=(21, 18, 11), channels=(8, 8, 8), hidden=32)).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p += 0.05 * torch.randn_like(p)
+        x = torch.rand(3, 3) * 2 - 1
+        ref = net(x)
+        assert ref.shape == (3, 21, 18, 11) and ref.std() > 0.1
+        assert (InferenceSDMNN(net)(x) - ref).abs().max() < 1e-5 * ref.abs().max()
+        assert (InferenceSDMNN(net, torch.bfloat16)(x) - ref).abs().max() < 0.02 * ref.abs().max()
+
+
+def test_the_sign_aware_loss_adds_the_weighted_size_of_wrong_signs_only():
+    target = torch.tensor([-0.05, 0.02, 1.0, -2.0])
+    right = torch.tensor([-0.03, 0.05, 1.2, -1.5])  # every sign right: the sign term adds nothing
+    assert weighted_mse(right, target, 20, 0.15, sign_weight=0.5) == weighted_mse(right, target, 20, 0.15)
+    wrong = torch.tensor([0.01, -0.03, 1.2, -1.5])  # the two voxels near the surface on the wrong side
+    w = 1 + 20 * torch.exp(-target.abs() / 0.15)
+    added = 0.5 * (w[0] * 0.01 + w[1] * 0.03) / w.sum()
+    assert torch.isclose(weighted_mse(wrong, target, 20, 0.15, 0.5) - weighted_mse(wrong, target, 20, 0.15), added)
 
 
 def test_bfloat16_prediction_matches_float32_and_bad_precision_is_refused(cochlea):

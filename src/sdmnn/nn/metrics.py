@@ -4,13 +4,14 @@ from __future__ import annotations
 import numpy as np
 
 
-def sdm_errors(pred: np.ndarray, exact: np.ndarray, band: float = 1.0, voxel: float | None = None) -> dict:
+def sdm_errors(pred: np.ndarray, exact: np.ndarray, band: float = 1.0, voxel: float | None = None,
+               model_error: bool = False) -> dict:
     """Accuracy of predicted SDMs against exact ones: mean |error| over the volume and within
     ``band`` mm of the surface, max |error|, and the share of voxels with the wrong sign, over the
     volume and (``wrong_sign_near``, when ``voxel`` is given) within one voxel of the surface, where
-    the sign decides the shape and far voxels cannot hide it. With ``voxel``, also what a fit needs to
-    know of the error as a model error: its RMS within one voxel of the surface (``near_rms``, mm) and the
-    volume over which it is correlated there (``near_correlation_voxels``: voxels per independent error,
+    the sign decides the shape and far voxels cannot hide it. With ``voxel`` and ``model_error``, also what a fit
+    needs to know of the error as a model error (the validation stored in model.json): its RMS within one voxel of the
+    surface (``near_rms``, mm) and the volume over which it is correlated there (``near_correlation_voxels``: voxels per independent error,
     from its autocorrelation within two voxels of the surface; see ``fitting.correlation_volume``)."""
     pred, exact = np.asarray(pred, dtype=np.float64), np.asarray(exact, dtype=np.float64)
     err = np.abs(pred - exact)
@@ -20,6 +21,7 @@ def sdm_errors(pred: np.ndarray, exact: np.ndarray, band: float = 1.0, voxel: fl
     if voxel is not None:
         close = np.abs(exact) <= voxel
         extra["wrong_sign_near"] = float(wrong[close].mean()) if close.any() else float("nan")
+    if voxel is not None and model_error:
         extra["near_rms"] = float(np.sqrt(np.mean((pred - exact)[close] ** 2))) if close.any() else float("nan")
         extra["near_correlation_voxels"] = _correlation_voxels(pred - exact, np.abs(exact) <= 2 * voxel)
     return {**extra,

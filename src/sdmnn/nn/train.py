@@ -36,6 +36,7 @@ class TrainConfig:
     warmup: int = 100
     near_weight: float = 4.0  # loss weight 1 + near_weight * exp(-|d| / near_scale)
     near_scale: float = 0.5  # mm
+    sign_weight: float = 0.0  # plus sign_weight * the same-weighted mean of |prediction| where its sign is wrong (mm)
     init: str | None = None  # start from this model's weights (a model folder, or "shipped"); fresh optimiser and schedule
     arch: str = "sdmnn"  # or "deepsdf", the baseline
     channels: tuple[int, ...] = (32, 32, 24)
@@ -52,9 +53,15 @@ class TrainConfig:
         return asdict(self)
 
 
-def weighted_mse(pred, target, near_weight, near_scale):
+def weighted_mse(pred, target, near_weight, near_scale, sign_weight=0.0):
+    """The SDMNN loss: MSE weighted by 1 + near_weight * exp(-|d| / near_scale), plus, with ``sign_weight``, a
+    sign-aware term: the same-weighted mean of |prediction| over voxels where its sign is wrong (a hinge at zero), whose
+    gradient does not fade as the error shrinks, so it keeps pushing the zero level set across those voxels."""
     w = 1 + near_weight * torch.exp(-target.abs() / near_scale)
-    return (w * (pred - target) ** 2).sum() / w.sum()
+    loss = (w * (pred - target) ** 2).sum()
+    if sign_weight:
+        loss = loss + sign_weight * (w * torch.relu(-pred * torch.sign(target))).sum()
+    return loss / w.sum()
 
 
 def _distributed(device):
@@ -194,7 +201,7 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
             pred = model(xb, net.coords[pts.to(device)])
             loss = (pred - target.to(device).clamp(-cfg.clamp, cfg.clamp)).abs().mean()
         else:
-            loss = weighted_mse(model(xb), yb.to(device, non_blocking=True), cfg.near_weight, cfg.near_scale)
+            loss = weighted_mse(model(xb), yb.to(device, non_blocking=True), cfg.near_weight, cfg.near_scale, cfg.sign_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -253,7 +260,7 @@ def validate(net, val, batch: int = 16) -> dict:
     device = next(net.parameters()).device
     pred = torch.cat([net(val.x[s : s + batch].to(device)).cpu() for s in range(0, len(val), batch)]).numpy()
     net.train()
-    return sdm_errors(pred, val.sdm.numpy(), voxel=max(val.grid.spacing))
+    return sdm_errors(pred, val.sdm.numpy(), voxel=max(val.grid.spacing), model_error=True)
 
 
 def _init_from(net, init, family, grid, mcfg, arch):
