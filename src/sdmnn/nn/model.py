@@ -134,10 +134,10 @@ class InferenceSDMNN(nn.Module):
     """A trained SDMNN rearranged for fast inference (``Predictor.predict``): the same function, faster at batch 1 (both
     times in docs/bench/nn.md). The fit's differentiable path runs the SDMNN itself.
 
-    - The coordinate and parameter channels that a stage's first convolution sees are the same for every voxel of a
-      shape but for the coordinates, which are the same for every shape: their share of that convolution (zero padding
-      included) is precomputed, a volume for the coordinates and bias plus one per parameter, combined by one matrix
-      product; the convolution itself runs on the features alone (32 input channels instead of 39 on the cochlea's).
+    - Of the channels a stage's first convolution sees, the parameters are constant over a shape's volume and the
+      coordinates are the same for every shape, so their share of that convolution (zero padding included) is
+      precomputed: a volume for the coordinates and bias plus one per parameter, combined by one matrix product. The
+      convolution itself runs on the features alone (32 input channels instead of 39 on the cochlea's network).
     - The convolutions run in ``dtype`` (bfloat16 where the CPU has it natively), GroupNorm, SiLU and the sums in
       float32: bfloat16 GroupNorm on channels-last volumes was the slowest operation of the whole network.
     - The final trilinear upsampling of the coarse SDM is a 3x3x3 convolution onto the 2x2x2 sub-voxels at half
