@@ -149,7 +149,10 @@ class InferenceSDMNN(nn.Module):
         c = self.config = net.config
         self.dtype = dtype
         cl = torch.channels_last_3d
-        self.mlp, self.heads = net.mlp, net.heads
+        self.mlp = net.mlp
+        # The 1x1x1 heads as matrix-vector products over channels-last volumes (a convolution call cost more).
+        self.head_weights = [head.weight.detach().reshape(1, -1).float() for head in net.heads]
+        self.head_biases = [head.bias.detach().float() for head in net.heads]
         self.convs, self.norms = nn.ModuleList(), nn.ModuleList()
         device = next(net.parameters()).device
         with torch.no_grad():
@@ -161,8 +164,9 @@ class InferenceSDMNN(nn.Module):
                 constant = F.conv3d(_coords(shape, device, torch.float32), w[:, cin : cin + 3], conv1.bias.float(), padding=1)
                 ones = torch.ones(1, 1, *shape, device=device)
                 per_param = torch.cat([F.conv3d(ones, w[:, cin + 3 + p : cin + 4 + p], padding=1) for p in range(c.n_params)])
-                self.register_buffer(f"constant{i}", constant.reshape(1, -1))  # (1, cout * voxels)
-                self.register_buffer(f"per_param{i}", per_param.reshape(c.n_params, -1))  # (n_params, cout * voxels)
+                # flattened in channels-last order, that of the convolution's output: (1 or n_params, voxels * cout)
+                self.register_buffer(f"constant{i}", constant.permute(0, 2, 3, 4, 1).reshape(1, -1))
+                self.register_buffer(f"per_param{i}", per_param.permute(0, 2, 3, 4, 1).reshape(c.n_params, -1))
                 features = Conv3d(cin, cout, 3, padding=1, bias=False).to(device)
                 features.weight.copy_(w[:, :cin])
                 self.convs.append(nn.ModuleList([features, copy.deepcopy(conv2)]).to(dtype).to(memory_format=cl))
@@ -172,17 +176,22 @@ class InferenceSDMNN(nn.Module):
             taps = torch.tensor([[0.25, 0.75, 0.0], [0.0, 0.75, 0.25]], device=device)  # even, odd sub-voxel along an axis
             self.upsample.weight.copy_(torch.einsum("ai,bj,ck->abcijk", taps, taps, taps).reshape(8, 1, 3, 3, 3))
 
+    def _head(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """The i-th 1x1x1 head on a float32 (B, C, X, Y, Z) volume -> (B, 1, X, Y, Z)."""
+        return F.linear(h.permute(0, 2, 3, 4, 1), self.head_weights[i], self.head_biases[i]).permute(0, 4, 1, 2, 3)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, d) normalised parameters -> (B, nx, ny, nz) SDM in mm, float32."""
         B, c, cl = x.shape[0], self.config, torch.channels_last_3d
         h = self.mlp(x).view(B, c.channels[0], *c.base_shape)
-        out = self.heads[0](h)
-        for i, ((features, conv2), (gn1, gn2), head) in enumerate(zip(self.convs, self.norms, self.heads[1:])):
+        out = self._head(0, h)
+        for i, ((features, conv2), (gn1, gn2)) in enumerate(zip(self.convs, self.norms)):
             h = F.interpolate(h.to(self.dtype).contiguous(memory_format=cl), scale_factor=2, mode="nearest")
             shape = h.shape[2:]
-            given = torch.addmm(getattr(self, f"constant{i}"), x, getattr(self, f"per_param{i}")).view(B, -1, *shape)
-            h = F.silu(gn1(features(h).float() + given))
+            h = features(h).float().contiguous(memory_format=cl)  # its flat order is that of the precomputed volumes
+            h.permute(0, 2, 3, 4, 1).view(B, -1).add_(getattr(self, f"constant{i}")).addmm_(x, getattr(self, f"per_param{i}"))
+            h = F.silu(gn1(h))
             h = F.silu(gn2(conv2(h.to(self.dtype)).float()))
-            out = F.interpolate(out, size=shape, mode="trilinear", align_corners=False) + head(h)
+            out = F.interpolate(out, size=shape, mode="trilinear", align_corners=False) + self._head(i + 1, h)
         sub = self.shuffle(h.to(self.dtype)).float() + self.upsample(F.pad(out, (1,) * 6, mode="replicate"))
         return _crop(_unshuffle(sub), c)
