@@ -151,8 +151,9 @@ class InferenceSDMNN(nn.Module):
         cl = torch.channels_last_3d
         self.mlp = net.mlp
         # The 1x1x1 heads as matrix-vector products over channels-last volumes (a convolution call cost more).
-        self.head_weights = [head.weight.detach().reshape(1, -1).float() for head in net.heads]
-        self.head_biases = [head.bias.detach().float() for head in net.heads]
+        for i, head in enumerate(net.heads):
+            self.register_buffer(f"head_weight{i}", head.weight.detach().reshape(1, -1).float().clone())
+            self.register_buffer(f"head_bias{i}", head.bias.detach().float().clone())
         self.convs, self.norms = nn.ModuleList(), nn.ModuleList()
         device = next(net.parameters()).device
         with torch.no_grad():
@@ -178,7 +179,8 @@ class InferenceSDMNN(nn.Module):
 
     def _head(self, i: int, h: torch.Tensor) -> torch.Tensor:
         """The i-th 1x1x1 head on a float32 (B, C, X, Y, Z) volume -> (B, 1, X, Y, Z)."""
-        return F.linear(h.permute(0, 2, 3, 4, 1), self.head_weights[i], self.head_biases[i]).permute(0, 4, 1, 2, 3)
+        weight, bias = getattr(self, f"head_weight{i}"), getattr(self, f"head_bias{i}")
+        return F.linear(h.permute(0, 2, 3, 4, 1), weight, bias).permute(0, 4, 1, 2, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, d) normalised parameters -> (B, nx, ny, nz) SDM in mm, float32."""
