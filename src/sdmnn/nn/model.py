@@ -136,8 +136,9 @@ class InferenceSDMNN(nn.Module):
 
     - Of the channels a stage's first convolution sees, the parameters are constant over a shape's volume and the
       coordinates are the same for every shape, so their share of that convolution (zero padding included) is
-      precomputed: a volume for the coordinates and bias plus one per parameter, combined by one matrix product. The
-      convolution itself runs on the features alone (32 input channels instead of 39 on the cochlea's network).
+      precomputed: a volume for the coordinates and bias plus one per parameter, added in place to the convolution's
+      output by one matrix product. The convolution itself runs on the features alone (32 input channels instead of
+      39 on the cochlea's network). The 1x1x1 heads are matrix-vector products over channels-last volumes.
     - The convolutions run in ``dtype`` (bfloat16 where the CPU has it natively), GroupNorm, SiLU and the sums in
       float32: bfloat16 GroupNorm on channels-last volumes was the slowest operation of the whole network.
     - The final trilinear upsampling of the coarse SDM is a 3x3x3 convolution onto the 2x2x2 sub-voxels at half
