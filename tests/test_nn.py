@@ -261,3 +261,33 @@ def test_device_auto_runs_on_the_cpu_here_and_a_missing_gpu_is_one_sentence(tiny
         r = subprocess.run([sys.executable, "-m", "sdmnn.cli", "sdm", "cochlea", "--forward", "sdmnn", "--device", "cuda",
                             "-o", "x.nii.gz"], capture_output=True, text=True, timeout=120, cwd=tiny_model)
         assert r.returncode == 2 and "no CUDA GPU" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_hard_example_sampling_draws_cases_in_proportion_to_their_loss(tiny_data, tmp_path):
+    """The priorities are each case's weighted_mse (from the first pass, then from training steps), and the hard share of
+    a batch is drawn in proportion to them."""
+    from sdmnn.dataset import open_dataset
+    from sdmnn.nn.train import _HardCases, _batch
+
+    ds = open_dataset(tiny_data)
+    cfg = TrainConfig(near_weight=20, near_scale=0.15, sign_weight=0.05)
+    torch.manual_seed(0)
+    net = SDMNN(SDMNNConfig(n_params=4, out_shape=TINY.shape, channels=TINY_CHANNELS, hidden=32))
+    hard = _HardCases(net, ds.x, ds.sdm, cfg, torch.device("cpu"), batch=4)  # batches of 4 over 6 cases: a ragged end
+    with torch.no_grad():
+        each = [weighted_mse(net(ds.x[i : i + 1]), ds.sdm[i : i + 1], 20, 0.15, 0.05).item() for i in range(len(ds.x))]
+    assert np.allclose(hard.loss, each, rtol=1e-5)
+    hard.loss[:] = [1, 0, 0, 3, 0, 0]
+    rng = np.random.default_rng(0)
+    drawn = np.concatenate([_batch(ds.x, ds.sdm, None, rng, 8, hard, 0.5)[2][:4] for _ in range(500)])
+    assert set(drawn) == {0, 3} and abs(np.mean(drawn == 3) - 0.75) < 0.05
+    x, y, idx = _batch(ds.x, ds.sdm, None, rng, 8, hard, 0.5)
+    assert torch.equal(x, ds.x[idx]) and torch.equal(y, ds.sdm[idx])
+    hard.update(np.array([1, 2]), torch.tensor([0.5, 0.25]))
+    assert list(hard.loss) == [1, 0.5, 0.25, 3, 0, 0]
+    result = train(TrainConfig(data=[str(tiny_data)], hard=0.5, steps=3, batch=4, channels=TINY_CHANNELS, hidden=32,
+                               out=str(tmp_path / "h")), progress=False)
+    assert result["steps"] == 3
+    for bad in (dict(hard=1.5), dict(hard=0.5, arch="deepsdf")):
+        with pytest.raises(SdmnnError, match="--hard"):
+            train(TrainConfig(data=[str(tiny_data)], steps=1, batch=2, out=str(tmp_path / "bad"), **bad), progress=False)

@@ -37,6 +37,7 @@ class TrainConfig:
     near_weight: float = 4.0  # loss weight 1 + near_weight * exp(-|d| / near_scale)
     near_scale: float = 0.5  # mm
     sign_weight: float = 0.0  # plus sign_weight * the same-weighted mean of |prediction| where its sign is wrong (mm)
+    hard: float = 0.0  # share of each batch drawn from the static sets in proportion to each case's loss when last seen
     init: str | None = None  # start from this model's weights (a model folder, or "shipped"); fresh optimiser and schedule
     arch: str = "sdmnn"  # or "deepsdf", the baseline
     channels: tuple[int, ...] = (32, 32, 24)
@@ -57,11 +58,42 @@ def weighted_mse(pred, target, near_weight, near_scale, sign_weight=0.0):
     """The SDMNN loss: MSE weighted by 1 + near_weight * exp(-|d| / near_scale), plus, with ``sign_weight``, a
     sign-aware term: the same-weighted mean of |prediction| over voxels where its sign is wrong (a hinge at zero), whose
     gradient does not fade as the error shrinks, so it keeps pushing the zero level set across those voxels."""
+    terms, w = _loss_terms(pred, target, near_weight, near_scale, sign_weight)
+    return terms.sum() / w.sum()
+
+
+def _loss_terms(pred, target, near_weight, near_scale, sign_weight):
+    """The per-voxel terms of ``weighted_mse`` and their weights (its value is terms.sum() / weights.sum())."""
     w = 1 + near_weight * torch.exp(-target.abs() / near_scale)
-    loss = (w * (pred - target) ** 2).sum()
+    terms = w * (pred - target) ** 2
     if sign_weight:
-        loss = loss + sign_weight * (w * torch.relu(-pred * torch.sign(target))).sum()
-    return loss / w.sum()
+        terms = terms + sign_weight * w * torch.relu(-pred * torch.sign(target))
+    return terms, w
+
+
+class _HardCases:
+    """Online hard-example sampling over the static sets: each case's priority is its loss when last seen (one pass over
+    every case at the start gives the first), and a share of each batch is drawn in proportion to it, so that the thin
+    tubes and tight turns that a uniform draw rarely meets are met again until their loss falls like the others'."""
+
+    def __init__(self, net, X, Y, cfg, device, batch=16):
+        net.eval()
+        with torch.no_grad():
+            self.loss = torch.cat([_case_losses(*_loss_terms(net(X[s : s + batch].to(device)), Y[s : s + batch].to(device),
+                                                             cfg.near_weight, cfg.near_scale, cfg.sign_weight)).cpu()
+                                   for s in range(0, len(X), batch)]).double().numpy()
+        net.train()
+
+    def draw(self, rng, n):
+        return rng.choice(len(self.loss), n, p=self.loss / self.loss.sum())
+
+    def update(self, idx, losses):
+        self.loss[idx] = losses.cpu().double().numpy()
+
+
+def _case_losses(terms, w):
+    """``weighted_mse`` of each case of a batch, from its terms and weights."""
+    return terms.detach().flatten(1).sum(1) / w.flatten(1).sum(1)
 
 
 def _distributed(device):
@@ -173,6 +205,13 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
     model = (torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
              if world > 1 else net)
     online = _OnlineBuffer(family, grid, cfg.seed * 1000 + rank, cfg.online_workers, cfg.online_buffer) if cfg.online else None
+    if not 0 <= cfg.hard <= 1:
+        raise SdmnnError(f"--hard is a share of each batch, between 0 and 1, got {cfg.hard}")
+    if cfg.hard and (cfg.arch != "sdmnn" or not len(X)):
+        raise SdmnnError("--hard draws from the static datasets (--data) and applies to --arch sdmnn only")
+    if cfg.hard and rank == 0:
+        print(f"--hard: the loss of each of the {len(X)} training cases, one pass ...", flush=True)
+    hard = _HardCases(net, X, Y, cfg, device) if cfg.hard else None
 
     budget = (cfg.minutes or math.inf) * 60
     total_steps = cfg.steps or math.inf
@@ -194,14 +233,17 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
         lr = cfg.lr * min(1.0, (state["step"] + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
         for g in opt.param_groups:
             g["lr"] = lr
-        xb, yb = _batch(X, Y, online, rng, cfg.batch)
+        xb, yb, idx = _batch(X, Y, online, rng, cfg.batch, hard, cfg.hard)
         xb = xb.to(device, non_blocking=True)
         if cfg.arch == "deepsdf":  # L1 on clamped SDF samples, near the surface and uniform
             pts, target = sample_points(yb, torch.arange(len(yb)), cfg.points, cfg.clamp, rng)
             pred = model(xb, net.coords[pts.to(device)])
             loss = (pred - target.to(device).clamp(-cfg.clamp, cfg.clamp)).abs().mean()
         else:
-            loss = weighted_mse(model(xb), yb.to(device, non_blocking=True), cfg.near_weight, cfg.near_scale, cfg.sign_weight)
+            terms, w = _loss_terms(model(xb), yb.to(device, non_blocking=True), cfg.near_weight, cfg.near_scale, cfg.sign_weight)
+            loss = terms.sum() / w.sum()
+            if hard is not None:  # the static cases are the batch's last rows
+                hard.update(idx, _case_losses(terms, w)[len(xb) - len(idx):])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -235,8 +277,9 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
     return {"steps": state["step"], "seconds": state["seconds"], **metrics}
 
 
-def _batch(X, Y, online, rng, n):
-    """A training batch: from the static sets, with half from the online buffer when it has samples."""
+def _batch(X, Y, online, rng, n, hard=None, hard_share=0.0):
+    """A training batch and the indices of its static cases (its last rows): from the static sets, with half from the
+    online buffer when it has samples, and ``hard_share`` of the static part drawn by ``hard`` in proportion to loss."""
     n_online = n // 2 if online is not None and len(X) else (n if online is not None else 0)
     parts = []
     if n_online:
@@ -246,12 +289,15 @@ def _batch(X, Y, online, rng, n):
             if not len(X):  # online only, nothing computed yet: wait for the first samples
                 while (got := online.sample(rng, n)) is None:
                     time.sleep(0.2)
-                return got[0], got[1].contiguous()
+                return got[0], got[1].contiguous(), np.empty(0, dtype=np.int64)
         else:
             parts.append(got)
-    idx = torch.from_numpy(rng.integers(0, len(X), n - n_online))
-    parts.append((X[idx], Y[idx]))
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    n_hard = round(hard_share * (n - n_online)) if hard is not None else 0
+    idx = np.concatenate([hard.draw(rng, n_hard) if n_hard else np.empty(0, dtype=np.int64),
+                          rng.integers(0, len(X), n - n_online - n_hard)])
+    t = torch.from_numpy(idx)
+    parts.append((X[t], Y[t]))
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), idx
 
 
 @torch.no_grad()
