@@ -291,3 +291,58 @@ def test_hard_example_sampling_draws_cases_in_proportion_to_their_loss(tiny_data
     for bad in (dict(hard=1.5), dict(hard=0.5, arch="deepsdf")):
         with pytest.raises(SdmnnError, match="--hard"):
             train(TrainConfig(data=[str(tiny_data)], steps=1, batch=2, out=str(tmp_path / "bad"), **bad), progress=False)
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_adaptive_threads_leave_two_collapsed_threads_for_one_and_come_back_when_they_are_fast_again():
+    from sdmnn.runtime import AdaptiveThreads
+
+    clock = _Clock()
+    policy = AdaptiveThreads(2, start=2, clock=clock)
+    for _ in range(5):  # quiet: two threads, no try of one before FIRST_PROBE
+        assert policy.choose() == 2
+        policy.record(2, 0.005)
+    clock.now = 1.0
+    assert policy.choose() == 1  # the try of one thread is due: it loses, and the next is twice as far away
+    policy.record(1, 0.008)
+    assert policy.current == 2 and policy.wait == 2.0
+    clock.now = 2.9
+    assert policy.choose() == 2
+    policy.record(2, 0.35)  # the cores became busy: two spinning threads collapse
+    assert policy.choose() == 1
+    policy.record(1, 0.015)
+    assert policy.current == 1 and policy.wait == AdaptiveThreads.FIRST_PROBE
+    policy.record(1, 0.05)  # a slow call on one thread alone does not make it try two
+    assert policy.choose() == 1
+    for k in range(6):  # while two threads keep losing, they are tried at doubling intervals, up to LAST_PROBE
+        clock.now = policy.next_probe
+        assert policy.choose() == 2
+        policy.record(2, 0.35)
+        assert policy.current == 1 and policy.wait == min(2 ** (k + 1), AdaptiveThreads.LAST_PROBE)
+    clock.now = policy.next_probe  # the load is gone: two threads beat one's last call and take over
+    policy.record(1, 0.008)
+    assert policy.choose() == 2
+    policy.record(2, 0.005)
+    assert policy.current == 2
+    assert AdaptiveThreads(1, start=1, clock=clock).choose() == 1  # one core: nothing to choose
+
+
+def test_predict_keeps_given_threads_and_adapts_without(tiny_model):
+    m = load_model(tiny_model, threads=1)
+    x = m.family.defaults
+    m.predict(x)
+    assert torch.get_num_threads() == 1 and m.threads == 1 and m._adaptive is None
+    m.threads = None  # the default: per call
+    m._adaptive.next_probe = 0.0  # a try of the count not in use is due
+    m._adaptive.current = 2
+    m.predict(x)
+    assert torch.get_num_threads() == 1 and 1 in m._adaptive.recent
+    with pytest.raises(SdmnnError, match="threads must be at least 1"):
+        m.threads = 0

@@ -6,8 +6,10 @@ dataset workers and the benchmarks call ``keep_freed_memory`` themselves.
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
+import time
 
 import numpy as np
 
@@ -94,6 +96,50 @@ def torch_threads() -> int:
     except OSError:
         return cores
     return 1 if load > cores - 0.5 else cores
+
+
+class AdaptiveThreads:
+    """torch's thread count for each call of a repeated computation, chosen from the times of the calls themselves:
+    every core while that is the faster, one thread when it is not. The load average moves too slowly for this: two
+    torch threads on cores that other processes keep busy ran a batch-1 prediction up to 65x slower than on quiet
+    cores (torch's waiting threads spin), one thread about 2x.
+
+    ``choose()`` gives the count for the next call and ``record(threads, seconds)`` takes its time per item. A call
+    on every core that runs more than ``SLOW`` times slower than the best seen there makes the next call try one
+    thread; otherwise the count not in use is tried now and then, first ``FIRST_PROBE`` s after the last switch, then
+    at doubling intervals up to ``LAST_PROBE`` s while it keeps losing. A try that is faster than the last call of the
+    count in use becomes the count in use."""
+
+    SLOW = 2.0
+    FIRST_PROBE = 1.0
+    LAST_PROBE = 60.0
+
+    def __init__(self, cores: int, start: int | None = None, clock=time.monotonic):
+        self.counts = (cores, 1) if cores > 1 else (1,)
+        self.current = start if start in self.counts else self.counts[0]
+        self.clock = clock
+        self.best: dict[int, float] = {}
+        self.recent: dict[int, float] = {}
+        self.wait = self.FIRST_PROBE
+        self.next_probe = clock() + self.wait
+
+    def choose(self) -> int:
+        if len(self.counts) > 1 and self.clock() >= self.next_probe:
+            return self.counts[self.counts[0] == self.current]  # the count not in use
+        return self.current
+
+    def record(self, threads: int, seconds: float) -> None:
+        self.best[threads] = min(self.best.get(threads, math.inf), seconds)
+        self.recent[threads] = seconds
+        now = self.clock()
+        if threads != self.current:  # a try of the other count
+            if seconds < self.recent.get(self.current, math.inf):
+                self.current, self.wait = threads, self.FIRST_PROBE
+            else:
+                self.wait = min(2 * self.wait, self.LAST_PROBE)
+            self.next_probe = now + self.wait
+        elif threads > 1 and seconds > self.SLOW * self.best[threads]:
+            self.next_probe = now
 
 
 #: Whether the SDM functions keep numba's worker threads each on its own core (see pin_workers).

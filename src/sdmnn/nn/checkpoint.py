@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,12 +102,7 @@ class Predictor:
     def __init__(self, net: torch.nn.Module, family: Family, grid: Grid, meta: dict, path=None, device: str = "cpu",
                  threads: int | None = None, precision: str = "float32"):
         self.device = torch.device(device)
-        #: torch threads of ``predict`` on the CPU. Default: every core on a quiet machine, one when other processes
-        #: keep the cores busy (``runtime.torch_threads``), decided here, once: the load average counts this
-        #: process's own threads too, so deciding at each call would make a busy run throttle itself.
-        from ..runtime import torch_threads
-
-        self.threads = threads or torch_threads()
+        self.threads = threads
         self.net = net.to(self.device).eval()
         #: ``predict`` runs an SDMNN as an ``InferenceSDMNN`` (the same function, faster), its convolutions in this
         #: precision ("bfloat16" or "float32"); ``predict_torch`` (the fit's, differentiable) runs the network as trained.
@@ -118,6 +114,22 @@ class Predictor:
         space = family.space
         self._low = torch.tensor(space.low, dtype=torch.float32, device=self.device)
         self._span = torch.tensor(space.high - space.low, dtype=torch.float32, device=self.device)
+
+    @property
+    def threads(self) -> int:
+        """torch threads of ``predict`` on the CPU: a number given at load (or set here) is kept; by default
+        (None) each call takes what ``runtime.AdaptiveThreads`` chooses from the times of the calls before it, starting
+        with every core on a quiet machine and one thread when the load average shows the cores busy."""
+        return self._threads or self._adaptive.current
+
+    @threads.setter
+    def threads(self, threads: int | None) -> None:
+        from ..runtime import AdaptiveThreads, torch_threads, usable_cores
+
+        if threads is not None and threads < 1:
+            raise SdmnnError(f"threads must be at least 1, got {threads}")
+        self._threads = threads
+        self._adaptive = None if threads else AdaptiveThreads(usable_cores(), start=torch_threads())
 
     @property
     def arch(self) -> str:
@@ -140,13 +152,19 @@ class Predictor:
         """A mapping or a (d,) vector -> one SDM; a (B, d) array or list of mappings -> (B, nx, ny, nz). float32, mm."""
         single = isinstance(params, dict) or np.ndim(params) == 1
         x = torch.from_numpy(self.family.space.matrix(params).astype(np.float32))
-        if self.device.type == "cpu" and self.threads != torch.get_num_threads():
-            torch.set_num_threads(self.threads)
         self._check_shape(x)
+        cpu, adaptive = self.device.type == "cpu", self._adaptive
         out = []
         with torch.inference_mode():
             for s in range(0, len(x), batch_size):
-                out.append(self._fast(self.normalise_torch(x[s : s + batch_size].to(self.device))).float().cpu().numpy())
+                chunk = x[s : s + batch_size]
+                threads = self._threads or adaptive.choose()
+                if cpu and threads != torch.get_num_threads():
+                    torch.set_num_threads(threads)
+                t0 = time.perf_counter()
+                out.append(self._fast(self.normalise_torch(chunk.to(self.device))).float().cpu().numpy())
+                if cpu and adaptive is not None:
+                    adaptive.record(threads, (time.perf_counter() - t0) / len(chunk))
         sdm = np.concatenate(out)
         return sdm[0] if single else sdm
 
@@ -168,7 +186,7 @@ def load_model(path=None, family="cochlea", arch: str = "sdmnn", device: str = "
                precision: str = "auto") -> Predictor:
     """A trained model: ``load_model()`` is the shipped cochlea SDMNN; ``load_model(folder)`` another. ``device``:
     cpu, cuda (cuda:N) or auto (CUDA when torch sees a GPU). ``threads``: torch threads of ``predict`` on the CPU
-    (default: every core on a quiet machine, one when other processes keep the cores busy, decided at load).
+    (default: chosen per call from the calls' times, see ``Predictor.threads``).
     ``precision`` of ``predict``: float32, bfloat16 (the SDMNN's convolution stages; see docs/bench/nn.md for what it
     costs in accuracy), or auto: bfloat16 on a CPU whose oneDNN has native bfloat16 (AVX512-BF16 or AMX), else float32."""
     from ..runtime import resolve_device
