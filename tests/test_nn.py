@@ -346,3 +346,17 @@ def test_predict_keeps_given_threads_and_adapts_without(tiny_model):
     assert torch.get_num_threads() == 1 and 1 in m._adaptive.recent
     with pytest.raises(SdmnnError, match="threads must be at least 1"):
         m.threads = 0
+
+
+def test_predict_runs_the_traced_inference_network_for_every_batch_size(tiny_model):
+    """The trace is made at the first call (batch 1 here) and must compute what InferenceSDMNN computes at any batch
+    size, on a grid the network pads and crops."""
+    m = load_model(tiny_model, threads=1, precision="float32")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(m.family.space.low, m.family.space.high, (5, len(m.family.space)))
+    first = m.predict(x[0])
+    assert isinstance(m._traced, torch.jit.ScriptModule)
+    with torch.no_grad():
+        eager = m._fast(m.normalise_torch(torch.tensor(x, dtype=torch.float32))).numpy()
+    assert np.allclose(first, eager[0], rtol=1e-5, atol=1e-6)  # float rounding differs between batch sizes
+    assert np.allclose(m.predict(x, batch_size=3), eager, rtol=1e-5, atol=1e-6)  # batches of 3 and 2

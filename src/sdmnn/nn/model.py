@@ -63,11 +63,10 @@ class Conv3d(nn.Conv3d):
     """nn.Conv3d that always takes oneDNN's convolution on CPU. At batch 1, PyTorch picks its slow im2col
     convolution when batch x channels x depth x height is below 20480 (a heuristic for small 2-D inputs), which on
     some grid shapes made a prediction several times slower. Same weights, same results to float rounding,
-    differentiable."""
+    differentiable; ``Predictor.predict``'s traced network records this convolution too."""
 
     def forward(self, x):
-        if (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-                and not torch.jit.is_tracing()):  # exporters (ONNX) trace the standard convolution
+        if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
             return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups)
         return super().forward(x)
 
