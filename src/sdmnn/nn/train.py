@@ -73,8 +73,8 @@ def _loss_terms(pred, target, near_weight, near_scale, sign_weight):
 
 class _HardCases:
     """Online hard-example sampling over the static sets: each case's priority is its loss when last seen (one pass over
-    every case at the start gives the first), and a share of each batch is drawn in proportion to it, so that the thin
-    tubes and tight turns that a uniform draw rarely meets are met again until their loss falls like the others'."""
+    every case at the start gives the first), and a share of each batch is drawn in proportion to it, so that the cases
+    the network gets most wrong are met again until their loss falls like the others'."""
 
     def __init__(self, net, X, Y, cfg, device, batch=16):
         net.eval()
