@@ -46,13 +46,15 @@ data: $(STAMP)
 model: data
 	$(BIN)/sdmnn train cochlea --data data/cochlea-grid5.zarr --data data/cochlea-sobol1024.zarr --val data/cochlea-val64.zarr --minutes 80 --eval-every 250 -o runs/cochlea-v1
 	$(BIN)/sdmnn train cochlea --arch deepsdf --data data/cochlea-grid5.zarr --data data/cochlea-sobol1024.zarr --val data/cochlea-val64.zarr --minutes 45 --lr 1e-3 --points 2048 --threads 1 --eval-every 500 -o runs/cochlea-deepsdf-v1
-	# then fine-tuned towards the surface, three times (each model.json records its command with --init shipped, the
-	# model then shipped: v1, v2, v3); the second adds the sign-aware term, the third hard-example sampling (the shipped model)
+	# then fine-tuned towards the surface, four times (each model.json records its command with --init shipped, the
+	# model then shipped: v1, v2, v3, v4s); the second adds the sign-aware term, the third hard-example sampling, the fourth
+	# continues it with a stronger sign term (the shipped model)
 	$(BIN)/sdmnn train cochlea --init runs/cochlea-v1 --data data/cochlea-grid5.zarr --data data/cochlea-sobol1024.zarr --val data/cochlea-val64.zarr --minutes 70 --lr 5e-4 --near-weight 20 --near-scale 0.15 --threads 1 --eval-every 250 -o runs/cochlea-v2
 	$(BIN)/sdmnn train cochlea --init runs/cochlea-v2 --data data/cochlea-grid5.zarr --data data/cochlea-sobol1024.zarr --val data/cochlea-val64.zarr --minutes 80 --lr 2e-4 --near-weight 20 --near-scale 0.15 --sign-weight 0.05 --threads 1 --eval-every 250 -o runs/cochlea-v3
 	$(BIN)/sdmnn train cochlea --init runs/cochlea-v3 --data data/cochlea-grid5.zarr --data data/cochlea-sobol1024.zarr --val data/cochlea-val64.zarr --minutes 75 --lr 2e-4 --near-weight 20 --near-scale 0.15 --sign-weight 0.2 --hard 0.5 --threads 1 --eval-every 250 -o runs/cochlea-v4s
+	$(BIN)/sdmnn train cochlea --init runs/cochlea-v4s --data data/cochlea-grid5.zarr --data data/cochlea-sobol1024.zarr --val data/cochlea-val64.zarr --minutes 80 --lr 1.5e-4 --near-weight 20 --near-scale 0.15 --sign-weight 0.4 --hard 0.5 --threads 1 --eval-every 250 -o runs/cochlea-v5
 	mkdir -p src/sdmnn/models/cochlea-sdmnn src/sdmnn/models/cochlea-deepsdf
-	cp runs/cochlea-v4s/model.json runs/cochlea-v4s/model.safetensors src/sdmnn/models/cochlea-sdmnn/
+	cp runs/cochlea-v5/model.json runs/cochlea-v5/model.safetensors src/sdmnn/models/cochlea-sdmnn/
 	cp runs/cochlea-deepsdf-v1/model.json runs/cochlea-deepsdf-v1/model.safetensors src/sdmnn/models/cochlea-deepsdf/
 
 clean:
