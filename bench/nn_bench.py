@@ -71,13 +71,13 @@ def under_load(model, params, repeat: int, rounds: int = 3) -> dict:
 
 #: torch operators of the batch-1 profile, by what they do in InferenceSDMNN (model.py); the rest is "other".
 PROFILE_GROUPS = {
-    "3x3x3 convolutions (oneDNN)": ("aten::mkldnn_convolution",),
+    "convolutions (oneDNN; each stage's first at the lower resolution)": ("aten::mkldnn_convolution",),
     "GroupNorm": ("aten::native_group_norm",),
     "SiLU": ("aten::silu",),
-    "copies (bfloat16 <-> float32, the final sub-voxel shuffle)": ("aten::copy_",),
+    "copies (bfloat16 <-> float32, the phase interleaving, the final sub-voxel shuffle)": ("aten::copy_",),
     "matrix products (MLP, heads)": ("aten::addmm", "aten::mm", "aten::bmm"),
     "in-place sums (coordinate and parameter volumes)": ("aten::addmm_", "aten::add_"),
-    "upsampling (nearest, trilinear)": ("aten::upsample_nearest3d", "aten::upsample_trilinear3d"),
+    "upsampling (trilinear)": ("aten::upsample_trilinear3d",),
 }
 
 
