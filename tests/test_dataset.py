@@ -23,6 +23,23 @@ def test_sobol_and_random_designs_are_seeded_and_inside_the_box(cochlea):
         assert np.all(a >= cochlea.space.low) and np.all(a <= cochlea.space.high)
 
 
+def test_within_restricts_a_design_to_sub_ranges_and_leaves_the_others(cochlea):
+    pts = design_points("sobol:256 within a=2:3.3,b=0.05:0.12", cochlea, seed=3)
+    a, alpha, b, phi = pts.T
+    assert a.min() >= 2 and a.max() <= 3.3 and b.min() >= 0.05 and b.max() <= 0.12
+    assert a.max() > 3.2 and b.max() > 0.11  # the sub-range is filled, not a corner of it
+    low, high = cochlea.space.low, cochlea.space.high  # the others span the family's whole range
+    assert alpha.min() < low[1] + 0.05 * (high[1] - low[1]) and alpha.max() > high[1] - 0.05 * (high[1] - low[1])
+    grid = design_points("grid:2 within phi=0:0.5", cochlea)
+    assert set(np.unique(grid[:, 3])) == {0.0, 0.5} and set(np.unique(grid[:, 0])) == {low[0], high[0]}
+
+
+@pytest.mark.parametrize("within", ["a=1:3", "a=3:2", "c=0:1", "a=2", "a=x:3", "a=2:3,"])
+def test_within_refuses_unknown_names_and_ranges_outside_the_family(cochlea, within):
+    with pytest.raises(SdmnnError, match="within"):
+        design_points(f"random:8 within {within}", cochlea)
+
+
 def test_held_out_split_never_repeats_a_training_point(cochlea):
     train = design_points("grid:3", cochlea)
     held = design_points("grid:5", cochlea, exclude=train)

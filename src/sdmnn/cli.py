@@ -219,10 +219,15 @@ def dataset_make(family: str = FamilyArg,
                  seed: int = typer.Option(0, help="Seed of sobol and random designs."),
                  workers: int = typer.Option(1, help="Local worker processes."),
                  scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address (tcp://host:8786): run on that cluster."),
-                 exclude: Optional[Path] = typer.Option(None, help="A dataset whose points this design must not repeat (held-out splits).")):
+                 exclude: Optional[Path] = typer.Option(None, help="A dataset whose points this design must not repeat (held-out splits)."),
+                 within: Optional[str] = typer.Option(None, metavar="NAME=LOW:HIGH,...", help="Restrict a grid, sobol or random "
+                                                      "design to these sub-ranges (more samples where a model is weak); "
+                                                      "other parameters keep the family's ranges.")):
     """Compute exact SDMs for a design, in parallel; rerun the same command to resume."""
     from .dataset import dataset_info, dataset_params, make_dataset
 
+    if within:
+        design = f"{design} within {within}"
     excluded = None if exclude is None else dataset_params(exclude)
     s = make_dataset(output, family, design, seed=seed, workers=workers, scheduler=scheduler, exclude=excluded)
     info = dataset_info(output)

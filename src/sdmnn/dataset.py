@@ -37,10 +37,16 @@ def design_points(spec: str, family: Family, seed: int = 0, exclude: np.ndarray 
 
     ``spec``: ``grid:K`` (full factorial, K levels per parameter, ends included), ``sobol:N``
     (scrambled Sobol, scipy.stats.qmc), ``random:N`` (uniform), or ``csv:PATH`` (a header row of
-    parameter names, one vector per row). ``exclude``: drop points equal to any of these (held-out splits).
+    parameter names, one vector per row). A grid, sobol or random design may be restricted to sub-ranges of
+    some parameters: ``sobol:512 within a=2:3.3,b=0.05:0.12`` (more samples where a model needs them; the
+    others keep the family's ranges). ``exclude``: drop points equal to any of these (held-out splits).
     """
     space = family.space
+    spec, _, within = spec.partition(" within ")
+    low, high = _within(within, family) if within else (space.low, space.high)
     kind, _, arg = spec.partition(":")
+    if within and kind == "csv":
+        raise SdmnnError(f"'within' restricts grid, sobol and random designs, not a csv design: got {spec!r}")
     if kind == "csv":
         points = _read_csv(Path(arg), space)
     else:
@@ -53,16 +59,16 @@ def design_points(spec: str, family: Family, seed: int = 0, exclude: np.ndarray 
         if kind == "grid":
             if n < 2:
                 raise SdmnnError(f"a grid design needs at least 2 levels, got {spec!r}")
-            levels = [np.linspace(p.low, p.high, n) for p in space.parameters]
+            levels = [np.linspace(lo, hi, n) for lo, hi in zip(low, high)]
             points = np.array(list(itertools.product(*levels)))
         elif kind == "sobol":
             from scipy.stats import qmc
 
             unit = qmc.Sobol(len(space), scramble=True, seed=seed).random(n)
-            points = space.low + unit * (space.high - space.low)
+            points = low + unit * (high - low)
         elif kind == "random":
             unit = np.random.default_rng(seed).random((n, len(space)))
-            points = space.low + unit * (space.high - space.low)
+            points = low + unit * (high - low)
         else:
             raise SdmnnError(f"unknown design {kind!r}; the designs are grid:K, sobol:N, random:N and csv:PATH")
     for i, row in enumerate(points):
@@ -75,6 +81,28 @@ def design_points(spec: str, family: Family, seed: int = 0, exclude: np.ndarray 
         d = np.abs((points[:, None, :] - np.asarray(exclude)[None]) / scale).max(-1).min(1)
         points = points[d > 1e-9]
     return points
+
+
+def _within(text: str, family: Family) -> tuple[np.ndarray, np.ndarray]:
+    """``"a=2:3.3,b=0.05:0.12"`` -> (low, high) of the design: these sub-ranges, the family's ranges elsewhere."""
+    space = family.space
+    low, high = space.low.astype(float).copy(), space.high.astype(float).copy()
+    for item in text.split(","):
+        name, sep, bounds = (t.strip() for t in item.partition("="))
+        lo, colon, hi = bounds.partition(":")
+        if not sep or not colon or name not in space.names:
+            raise SdmnnError(f"'within' takes NAME=LOW:HIGH for {family.name} parameters ({', '.join(space.names)}), "
+                             f"comma-separated; got {item.strip()!r}")
+        try:
+            lo, hi = float(lo), float(hi)
+        except ValueError:
+            raise SdmnnError(f"'within': {name}'s bounds must be numbers, got {bounds!r}") from None
+        i = list(space.names).index(name)
+        if not space.low[i] <= lo < hi <= space.high[i]:
+            raise SdmnnError(f"'within': {name}={lo:g}:{hi:g} must be an increasing range inside the family's "
+                             f"{space.low[i]:g}:{space.high[i]:g}")
+        low[i], high[i] = lo, hi
+    return low, high
 
 
 def _read_csv(path: Path, space) -> np.ndarray:
