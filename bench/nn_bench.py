@@ -18,7 +18,7 @@ from sdmnn.nn.evaluate import evaluate
 from sdmnn.nn.model import SDMNN, SDMNNConfig
 from sdmnn.nn.train import weighted_mse
 
-from common import table, timeit
+from common import table, timeit, timeit_interleaved
 
 FIGURE = Path("docs/sdmnn_contours.png")
 
@@ -112,11 +112,14 @@ def run(quick: bool = False) -> str:
     full = load_model(threads=2, precision="float32")
     fam, grid = model.family, model.grid
     params = fam.defaults
-    t_mesh, mesh = timeit(lambda: fam.mesh(params), repeat=5)
-    t_sdm, exact = timeit(lambda: sdmnn.exact_sdm(mesh, grid), repeat=5)
-    t1_full, _ = timeit(lambda: full.predict(params), repeat=20 if quick else 100, warmup=5)
-    t1, _ = timeit(lambda: model.predict(params), repeat=20 if quick else 100, warmup=5)
-    model.threads = 1
+    mesh = fam.mesh(params)
+    # taken in turn (mesh, SDM, float32, default, mesh, ...), so that a drift of the machine's speed weighs on all
+    # alike (timed one after the other, bfloat16 had measured slower than float32 on a CPU where it is faster)
+    timed = timeit_interleaved({"mesh": lambda: fam.mesh(params), "sdm": lambda: sdmnn.exact_sdm(mesh, grid),
+                                "float32": lambda: full.predict(params), "default": lambda: model.predict(params)},
+                               repeat=20 if quick else 100, warmup=5)
+    (t_mesh, _), (t_sdm, exact), (t1_full, _), (t1, _) = timed.values()
+    model.threads = 1  # alone: switching torch's thread count between calls would cost both
     t1_one, _ = timeit(lambda: model.predict(params), repeat=20 if quick else 100, warmup=5)
     model.threads = 2
     breakdown, t_profiled = time_breakdown(model, params, calls=20 if quick else 100)
@@ -169,7 +172,7 @@ def run(quick: bool = False) -> str:
         f"The shipped cochlea model ({sum(p.numel() for p in model.net.parameters()):,} weights), trained with "
         f"`{training.get('command')}` ({training['steps']} steps, {training['seconds'] / 60:.0f} min on this machine's 2 cores).",
         "",
-        "### Time, in one run (torch and numba on 2 threads; median of repeats after warm-up)",
+        "### Time, in one run (torch and numba on 2 threads; median of repeats after warm-up; the first four rows taken in turn)",
         "",
         speed,
         "",

@@ -34,7 +34,14 @@ def test_within_restricts_a_design_to_sub_ranges_and_leaves_the_others(cochlea):
     assert set(np.unique(grid[:, 3])) == {0.0, 0.5} and set(np.unique(grid[:, 0])) == {low[0], high[0]}
 
 
-@pytest.mark.parametrize("within", ["a=1:3", "a=3:2", "c=0:1", "a=2", "a=x:3", "a=2:3,"])
+def test_within_is_stored_in_one_spelling_so_a_reworded_rerun_resumes(cochlea):
+    from sdmnn.dataset import canonical_design
+
+    one = canonical_design("sobol:8 within b=0.05:0.12, a=2.0:3.3", cochlea)
+    assert one == canonical_design("sobol:8 within a=2:3.3,b=0.050:0.12", cochlea) == "sobol:8 within a=2:3.3,b=0.05:0.12"
+
+
+@pytest.mark.parametrize("within", ["a=1:3", "a=3:2", "c=0:1", "a=2", "a=x:3", "a=2:3,", "a=2:3,a=2.5:3"])
 def test_within_refuses_unknown_names_and_ranges_outside_the_family(cochlea, within):
     with pytest.raises(SdmnnError, match="within"):
         design_points(f"random:8 within {within}", cochlea)

@@ -226,7 +226,11 @@ def dataset_make(family: str = FamilyArg,
     """Compute exact SDMs for a design, in parallel; rerun the same command to resume."""
     from .dataset import dataset_info, dataset_params, make_dataset
 
-    if within:
+    if within is not None:
+        if design.startswith("csv:"):
+            raise SdmnnError("--within restricts grid, sobol and random designs; a csv design lists its points itself")
+        if " within " in design:
+            raise SdmnnError("give the sub-ranges once: either --within or a design's own ' within ...'")
         design = f"{design} within {within}"
     excluded = None if exclude is None else dataset_params(exclude)
     s = make_dataset(output, family, design, seed=seed, workers=workers, scheduler=scheduler, exclude=excluded)
@@ -250,7 +254,7 @@ def dataset_info_cmd(path: Path = typer.Argument(..., help="A dataset store.")):
     console.print(f"  samples: {info['complete']}/{info['count']} complete" + (f", {info['missing']} missing" if info["missing"] else ""))
     console.print(f"  grid: {'x'.join(map(str, g['shape']))} voxels, spacing {g['spacing']} mm, origin {g['origin']} mm")
     for p in info["parameters"]:
-        console.print(f"  {p['name']}: [{p['low']:.4g}, {p['high']:.4g}] {p['unit']}")
+        console.print(f"  {p['name']}: [{p['low']:.4g}, {p['high']:.4g}] {p['unit']} (the family's range)")
     console.print(f"  versions: {info['versions']}")
 
 

@@ -42,11 +42,11 @@ def design_points(spec: str, family: Family, seed: int = 0, exclude: np.ndarray 
     others keep the family's ranges). ``exclude``: drop points equal to any of these (held-out splits).
     """
     space = family.space
-    spec, _, within = spec.partition(" within ")
+    within = ""
+    if not spec.startswith("csv:"):  # a csv path may itself contain " within "
+        spec, _, within = spec.partition(" within ")
     low, high = _within(within, family) if within else (space.low, space.high)
     kind, _, arg = spec.partition(":")
-    if within and kind == "csv":
-        raise SdmnnError(f"'within' restricts grid, sobol and random designs, not a csv design: got {spec!r}")
     if kind == "csv":
         points = _read_csv(Path(arg), space)
     else:
@@ -87,22 +87,39 @@ def _within(text: str, family: Family) -> tuple[np.ndarray, np.ndarray]:
     """``"a=2:3.3,b=0.05:0.12"`` -> (low, high) of the design: these sub-ranges, the family's ranges elsewhere."""
     space = family.space
     low, high = space.low.astype(float).copy(), space.high.astype(float).copy()
+    seen = set()
     for item in text.split(","):
         name, sep, bounds = (t.strip() for t in item.partition("="))
         lo, colon, hi = bounds.partition(":")
         if not sep or not colon or name not in space.names:
-            raise SdmnnError(f"'within' takes NAME=LOW:HIGH for {family.name} parameters ({', '.join(space.names)}), "
+            raise SdmnnError(f"--within takes NAME=LOW:HIGH for {family.name} parameters ({', '.join(space.names)}), "
                              f"comma-separated; got {item.strip()!r}")
+        if name in seen:
+            raise SdmnnError(f"--within names {name} twice; give each parameter once")
+        seen.add(name)
         try:
             lo, hi = float(lo), float(hi)
         except ValueError:
-            raise SdmnnError(f"'within': {name}'s bounds must be numbers, got {bounds!r}") from None
+            raise SdmnnError(f"--within: {name}'s bounds must be numbers, got {bounds!r}") from None
         i = list(space.names).index(name)
-        if not space.low[i] <= lo < hi <= space.high[i]:
-            raise SdmnnError(f"'within': {name}={lo:g}:{hi:g} must be an increasing range inside the family's "
-                             f"{space.low[i]:g}:{space.high[i]:g}")
-        low[i], high[i] = lo, hi
+        slack = 1e-9 * (space.high[i] - space.low[i])  # a printed bound, rounded, still counts as the family's
+        if not (space.low[i] - slack <= lo < hi <= space.high[i] + slack):
+            raise SdmnnError(f"--within: {name}={lo!r}:{hi!r} must be an increasing range inside the family's "
+                             f"{space.low[i]!r}:{space.high[i]!r}")
+        low[i], high[i] = max(lo, space.low[i]), min(hi, space.high[i])
     return low, high
+
+
+def canonical_design(spec: str, family: Family) -> str:
+    """``spec`` with its ``within`` part in one spelling (the family's parameter order, numbers as Python writes them),
+    so that a rerun that words the same ranges otherwise resumes the same store."""
+    design, sep, within = spec.partition(" within ")
+    if not sep or spec.startswith("csv:"):
+        return spec
+    low, high = _within(within, family)
+    space, text = family.space, lambda v: repr(float(v)).removesuffix(".0")
+    given = {item.partition("=")[0].strip() for item in within.split(",")}
+    return f"{design} within " + ",".join(f"{n}={text(low[i])}:{text(high[i])}" for i, n in enumerate(space.names) if n in given)
 
 
 def _read_csv(path: Path, space) -> np.ndarray:
@@ -241,6 +258,7 @@ def make_dataset(path, family, design: str, seed: int = 0, workers: int = 1, sch
         require_portable(family)
     grid = grid or family.grid
     grid.check_memory()
+    design = canonical_design(design, family)
     points = design_points(design, family, seed, exclude)
     group = create_store(path, family, grid, design, seed, points, task_size)
     done = group["done"][:]

@@ -1,0 +1,104 @@
+"""Time against near-surface accuracy across SDMNN widths: the same training recipe and wall-clock budget for each
+channel width (the shipped model's among them), then each one's batch-1 time (float32 and bfloat16, taken in turn with
+the exact path) and its errors on held-out shapes. The shipped model, trained for hours, is the long-budget point.
+
+The training (``--minutes`` each, one torch thread) is kept in runs/pareto/ and reused: delete that folder to retrain.
+``python bench/pareto_bench.py [--minutes 12]`` trains only (in the background, say); ``python bench/run.py --only
+pareto`` trains what is missing and measures (docs/bench/pareto.md).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+import sdmnn
+from sdmnn.nn import load_model, shipped_model_path
+from sdmnn.nn.evaluate import evaluate, summary
+from sdmnn.nn.train import TrainConfig, train
+
+from common import table, timeit_interleaved
+
+WIDTHS = ((16, 16, 12), (24, 24, 16), (32, 32, 24), (48, 48, 32))
+RUNS = Path("runs/pareto")
+DATA = [Path("data/cochlea-grid5.zarr"), Path("data/cochlea-sobol1024.zarr")]
+VAL = Path("data/cochlea-val64.zarr")
+RECIPE = dict(near_weight=20.0, near_scale=0.15, hard=0.5, threads=1, eval_every=250)
+
+
+def _name(channels) -> str:
+    return "c" + "-".join(map(str, channels))
+
+
+def trained() -> bool:
+    return all((RUNS / _name(c) / "model.json").exists() for c in WIDTHS)
+
+
+def train_all(minutes: float, progress: bool = False) -> None:
+    """Train each width for ``minutes`` (skipped where runs/pareto/<width>/model.json exists)."""
+    for channels in WIDTHS:
+        out = RUNS / _name(channels)
+        if (out / "model.json").exists():
+            continue
+        command = (f"python bench/pareto_bench.py --minutes {minutes:g}  # channels {','.join(map(str, channels))}")
+        train(TrainConfig(family="cochlea", data=[str(p) for p in DATA], val=str(VAL), minutes=minutes, channels=channels,
+                          out=str(out), **RECIPE), progress=progress, command=command)
+
+
+def run(quick: bool = False, minutes: float = 12.0) -> str:
+    missing = [p for p in [*DATA, VAL] if not p.exists()]
+    if not trained() and (quick or missing):
+        print(f"[bench] pareto: skipped, {'make data first' if missing else 'it trains four networks (not with --quick)'}; "
+              "the section keeps its last result")
+        return None
+    train_all(minutes)
+    torch.set_num_threads(2)
+    fam = sdmnn.get_family("cochlea")
+    grid, params = fam.grid, fam.defaults
+    models = {_name(c): RUNS / _name(c) for c in WIDTHS}
+    if shipped_model_path() is not None:
+        models["shipped"] = shipped_model_path()
+    points = {name: {p: load_model(path, threads=2, precision=p) for p in ("float32", "bfloat16")} for name, path in models.items()}
+    fns = {"exact": lambda: sdmnn.exact_sdm(fam.mesh(params), grid)}
+    for name, by_precision in points.items():
+        for p, model in by_precision.items():
+            fns[(name, p)] = (lambda m: lambda: m.predict(params))(model)
+    timed = timeit_interleaved(fns, repeat=10 if quick else 60, warmup=5)
+    t_exact = timed["exact"][0]
+    rows, n = [], 20 if quick else 100
+    budget = points[_name(WIDTHS[0])]["float32"].meta["training"]["config"]["minutes"]
+    for name, by_precision in points.items():
+        model = by_precision["bfloat16"]
+        e = summary(evaluate(model, n=n, seed=1, progress=False))
+        training = model.meta["training"]
+        t32, t16 = timed[(name, "float32")][0], timed[(name, "bfloat16")][0]
+        widths = "-".join(map(str, model.net.config.channels))
+        rows.append([widths if name != "shipped" else f"{widths}, shipped", f"{sum(p.numel() for p in model.net.parameters()):,}",
+                     f"{training['seconds'] / 60:.0f}" + (" (its last fine-tuning run; the runs before it: `make model`)" if name == "shipped" else ""),
+                     training["steps"], f"{1e3 * t32:.1f}", f"{1e3 * t16:.1f}", f"{t_exact / t16:.1f}x",
+                     f"{100 * e['wrong_sign_near_fraction']:.2f}", f"{100 * e['worst_case']['wrong_sign_near_fraction']:.2f}",
+                     f"{e['mae_near_mm']:.4f}", f"{e['max_error_mm']:.3f}"])
+    return "\n".join([
+        "## Time against accuracy across widths",
+        "",
+        f"SDMNN with the channel widths below (coarse volume, then each stage), each trained from scratch for {budget:g} "
+        f"minutes of wall clock (steps: how far each got on this machine) on one thread with one recipe (grid:5 + sobol:1024, `--near-weight {RECIPE['near_weight']:g} --near-scale "
+        f"{RECIPE['near_scale']:g} --hard {RECIPE['hard']:g}`), against the shipped model (its own, much longer training). "
+        f"Times: batch 1 on 2 threads, median of {10 if quick else 60} calls taken in turn with params -> mesh -> exact SDM "
+        f"({1e3 * t_exact:.0f} ms here). Accuracy (bfloat16): `evaluate` on 100 held-out shapes (seed 1); wrong sign near: "
+        "voxels within one voxel of the surface.",
+        "",
+        table(["widths", "weights", "train min", "steps", "ms float32", "ms bfloat16", "exact / bfloat16",
+               "wrong sign near % (mean)", "(worst case)", "MAE within 1 mm (mm)", "max error (mm, worst case)"], rows),
+        "",
+        "Reproduce: `python bench/run.py --only pareto` (reuses runs/pareto/; delete it to retrain).",
+    ])
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=12.0)
+    args = parser.parse_args()
+    train_all(args.minutes, progress=False)
+    print("measure with `python bench/run.py --only pareto` (it writes the section with its date and machine)")
