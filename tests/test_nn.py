@@ -13,7 +13,7 @@ import sdmnn
 from sdmnn import Grid, ModelError, ParameterError, SdmnnError
 from sdmnn.dataset import make_dataset
 from sdmnn.nn import load_model
-from sdmnn.nn.model import SDMNN, InferenceSDMNN, SDMNNConfig
+from sdmnn.nn.model import SDMNN, InferenceSDMNN, SDMNNConfig, narrowed
 from sdmnn.nn.train import TrainConfig, train, weighted_mse
 
 TINY = Grid((16, 16, 8), (0.8, 0.7, 0.8), (-5.4, -5.1, -1.7))
@@ -160,9 +160,39 @@ def test_fine_tuning_starts_from_the_given_model(tiny_model, tiny_data, tmp_path
     tuned = load_model(tmp_path / "ft")
     x = np.array(list(sdmnn.get_family("cochlea").defaults.values()))
     assert np.allclose(tuned.predict(x), source.predict(x), atol=1e-4)  # one step at lr 1e-12: the same weights
-    with pytest.raises(SdmnnError, match="architecture"):
-        train(TrainConfig(data=[str(tiny_data)], steps=1, batch=2, channels=(8, 4), hidden=32, init=str(tiny_model),
-                          out=str(tmp_path / "other")), progress=False)
+    for channels in [(8, 4), (16, 8, 8)]:  # another depth; wider somewhere
+        with pytest.raises(SdmnnError, match="architecture"):
+            train(TrainConfig(data=[str(tiny_data)], steps=1, batch=2, channels=channels, hidden=32, init=str(tiny_model),
+                              out=str(tmp_path / "other")), progress=False)
+    train(TrainConfig(data=[str(tiny_data)], steps=1, batch=2, lr=1e-12, channels=(4, 8, 4), hidden=32, init=str(tiny_model),
+                      out=str(tmp_path / "narrow")), progress=False)
+    narrow = load_model(tmp_path / "narrow", precision="float32")
+    assert narrow.meta["config"]["channels"] == [4, 8, 4]
+    expected = narrowed(source.net, (4, 8, 4))(source.normalise_torch(torch.tensor(x[None], dtype=torch.float32)))
+    assert np.allclose(narrow.predict(x), expected.detach().numpy()[0], atol=1e-4)  # one step at lr 1e-12: narrowed weights
+
+
+def test_narrowing_keeps_the_channels_that_matter():
+    """Channels nothing reads are the ones dropped: with them gone the network computes the same function (one channel per
+    GroupNorm group, so the normalisation is unchanged); kept at full width it is the same network."""
+    torch.manual_seed(0)
+    net = SDMNN(SDMNNConfig(out_shape=(16, 16, 8), channels=(8, 8, 8), hidden=16)).eval()
+    dead = [1, 2, 5, 6]
+    with torch.no_grad():
+        for i in range(3):
+            net.heads[i].weight[:, dead] = 0
+        for stage in net.stages:
+            stage.body[0].weight[:, dead] = 0  # reads the previous scale's output
+            stage.body[3].weight[:, dead] = 0  # reads this stage's middle channels
+        net.shuffle.weight[:, dead] = 0
+        x = torch.rand(3, 4) * 2 - 1
+        small = narrowed(net, (4, 4, 4)).eval()
+        assert small.config.channels == (4, 4, 4)
+        assert torch.allclose(small(x), net(x), atol=1e-5)
+        assert torch.allclose(narrowed(net, (8, 8, 8))(x), net(x), atol=1e-5)
+        assert not torch.allclose(narrowed(net, (2, 2, 2))(x), net(x), atol=1e-3)  # live channels dropped: another function
+    with pytest.raises(ValueError, match="no wider"):
+        narrowed(net, (8, 16, 8))
 
 
 def test_training_resumes_where_it_stopped(tiny_data, tmp_path):

@@ -293,7 +293,8 @@ def train(family: str = typer.Argument("cochlea", help="A family: a name, FILE.p
           hard: float = typer.Option(0.0, help="Share (0-1) of each batch drawn from the static sets in proportion to each "
                                      "case's loss when last seen (online hard-example sampling; the rest uniform)."),
           init: Optional[str] = typer.Option(None, help="Start from this model's weights (a model folder, or 'shipped'): "
-                                             "fine-tuning, with a fresh optimiser and schedule."),
+                                             "fine-tuning, with a fresh optimiser and schedule. A wider SDMNN with the same "
+                                             "--hidden is narrowed to --channels (its most useful channels kept)."),
           arch: str = typer.Option("sdmnn", metavar="[sdmnn|deepsdf]", help="sdmnn (the network) or deepsdf (the DeepSDF-style baseline)."),
           channels: str = typer.Option("32,32,24", help="SDMNN decoder channels per scale, coarse to half resolution."),
           hidden: int = typer.Option(256, help="Width of the MLP (SDMNN) or of the decoder layers (DeepSDF)."),

@@ -224,3 +224,73 @@ class InferenceSDMNN(nn.Module):
             out = F.interpolate(out, size=shape, mode="trilinear", align_corners=False) + self._head(i + 1, h)
         sub = self.shuffle(h.to(self.dtype)).float() + self.upsample(F.pad(out, (1,) * 6, mode="replicate"))
         return _crop(_unshuffle(sub), c)
+
+
+def narrowed(net: SDMNN, channels: tuple[int, ...], n_probe: int = 64) -> SDMNN:
+    """A narrower SDMNN that starts from ``net``'s weights (structured pruning, to be fine-tuned): of each scale it keeps
+    the ``channels[i]`` channels that contribute most to the next layers, with their weights. A channel's contribution
+    is its mean |activation| over ``n_probe`` parameter vectors spread over the normalised range, times the norm of the
+    weights that read it. Where the GroupNorm keeps its group count, the same number is kept in every group, so each
+    group's statistics stay over channels of that group. torch-pruning does this generically; on these 6 layer types
+    the selection is a few lines, so no dependency is added for it."""
+    c = net.config
+    channels = tuple(int(n) for n in channels)
+    if len(channels) != len(c.channels) or any(n > m for n, m in zip(channels, c.channels)):
+        raise ValueError(f"channels {channels} must have as many scales as {c.channels} and be no wider at any")
+    small = SDMNN(SDMNNConfig(n_params=c.n_params, out_shape=c.out_shape, channels=channels, hidden=c.hidden))
+    device = next(net.parameters()).device
+    acts = {}
+    hooks = [m.register_forward_hook(lambda _m, _i, o, key=key: acts.__setitem__(key, o.detach().abs().mean((0, 2, 3, 4))))
+             for key, m in [(("stage", i, j), s.body[k]) for i, s in enumerate(net.stages) for j, k in ((0, 2), (1, 5))]]
+    probe = torch.quasirandom.SobolEngine(c.n_params, scramble=True, seed=0).draw(n_probe).to(device) * 2 - 1
+    with torch.no_grad():
+        net.eval()
+        h0 = net.mlp(probe).view(n_probe, c.channels[0], -1).abs().mean((0, 2))
+        net(probe)
+    for h in hooks:
+        h.remove()
+
+    def reads(i):  # norm of the weights that read the output channels of scale i (0: the MLP's volume)
+        w = net.heads[i].weight.flatten(1).norm(dim=0) ** 2
+        if i < len(net.stages):
+            w = w + net.stages[i].body[0].weight[:, : c.channels[i]].transpose(0, 1).flatten(1).norm(dim=1) ** 2
+        else:
+            w = w + net.shuffle.weight.transpose(0, 1).flatten(1).norm(dim=1) ** 2
+        return w.sqrt()
+
+    def top(score, new, grouped=True):
+        """Indices (sorted) of the ``new`` best channels; per GroupNorm group where the group count stays."""
+        old = len(score)
+        groups = math.gcd(old, 8)
+        if grouped and math.gcd(new, 8) == groups:
+            keep = score.view(groups, -1).topk(new // groups, dim=1).indices.sort(dim=1).values
+            return (keep + torch.arange(groups, device=keep.device)[:, None] * (old // groups)).flatten()
+        return score.topk(new).indices.sort().values
+
+    keep_out = [top(h0 * reads(0), channels[0], grouped=False)]  # the MLP's volume has no GroupNorm
+    keep_mid = []
+    for i, stage in enumerate(net.stages):
+        conv2 = stage.body[3]
+        mid_score = acts[("stage", i, 0)] * conv2.weight.transpose(0, 1).flatten(1).norm(dim=1)
+        keep_mid.append(top(mid_score, channels[i + 1]))
+        keep_out.append(top(acts[("stage", i, 1)] * reads(i + 1), channels[i + 1]))
+
+    src, dst = net.state_dict(), small.state_dict()
+    V = math.prod(c.base_shape)
+    rows = (keep_out[0][:, None] * V + torch.arange(V, device=device)).flatten()
+    dst["mlp.4.weight"], dst["mlp.4.bias"] = src["mlp.4.weight"][rows], src["mlp.4.bias"][rows]
+    for k in ("mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias"):
+        dst[k] = src[k]
+    for i, keep in enumerate(keep_out):
+        dst[f"heads.{i}.weight"], dst[f"heads.{i}.bias"] = src[f"heads.{i}.weight"][:, keep], src[f"heads.{i}.bias"]
+    for i in range(len(net.stages)):
+        extra = torch.arange(c.channels[i], c.channels[i] + 3 + c.n_params, device=device)
+        inp, mid, out = torch.cat([keep_out[i], extra]), keep_mid[i], keep_out[i + 1]
+        p = f"stages.{i}.body."
+        dst[p + "0.weight"], dst[p + "0.bias"] = src[p + "0.weight"][mid][:, inp], src[p + "0.bias"][mid]
+        dst[p + "1.weight"], dst[p + "1.bias"] = src[p + "1.weight"][mid], src[p + "1.bias"][mid]
+        dst[p + "3.weight"], dst[p + "3.bias"] = src[p + "3.weight"][out][:, mid], src[p + "3.bias"][out]
+        dst[p + "4.weight"], dst[p + "4.bias"] = src[p + "4.weight"][out], src[p + "4.bias"][out]
+    dst["shuffle.weight"], dst["shuffle.bias"] = src["shuffle.weight"][:, keep_out[-1]], src["shuffle.bias"]
+    small.load_state_dict({k: v.clone() for k, v in dst.items()})
+    return small.to(device)

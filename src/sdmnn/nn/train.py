@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -310,17 +311,27 @@ def validate(net, val, batch: int = 16) -> dict:
 
 
 def _init_from(net, init, family, grid, mcfg, arch):
-    """Load the weights of the model ``init`` (a folder, or "shipped") into ``net``: same family, grid and architecture."""
+    """Load the weights of the model ``init`` (a folder, or "shipped") into ``net``: same family, grid and architecture,
+    or, for an SDMNN, a wider one of the same depth and hidden width, narrowed to ``--channels`` (``model.narrowed``)."""
     from .checkpoint import load_model
+    from .model import narrowed
 
     source = load_model(None if init == "shipped" else init, family=family, arch=arch)
     if source.family.name != family.name or source.grid != grid:
         raise SdmnnError(f"--init {init}: that model was trained for the {source.family.name} family on another grid or family "
                          "than this run's")
-    if source.meta["config"] != json.loads(json.dumps(mcfg.to_dict())):
-        raise SdmnnError(f"--init {init}: that model's architecture {source.meta['config']} differs from this run's "
-                         f"{mcfg.to_dict()}; give the same --channels and --hidden")
-    net.load_state_dict(source.net.state_dict())
+    theirs, ours = source.meta["config"], json.loads(json.dumps(mcfg.to_dict()))
+    if theirs == ours:
+        net.load_state_dict(source.net.state_dict())
+        return
+    wider = (arch == "sdmnn" and {k: v for k, v in theirs.items() if k != "channels"} == {k: v for k, v in ours.items() if k != "channels"}
+             and len(theirs["channels"]) == len(ours["channels"]) and all(a >= b for a, b in zip(theirs["channels"], ours["channels"])))
+    if not wider:
+        raise SdmnnError(f"--init {init}: that model's architecture {theirs} differs from this run's {ours}; give the same "
+                         "--hidden and the same --channels, or narrower channels at every scale")
+    net.load_state_dict(narrowed(source.net, mcfg.channels).state_dict())
+    print(f"--init {init}: narrowed from channels {tuple(theirs['channels'])} to {mcfg.channels}, keeping the channels "
+          "that contribute most", file=sys.stderr)
 
 
 def _optimizer_to(opt, device):
