@@ -373,8 +373,6 @@ def _load_optimizer(opt, tensors, meta):
 
 
 if __name__ == "__main__":  # ``torchrun --nproc_per_node=2 -m sdmnn.nn.train FAMILY ...``: the ``sdmnn train`` command
-    import sys
-
     from ..cli import main
 
     sys.argv = [sys.argv[0], "train", *sys.argv[1:]]
