@@ -44,20 +44,24 @@ data: $(STAMP)
 	$(BIN)/sdmnn dataset make cochlea --design sobol:1024 --seed 0 -o data/cochlea-sobol1024.zarr
 	# the corner of thin tubes (small a, alpha, b) where v5's worst wrong signs lay on 1000 shapes of seed 3 (not the held-out seed 1)
 	$(BIN)/sdmnn dataset make cochlea --design sobol:512 --within a=2:3.3,alpha=0:0.3,b=0.05:0.12 --seed 4 -o data/cochlea-thin512.zarr
+	# v6's worst wrong signs and max errors on 1000 shapes of seed 3: thinner tubes still, and steep, thick ones
+	$(BIN)/sdmnn dataset make cochlea --design sobol:384 --within a=2:2.8,b=0.05:0.11 --seed 5 -o data/cochlea-thin384.zarr
+	$(BIN)/sdmnn dataset make cochlea --design sobol:384 --within alpha=0.35:0.85,b=0.18:0.25 --seed 6 -o data/cochlea-steep384.zarr
 
 model: data
 	$(BIN)/sdmnn train cochlea --data data/cochlea-grid5.zarr --data data/cochlea-sobol1024.zarr --val data/cochlea-val64.zarr --minutes 80 --eval-every 250 -o runs/cochlea-v1
 	$(BIN)/sdmnn train cochlea --arch deepsdf --data data/cochlea-grid5.zarr --data data/cochlea-sobol1024.zarr --val data/cochlea-val64.zarr --minutes 45 --lr 1e-3 --points 2048 --threads 1 --eval-every 500 -o runs/cochlea-deepsdf-v1
-	# then fine-tuned towards the surface, five times (each model.json records its command with --init shipped or --init runs/..., the
-	# model then shipped: v1, v2, v3, v4s, v5); the second adds the sign-aware term, the third hard-example sampling, the
-	# fourth continues it with a stronger sign term, the fifth adds the thin tubes' set (the shipped model)
+	# then fine-tuned towards the surface, six times (each model.json records its command with --init shipped or --init runs/..., the
+	# model then shipped: v1, v2, v3, v4s, v5, v6); the second adds the sign-aware term, the third hard-example sampling, the
+	# fourth continues it with a stronger sign term, the fifth adds the thin tubes' set, the sixth two more corners (the shipped model)
 	$(BIN)/sdmnn train cochlea --init runs/cochlea-v1 --data data/cochlea-grid5.zarr --data data/cochlea-sobol1024.zarr --val data/cochlea-val64.zarr --minutes 70 --lr 5e-4 --near-weight 20 --near-scale 0.15 --threads 1 --eval-every 250 -o runs/cochlea-v2
 	$(BIN)/sdmnn train cochlea --init runs/cochlea-v2 --data data/cochlea-grid5.zarr --data data/cochlea-sobol1024.zarr --val data/cochlea-val64.zarr --minutes 80 --lr 2e-4 --near-weight 20 --near-scale 0.15 --sign-weight 0.05 --threads 1 --eval-every 250 -o runs/cochlea-v3
 	$(BIN)/sdmnn train cochlea --init runs/cochlea-v3 --data data/cochlea-grid5.zarr --data data/cochlea-sobol1024.zarr --val data/cochlea-val64.zarr --minutes 75 --lr 2e-4 --near-weight 20 --near-scale 0.15 --sign-weight 0.2 --hard 0.5 --threads 1 --eval-every 250 -o runs/cochlea-v4s
 	$(BIN)/sdmnn train cochlea --init runs/cochlea-v4s --data data/cochlea-grid5.zarr --data data/cochlea-sobol1024.zarr --val data/cochlea-val64.zarr --minutes 80 --lr 1.5e-4 --near-weight 20 --near-scale 0.15 --sign-weight 0.4 --hard 0.5 --threads 1 --eval-every 250 -o runs/cochlea-v5
 	mkdir -p src/sdmnn/models/cochlea-sdmnn src/sdmnn/models/cochlea-deepsdf
 	$(BIN)/sdmnn train cochlea --init runs/cochlea-v5 --data data/cochlea-grid5.zarr --data data/cochlea-sobol1024.zarr --data data/cochlea-thin512.zarr --val data/cochlea-val64.zarr --minutes 65 --lr 1e-4 --near-weight 20 --near-scale 0.15 --sign-weight 0.4 --hard 0.5 --threads 1 --eval-every 250 -o runs/cochlea-v6
-	cp runs/cochlea-v6/model.json runs/cochlea-v6/model.safetensors src/sdmnn/models/cochlea-sdmnn/
+	$(BIN)/sdmnn train cochlea --init runs/cochlea-v6 --data data/cochlea-grid5.zarr --data data/cochlea-sobol1024.zarr --data data/cochlea-thin512.zarr --data data/cochlea-thin384.zarr --data data/cochlea-steep384.zarr --val data/cochlea-val64.zarr --minutes 35 --lr 7e-5 --near-weight 20 --near-scale 0.15 --sign-weight 0.4 --hard 0.5 --threads 1 --eval-every 250 -o runs/cochlea-v7
+	cp runs/cochlea-v7/model.json runs/cochlea-v7/model.safetensors src/sdmnn/models/cochlea-sdmnn/
 	cp runs/cochlea-deepsdf-v1/model.json runs/cochlea-deepsdf-v1/model.safetensors src/sdmnn/models/cochlea-deepsdf/
 
 clean:
