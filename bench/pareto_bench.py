@@ -9,6 +9,7 @@ pareto`` trains what is missing and measures (docs/bench/pareto.md).
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -24,6 +25,9 @@ WIDTHS = ((16, 16, 12), (24, 24, 16), (32, 32, 24), (48, 48, 32))
 RUNS = Path("runs/pareto")
 DATA = [Path("data/cochlea-grid5.zarr"), Path("data/cochlea-sobol1024.zarr")]
 VAL = Path("data/cochlea-val64.zarr")
+#: Long-trained runs, measured where present: the full-width model of `make model` and the widths fine-tuned from it
+#: after ``train --init runs/cochlea-v7 --channels ...`` narrowed it (each run's command is in its model.json).
+LONG_RUNS = (Path("runs/cochlea-v7"), Path("runs/cochlea-n32-32-16"), Path("runs/cochlea-n24-24-16"))
 RECIPE = dict(near_weight=20.0, near_scale=0.15, hard=0.5, threads=1, eval_every=250)
 
 
@@ -57,8 +61,13 @@ def run(quick: bool = False, minutes: float = 12.0) -> str:
     fam = sdmnn.get_family("cochlea")
     grid, params = fam.grid, fam.defaults
     models = {_name(c): RUNS / _name(c) for c in WIDTHS}
-    if shipped_model_path() is not None:
-        models["shipped"] = shipped_model_path()
+    shipped = shipped_model_path()
+    shipped_sha = json.loads((shipped / "model.json").read_text())["weights_sha256"] if shipped else None
+    for path in LONG_RUNS:
+        if (path / "model.json").exists() and json.loads((path / "model.json").read_text())["weights_sha256"] != shipped_sha:
+            models[str(path)] = path
+    if shipped is not None:
+        models["shipped"] = shipped
     points = {name: {p: load_model(path, threads=2, precision=p) for p in ("float32", "bfloat16")} for name, path in models.items()}
     fns = {"exact": lambda: sdmnn.exact_sdm(fam.mesh(params), grid)}
     for name, by_precision in points.items():
@@ -74,8 +83,10 @@ def run(quick: bool = False, minutes: float = 12.0) -> str:
         training = model.meta["training"]
         t32, t16 = timed[(name, "float32")][0], timed[(name, "bfloat16")][0]
         widths = "-".join(map(str, model.net.config.channels))
-        rows.append([widths if name != "shipped" else f"{widths}, shipped", f"{sum(p.numel() for p in model.net.parameters()):,}",
-                     f"{training['seconds'] / 60:.0f}" + (" (its last fine-tuning run; the runs before it: `make model`)" if name == "shipped" else ""),
+        label = widths if name in (_name(c) for c in WIDTHS) else f"{widths}, {'shipped' if name == 'shipped' else name}"
+        init = training["config"].get("init")
+        rows.append([label, f"{sum(p.numel() for p in model.net.parameters()):,}",
+                     f"{training['seconds'] / 60:.0f}" + (f" (fine-tuned from {init})" if init else ""),
                      training["steps"], f"{1e3 * t32:.1f}", f"{1e3 * t16:.1f}", f"{t_exact / t16:.1f}x",
                      f"{100 * e['wrong_sign_near_fraction']:.2f}", f"{100 * e['worst_case']['wrong_sign_near_fraction']:.2f}",
                      f"{e['mae_near_mm']:.4f}", f"{e['max_error_mm']:.3f}"])
@@ -84,7 +95,10 @@ def run(quick: bool = False, minutes: float = 12.0) -> str:
         "",
         f"SDMNN with the channel widths below (coarse volume, then each stage), each trained from scratch for {budget:g} "
         f"minutes of wall clock (steps: how far each got on this machine) on one thread with one recipe (grid:5 + sobol:1024, `--near-weight {RECIPE['near_weight']:g} --near-scale "
-        f"{RECIPE['near_scale']:g} --hard {RECIPE['hard']:g}`), against the shipped model (its own, much longer training). "
+        f"{RECIPE['near_scale']:g} --hard {RECIPE['hard']:g}`), against long-trained models: the shipped one and, where "
+        "present, the runs of `make model` and narrower widths fine-tuned from them (`sdmnn train --init runs/cochlea-v7 "
+        "--channels ...`, which keeps the wider model's most useful channels; train min: that last run only, each "
+        "run's command is in its model.json). "
         f"Times: batch 1 on 2 threads, median of {10 if quick else 60} calls taken in turn with params -> mesh -> exact SDM "
         f"({1e3 * t_exact:.0f} ms here). Accuracy (bfloat16): `evaluate` on 100 held-out shapes (seed 1); wrong sign near: "
         "voxels within one voxel of the surface.",
