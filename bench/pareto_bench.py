@@ -1,6 +1,7 @@
 """Time against near-surface accuracy across SDMNN widths: the same training recipe and wall-clock budget for each
 channel width (the shipped model's among them), then each one's batch-1 time (float32 and bfloat16, taken in turn with
-the exact path) and its errors on held-out shapes. The shipped model, trained for hours, is the long-budget point.
+the exact path) and its errors on held-out shapes. The long-budget points: the shipped model and, where present, the
+runs in ``LONG_RUNS`` (hours of fine-tuning in all).
 
 The training (``--minutes`` each, one torch thread) is kept in runs/pareto/ and reused: delete that folder to retrain.
 ``python bench/pareto_bench.py [--minutes 12]`` trains only (in the background, say); ``python bench/run.py --only
@@ -9,7 +10,6 @@ pareto`` trains what is missing and measures (docs/bench/pareto.md).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -61,14 +61,13 @@ def run(quick: bool = False, minutes: float = 12.0) -> str:
     fam = sdmnn.get_family("cochlea")
     grid, params = fam.grid, fam.defaults
     models = {_name(c): RUNS / _name(c) for c in WIDTHS}
-    shipped = shipped_model_path()
-    shipped_sha = json.loads((shipped / "model.json").read_text())["weights_sha256"] if shipped else None
-    for path in LONG_RUNS:
-        if (path / "model.json").exists() and json.loads((path / "model.json").read_text())["weights_sha256"] != shipped_sha:
-            models[str(path)] = path
-    if shipped is not None:
-        models["shipped"] = shipped
+    models.update({str(path): path for path in LONG_RUNS if (path / "model.json").exists()})
+    if shipped_model_path() is not None:
+        models["shipped"] = shipped_model_path()
     points = {name: {p: load_model(path, threads=2, precision=p) for p in ("float32", "bfloat16")} for name, path in models.items()}
+    if "shipped" in points:  # a long run that is the shipped model is listed once, as that
+        sha = points["shipped"]["float32"].meta["weights_sha256"]
+        points = {k: v for k, v in points.items() if k == "shipped" or v["float32"].meta["weights_sha256"] != sha}
     fns = {"exact": lambda: sdmnn.exact_sdm(fam.mesh(params), grid)}
     for name, by_precision in points.items():
         for p, model in by_precision.items():

@@ -13,7 +13,8 @@ import sdmnn
 from sdmnn import Grid, ModelError, ParameterError, SdmnnError
 from sdmnn.dataset import make_dataset
 from sdmnn.nn import load_model
-from sdmnn.nn.model import SDMNN, InferenceSDMNN, SDMNNConfig, narrowed
+from sdmnn.nn.model import SDMNN, InferenceSDMNN, SDMNNConfig
+from sdmnn.nn.prune import narrowed
 from sdmnn.nn.train import TrainConfig, train, weighted_mse
 
 TINY = Grid((16, 16, 8), (0.8, 0.7, 0.8), (-5.4, -5.1, -1.7))
@@ -161,9 +162,16 @@ def test_fine_tuning_starts_from_the_given_model(tiny_model, tiny_data, tmp_path
     x = np.array(list(sdmnn.get_family("cochlea").defaults.values()))
     assert np.allclose(tuned.predict(x), source.predict(x), atol=1e-4)  # one step at lr 1e-12: the same weights
     for channels in [(8, 4), (16, 8, 8)]:  # another depth; wider somewhere
-        with pytest.raises(SdmnnError, match="architecture"):
+        with pytest.raises(SdmnnError, match=r"that model has channels \(8, 8, 8\) and hidden 32; give as many --channels, none wider"):
             train(TrainConfig(data=[str(tiny_data)], steps=1, batch=2, channels=channels, hidden=32, init=str(tiny_model),
                               out=str(tmp_path / "other")), progress=False)
+    with pytest.raises(SdmnnError, match="that model's architecture is sdmnn, this run's deepsdf"):
+        train(TrainConfig(data=[str(tiny_data)], steps=1, batch=2, arch="deepsdf", hidden=32, init=str(tiny_model),
+                          out=str(tmp_path / "deep")), progress=False)
+    # without --channels, the init model's; narrower ones start from its weights, narrowed
+    train(TrainConfig(data=[str(tiny_data)], steps=1, batch=2, lr=1e-12, hidden=32, init=str(tiny_model), out=str(tmp_path / "same")),
+          progress=False)
+    assert load_model(tmp_path / "same").meta["config"]["channels"] == list(TINY_CHANNELS)
     train(TrainConfig(data=[str(tiny_data)], steps=1, batch=2, lr=1e-12, channels=(4, 8, 4), hidden=32, init=str(tiny_model),
                       out=str(tmp_path / "narrow")), progress=False)
     narrow = load_model(tmp_path / "narrow", precision="float32")
@@ -172,27 +180,57 @@ def test_fine_tuning_starts_from_the_given_model(tiny_model, tiny_data, tmp_path
     assert np.allclose(narrow.predict(x), expected.detach().numpy()[0], atol=1e-4)  # one step at lr 1e-12: narrowed weights
 
 
-def test_narrowing_keeps_the_channels_that_matter():
-    """Channels nothing reads are the ones dropped: with them gone the network computes the same function (one channel per
-    GroupNorm group, so the normalisation is unchanged); kept at full width it is the same network."""
+def test_narrowing_drops_the_channels_nothing_reads():
+    """With the channels that nothing reads gone (other ones at each scale, and for a stage's middle and output
+    channels), the narrowed network computes the same function: one channel per GroupNorm group on both sides, so the
+    normalisation is unchanged. At full width it is the same network."""
     torch.manual_seed(0)
     net = SDMNN(SDMNNConfig(out_shape=(16, 16, 8), channels=(8, 8, 8), hidden=16)).eval()
-    dead = [1, 2, 5, 6]
+    live_coarse, live_mid, live_out = [1, 4, 6, 7], [[3, 6], [1, 2, 4, 7]], [[0, 7], [0, 3, 5, 6]]
+
+    def dead(live):
+        return [k for k in range(8) if k not in live]
+
     with torch.no_grad():
-        for i in range(3):
-            net.heads[i].weight[:, dead] = 0
-        for stage in net.stages:
-            stage.body[0].weight[:, dead] = 0  # reads the previous scale's output
-            stage.body[3].weight[:, dead] = 0  # reads this stage's middle channels
-        net.shuffle.weight[:, dead] = 0
+        net.heads[0].weight[:, dead(live_coarse)] = 0
+        net.stages[0].body[0].weight[:, dead(live_coarse)] = 0
+        for i, stage in enumerate(net.stages):
+            stage.body[3].weight[:, dead(live_mid[i])] = 0
+            net.heads[i + 1].weight[:, dead(live_out[i])] = 0
+        net.stages[1].body[0].weight[:, dead(live_out[0])] = 0
+        net.shuffle.weight[:, dead(live_out[1])] = 0
         x = torch.rand(3, 4) * 2 - 1
-        small = narrowed(net, (4, 4, 4)).eval()
-        assert small.config.channels == (4, 4, 4)
+        small = narrowed(net, (4, 2, 4)).eval()
+        assert small.config.channels == (4, 2, 4)
         assert torch.allclose(small(x), net(x), atol=1e-5)
         assert torch.allclose(narrowed(net, (8, 8, 8))(x), net(x), atol=1e-5)
         assert not torch.allclose(narrowed(net, (2, 2, 2))(x), net(x), atol=1e-3)  # live channels dropped: another function
-    with pytest.raises(ValueError, match="no wider"):
+    with pytest.raises(ModelError, match=r"channels must have 3 scales, none wider than \(8, 8, 8\); got \(8, 16, 8\)"):
         narrowed(net, (8, 16, 8))
+
+
+def test_narrowing_keeps_groupnorm_groups_together():
+    """GroupNorm normalises contiguous groups of gcd(channels, 8) channels. Where the group count stays (16 -> 8)
+    the same number is kept from each group, where the group size stays (24 -> 12) whole groups are kept; one group's
+    channels are made far more important, so a global choice would break both."""
+    torch.manual_seed(0)
+    net = SDMNN(SDMNNConfig(out_shape=(16, 16, 8), channels=(8, 24, 16), hidden=16)).eval()
+    with torch.no_grad():
+        for i, stage in enumerate(net.stages):
+            for norm in (stage.body[1], stage.body[4]):
+                norm.weight.copy_(torch.arange(len(norm.weight)) + 1.0)  # the weight names the channel it came from
+            stage.body[3].weight[:, :3] *= 100  # the first middle group
+            net.heads[i + 1].weight[:, :3] *= 100  # the first output group
+        net.stages[1].body[0].weight[:, :3] *= 100
+        small = narrowed(net, (8, 12, 8))
+    for norm_old, norm_new in [(net.stages[0].body[1], small.stages[0].body[1]), (net.stages[0].body[4], small.stages[0].body[4]),
+                               (net.stages[1].body[1], small.stages[1].body[1]), (net.stages[1].body[4], small.stages[1].body[4])]:
+        kept = norm_new.weight.detach().long() - 1
+        size_old, size_new = len(norm_old.weight) // norm_old.num_groups, len(norm_new.weight) // norm_new.num_groups
+        for group in kept.view(norm_new.num_groups, size_new):  # each new group from one old group
+            assert len(set((group // size_old).tolist())) == 1, kept
+        if norm_new.num_groups == norm_old.num_groups:  # the same count from every old group
+            assert sorted((kept // size_old).tolist()) == sorted(list(range(norm_old.num_groups)) * size_new)
 
 
 def test_training_resumes_where_it_stopped(tiny_data, tmp_path):

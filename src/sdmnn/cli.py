@@ -293,10 +293,11 @@ def train(family: str = typer.Argument("cochlea", help="A family: a name, FILE.p
           hard: float = typer.Option(0.0, help="Share (0-1) of each batch drawn from the static sets in proportion to each "
                                      "case's loss when last seen (online hard-example sampling; the rest uniform)."),
           init: Optional[str] = typer.Option(None, help="Start from this model's weights (a model folder, or 'shipped'): "
-                                             "fine-tuning, with a fresh optimiser and schedule. A wider SDMNN with the same "
-                                             "--hidden is narrowed to --channels (its most useful channels kept)."),
+                                             "fine-tuning, with a fresh optimiser and schedule. Narrower --channels (as many "
+                                             "scales, same --hidden) start from its most useful channels."),
           arch: str = typer.Option("sdmnn", metavar="[sdmnn|deepsdf]", help="sdmnn (the network) or deepsdf (the DeepSDF-style baseline)."),
-          channels: str = typer.Option("32,32,24", help="SDMNN decoder channels per scale, coarse to half resolution."),
+          channels: Optional[str] = typer.Option(None, help="SDMNN decoder channels per scale, coarse to half resolution "
+                                                 "[default: the --init model's, else 32,32,24]."),
           hidden: int = typer.Option(256, help="Width of the MLP (SDMNN) or of the decoder layers (DeepSDF)."),
           points: int = typer.Option(4096, help="DeepSDF: SDF samples per shape and step."),
           seed: int = typer.Option(0),
@@ -309,7 +310,7 @@ def train(family: str = typer.Argument("cochlea", help="A family: a name, FILE.p
 
     arch = _choice(arch, "--arch", ("sdmnn", "deepsdf"))
     try:
-        ch = tuple(int(c) for c in channels.split(","))
+        ch = tuple(int(c) for c in channels.split(",")) if channels is not None else None
     except ValueError:
         raise SdmnnError(f"channels is a comma-separated list of integers, got {channels!r}") from None
     cfg = TrainConfig(family=family, data=[str(p) for p in data or []], val=str(val) if val else None, online=online,

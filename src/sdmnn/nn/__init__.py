@@ -1,5 +1,6 @@
 """The networks (parameters -> SDM volume): ``model`` (SDMNN), ``deepsdf`` (the DeepSDF-style baseline),
-``checkpoint`` (saving, loading, the shipped models), ``train``, ``metrics`` and ``evaluate``.
+``checkpoint`` (saving, loading, the shipped models), ``train``, ``prune`` (a wider SDMNN narrowed, to fine-tune),
+``metrics`` and ``evaluate``.
 
 ``load_model`` and ``shipped_model_path`` are re-exported from ``checkpoint``, imported (with torch)
 on first use.

@@ -22,6 +22,9 @@ from .deepsdf import DeepSDF, DeepSDFConfig, sample_points
 from .model import SDMNN, SDMNNConfig
 
 
+DEFAULT_CHANNELS = (32, 32, 24)
+
+
 @dataclass
 class TrainConfig:
     family: str = "cochlea"
@@ -41,7 +44,7 @@ class TrainConfig:
     hard: float = 0.0  # share of each batch drawn from the static sets in proportion to each case's loss when last seen
     init: str | None = None  # start from this model's weights (a model folder, or "shipped"); fresh optimiser and schedule
     arch: str = "sdmnn"  # or "deepsdf", the baseline
-    channels: tuple[int, ...] = (32, 32, 24)
+    channels: tuple[int, ...] | None = None  # SDMNN widths; None: those of the --init model, else DEFAULT_CHANNELS
     hidden: int = 256
     points: int = 4096  # deepsdf: SDF samples per shape and step
     clamp: float = 2.0  # deepsdf: clamp of the distance (mm)
@@ -169,6 +172,7 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
 
     if cfg.arch not in ARCHITECTURES:
         raise SdmnnError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {cfg.arch!r}")
+    source = _init_source(cfg.init, family, grid, cfg.arch) if cfg.init else None
     torch.manual_seed(cfg.seed)
     if cfg.arch == "deepsdf":
         mcfg = DeepSDFConfig(n_params=len(family.space), out_shape=grid.shape, hidden=cfg.hidden, clamp=cfg.clamp)
@@ -177,7 +181,8 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
             val.x, val.sdm = val.x[:8], val.sdm[:8]
     else:
         try:
-            mcfg = SDMNNConfig(n_params=len(family.space), out_shape=grid.shape, channels=tuple(cfg.channels), hidden=cfg.hidden)
+            channels = cfg.channels or (source.net.config.channels if source is not None else DEFAULT_CHANNELS)
+            mcfg = SDMNNConfig(n_params=len(family.space), out_shape=grid.shape, channels=tuple(channels), hidden=cfg.hidden)
         except ValueError as e:
             raise SdmnnError(f"the network cannot be built: {e}") from None
         net = SDMNN(mcfg).to(memory_format=torch.channels_last_3d)
@@ -190,8 +195,8 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
             raise SdmnnError(f"cannot create the run folder {out}: {e.strerror}") from None
     state = {"step": 0, "seconds": 0.0, "samples_seen": 0}
     resuming = (out / "last.json").exists()
-    if cfg.init and not resuming:
-        _init_from(net, cfg.init, family, grid, mcfg, cfg.arch)
+    if source is not None and not resuming:
+        _init_from(net, source, cfg.init, mcfg, cfg.arch, announce=rank == 0)
     if resuming:
         meta, tensors = read_checkpoint(out, "last")
         if meta["config"] != json.loads(json.dumps(mcfg.to_dict())) or meta["family"] != family.name or meta["arch"] != cfg.arch:
@@ -310,28 +315,40 @@ def validate(net, val, batch: int = 16) -> dict:
     return sdm_errors(pred, val.sdm.numpy(), voxel=max(val.grid.spacing), model_error=True)
 
 
-def _init_from(net, init, family, grid, mcfg, arch):
-    """Load the weights of the model ``init`` (a folder, or "shipped") into ``net``: same family, grid and architecture,
-    or, for an SDMNN, a wider one of the same depth and hidden width, narrowed to ``--channels`` (``model.narrowed``)."""
+def _init_source(init, family, grid, arch):
+    """The model ``init`` (a folder, or "shipped") a run starts from, checked: same architecture, family and grid."""
     from .checkpoint import load_model
-    from .model import narrowed
 
     source = load_model(None if init == "shipped" else init, family=family, arch=arch)
+    if source.arch != arch:
+        raise SdmnnError(f"--init {init}: that model's architecture is {source.arch}, this run's {arch}")
     if source.family.name != family.name or source.grid != grid:
         raise SdmnnError(f"--init {init}: that model was trained for the {source.family.name} family on another grid or family "
                          "than this run's")
+    return source
+
+
+def _init_from(net, source, init, mcfg, arch, announce=True):
+    """Load ``source``'s weights into ``net``: the same architecture, or, for an SDMNN, a wider one of the same depth and
+    hidden width, narrowed to ``net``'s channels (``prune.narrowed``)."""
+    from .prune import narrowed
+
     theirs, ours = source.meta["config"], json.loads(json.dumps(mcfg.to_dict()))
     if theirs == ours:
         net.load_state_dict(source.net.state_dict())
         return
-    wider = (arch == "sdmnn" and {k: v for k, v in theirs.items() if k != "channels"} == {k: v for k, v in ours.items() if k != "channels"}
-             and len(theirs["channels"]) == len(ours["channels"]) and all(a >= b for a, b in zip(theirs["channels"], ours["channels"])))
-    if not wider:
-        raise SdmnnError(f"--init {init}: that model's architecture {theirs} differs from this run's {ours}; give the same "
-                         "--hidden and the same --channels, or narrower channels at every scale")
+    if arch != "sdmnn":
+        raise SdmnnError(f"--init {init}: that model's settings {theirs} differ from this run's {ours}; give the same ones")
+    same_rest = {k: v for k, v in theirs.items() if k != "channels"} == {k: v for k, v in ours.items() if k != "channels"}
+    same_depth = len(theirs["channels"]) == len(ours["channels"])
+    if not (same_rest and same_depth and all(a >= b for a, b in zip(theirs["channels"], ours["channels"]))):
+        raise SdmnnError(f"--init {init}: that model has channels {tuple(theirs['channels'])} and hidden {theirs['hidden']}; "
+                         f"give as many --channels, none wider (narrower ones start from its most useful channels), and "
+                         f"the same --hidden (this run: channels {mcfg.channels}, hidden {mcfg.hidden})")
     net.load_state_dict(narrowed(source.net, mcfg.channels).state_dict())
-    print(f"--init {init}: narrowed from channels {tuple(theirs['channels'])} to {mcfg.channels}, keeping the channels "
-          "that contribute most", file=sys.stderr)
+    if announce:
+        print(f"--init {init}: narrowed from channels {tuple(theirs['channels'])} to {mcfg.channels}, keeping the channels "
+              "that contribute most", flush=True)
 
 
 def _optimizer_to(opt, device):
