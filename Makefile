@@ -47,6 +47,9 @@ data: $(STAMP)
 	# v6's worst wrong signs and max errors on 1000 shapes of seed 3: thinner tubes still, and steep, thick ones
 	$(BIN)/sdmnn dataset make cochlea --design sobol:384 --within a=2:2.8,b=0.05:0.11 --seed 5 -o data/cochlea-thin384.zarr
 	$(BIN)/sdmnn dataset make cochlea --design sobol:384 --within alpha=0.35:0.85,b=0.18:0.25 --seed 6 -o data/cochlea-steep384.zarr
+	# the shipped 32-32-16's worst wrong signs and max errors on 600 shapes of seed 3: thin, flat tubes turned far (phi), steep thick ones at small a
+	$(BIN)/sdmnn dataset make cochlea --design sobol:384 --within a=2:2.9,alpha=0:0.3,b=0.05:0.075,phi=0.3:0.78 --seed 8 -o data/cochlea-thinphi384.zarr
+	$(BIN)/sdmnn dataset make cochlea --design sobol:256 --within a=2:2.6,alpha=0.45:0.75,b=0.17:0.25 --seed 9 -o data/cochlea-steepa256.zarr
 
 model: data
 	$(BIN)/sdmnn train cochlea --data data/cochlea-grid5.zarr --data data/cochlea-sobol1024.zarr --val data/cochlea-val64.zarr --minutes 80 --eval-every 250 -o runs/cochlea-v1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-SECTIONS = ["sdm", "meshes", "dataset", "nn", "pareto", "fit", "params", "tables", "view"]
+SECTIONS = ["sdm", "meshes", "dataset", "nn", "pareto", "resample", "fit", "params", "tables", "view"]
 
 
 def machine() -> str:

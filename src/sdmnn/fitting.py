@@ -28,8 +28,9 @@ rotations about the world axes at the MAP (``rx, ry, rz``, radians) and shifts (
 Forward models (the SDM at the voxels, for given shape and pose):
 * ``exact``: the family's mesh, posed, and its exact SDM on the image's own grid (exact for any affine);
 * ``sdmnn`` (or ``deepsdf``): the network's SDM on its model grid, sampled at the voxels mapped into the
-  model frame (trilinear, differentiable; beyond the model grid, the border value plus the distance to it,
-  a sound upper bound of the distance there);
+  model frame (trilinear with a second-order correction, ``sdmnn.grid.sample_sdm``: plain trilinear shrinks
+  thin tubes; beyond the model grid, the border value plus the distance to it, a sound upper bound of the
+  distance there);
 * ``hybrid`` (the default): the network's search, then Levenberg-Marquardt on the exact likelihood, first
   with the network's shape Jacobian (one exact SDM a step), then with the exact one by finite differences.
 
@@ -50,7 +51,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import FitError, FitWarning
-from .grid import Grid
+from .grid import Grid, sample_sdm
 from .shapes import get_family
 
 #: The forward models a fit can use: the SDMNN network, the exact SDM, the network's search with an exact
@@ -623,7 +624,6 @@ class _Network:
         g = net.grid
         self.origin = torch.tensor(g.origin, dtype=torch.float32)
         self.spacing = torch.tensor(g.spacing, dtype=torch.float32)
-        self.top = torch.tensor((np.array(g.shape) - 1) * np.array(g.spacing), dtype=torch.float32)
         self.points = torch.tensor(obs.points, dtype=torch.float32)
 
     def volumes(self, vectors):
@@ -633,9 +633,10 @@ class _Network:
         with torch.no_grad():
             return self.net.predict_torch(torch.as_tensor(np.asarray(vectors), dtype=torch.float32)).cpu()
 
-    def sample(self, volumes, poses, every: int = 1) -> np.ndarray:
+    def sample(self, volumes, poses, every: int = 1, corrected: bool = True) -> np.ndarray:
         """SDMs (B, nx, ny, nz) at every ``every``-th observed voxel mapped into the model frame by ``poses``
-        (one each): (B, N). Beyond the model grid: the border value plus the distance to it."""
+        (one each): (B, N), by ``sample_sdm`` (trilinear, ``corrected`` to second order; beyond the model grid,
+        the border value plus the distance to it)."""
         torch = self.torch
         pts = self.points[::every]
         R = torch.tensor(np.stack([p.R for p in poses]), dtype=torch.float32)
@@ -643,13 +644,7 @@ class _Network:
         with torch.no_grad():
             x = torch.einsum("bji,bnj->bni", R, pts[None] - P[:, None, :])  # R^T (x - p): model frame
             x = x + torch.tensor(poses[0].centre, dtype=torch.float32) - self.origin  # mm from the first voxel
-            inside = torch.minimum(torch.maximum(x, torch.zeros(3)), self.top)
-            beyond = torch.linalg.vector_norm(x - inside, dim=-1)
-            u = 2 * inside / self.top - 1  # [-1, 1] from the first to the last voxel centre
-            grid = u.flip(-1)[:, None, None]  # grid_sample wants (k, j, i) last: (B, 1, 1, N, 3)
-            vals = torch.nn.functional.grid_sample(volumes[:, None], grid, mode="bilinear", padding_mode="border",
-                                                   align_corners=True)
-            return (vals[:, 0, 0, 0] + beyond).double().numpy()
+            return sample_sdm(volumes, x / self.spacing, self.spacing, corrected).double().numpy()
 
     def __call__(self, vector, pose: Pose) -> np.ndarray:
         """The network's SDM at the observed voxels, (N,)."""
@@ -669,7 +664,9 @@ class _Network:
         if not free_pose:
             return J
         moves = np.concatenate([np.eye(6), -np.eye(6)]) * h
-        d_pose = self.sample(vols[:1].expand(12, *vols.shape[1:]), [pose.moved(e * POSE_SCALE) for e in moves])
+        # plain trilinear: the correction moves with the shape, so it adds next to nothing to the pose's columns
+        d_pose = self.sample(vols[:1].expand(12, *vols.shape[1:]), [pose.moved(e * POSE_SCALE) for e in moves],
+                             corrected=False)
         return np.concatenate([J, ((d_pose[:6] - d_pose[6:]) / (2 * h)).T], 1)
 
 
@@ -899,14 +896,14 @@ def _screen(table: _Network, like: _Likelihood, rotations, position, centre_mode
     """Score every (rotation, shape) pair at ``position``, or with ``search_shift`` at its best shift within
     ``max_shift`` mm of it, with a model's SDMs (``table``) on at most ~``voxels`` voxels. Returns
     [(score, Pose, shape vector)], best first, one per rotation (its best shape and shift)."""
-    vols = table.volumes(shapes)
+    vols = table.volumes(shapes)  # sampled plainly (corrected=False): a ranking, the interpolant's bias alike in all
     if search_shift:
         return _shift_screen(table, like, vols, rotations, position, centre_model, shapes, max_shift)
     every = max(1, int(round(len(like.obs.y) / voxels)))
     out = []
     for R in rotations:
         pose = Pose(R, np.asarray(position, float), centre_model)
-        scores = like.nll(table.sample(vols, [pose] * len(shapes), every), every=every)
+        scores = like.nll(table.sample(vols, [pose] * len(shapes), every, corrected=False), every=every)
         i = int(np.argmin(scores))
         out.append((float(scores[i]), pose, shapes[i]))
     return sorted(out, key=lambda t: t[0])
@@ -940,7 +937,7 @@ def _shift_screen(table, like, vols, rotations, position, centre_model, shapes, 
     try:
         for R in rotations:
             pose = Pose(R, centre + (np.asarray(position) - centre), centre_model)
-            template = like.blended(table.sample(vols, [pose] * len(shapes))).reshape(len(shapes), *n2)
+            template = like.blended(table.sample(vols, [pose] * len(shapes), corrected=False)).reshape(len(shapes), *n2)
             best = None
             for s, p in enumerate(template):
                 FP, FPP = np.fft.rfftn(p, n2, axes), np.fft.rfftn(p * p, n2, axes)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import FileError, SdmnnError
 from ..fitting import POSE_NAMES, Pose
-from ..grid import Grid
+from ..grid import Grid, sample_sdm
 
 FORWARDS = ("sdmnn", "exact")
 #: How far the pose sliders move the fitted pose: radians for the rotations, mm for the shifts.
@@ -141,7 +141,7 @@ class Scene:
 
     def sdm_on(self, grid: Grid, state: State, forward: str | None = None) -> np.ndarray:
         """The SDM of ``state`` (mm, negative inside) on any ``grid`` in world mm: the exact one of the posed
-        mesh, or the network's, sampled trilinearly at the voxels mapped into the model frame (beyond its
+        mesh, or the network's, sampled (``sample_sdm``) at the voxels mapped into the model frame (beyond its
         model grid: the border value plus the distance to it, as in ``sdmnn.fit``)."""
         forward = forward or state.forward
         if forward == "exact":
@@ -270,15 +270,12 @@ def _network(family, model):
 
 
 def _sample(volume: np.ndarray, grid: Grid, points: np.ndarray) -> np.ndarray:
-    """``volume`` on ``grid`` at world ``points`` (N, 3), trilinear; beyond the grid, the border value plus the
-    distance to the border (an upper bound of the distance there)."""
-    from scipy.ndimage import map_coordinates
+    """``volume`` on ``grid`` at world ``points`` (N, 3) by ``sample_sdm`` (curvature-corrected trilinear;
+    beyond the grid, the border value plus the distance to the border)."""
+    import torch
 
-    index = grid.to_index(points)
-    top = np.array(grid.shape) - 1
-    inside = np.clip(index, 0, top)
-    beyond = np.linalg.norm((index - inside) * np.array(grid.spacing), axis=1)
-    return map_coordinates(volume, inside.T, order=1, mode="nearest") + beyond
+    index = torch.from_numpy(grid.to_index(points)[None])
+    return sample_sdm(torch.from_numpy(np.asarray(volume, np.float64)[None]), index, grid.spacing)[0].numpy()
 
 
 def load_scene(family: str | None = None, model=None, image=None, fit=None) -> Scene:
