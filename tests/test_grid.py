@@ -67,9 +67,22 @@ def test_sample_sdm_takes_out_the_shrinking_of_trilinear_near_a_thin_tube():
     assert e_lin.mean() > 0.005  # plain trilinear moves the surface inward all over the tube
     assert abs(e_cor.mean()) < e_lin.mean() / 5
     assert np.abs(e_cor).mean() < np.abs(e_lin).mean() / 2
-    at_voxels = sample_sdm(torch.from_numpy(volume[None]), torch.from_numpy(np.indices(grid.shape).reshape(3, -1).T[None] * 1.0),
-                           grid.spacing)[0].numpy()
+    voxels = np.indices(grid.shape).reshape(3, -1).T.astype(float)
+    at_voxels = sample_sdm(torch.from_numpy(volume[None]), torch.from_numpy(voxels[None]), grid.spacing)[0].numpy()
     assert np.allclose(at_voxels, volume.ravel())  # exact at the voxels
+
+
+def test_sample_sdm_is_exact_for_a_quadratic_on_an_anisotropic_grid():
+    torch = pytest.importorskip("torch")
+    from sdmnn.grid import sample_sdm
+
+    spacing = (0.3, 0.2, 0.5)
+    f = lambda p: p[..., 0] ** 2 + 3 * p[..., 1] ** 2 - 2 * p[..., 2] ** 2 + p[..., 0] * p[..., 1]  # noqa: E731
+    grid = Grid(shape=(7, 9, 5), spacing=spacing, origin=(-1.0, -0.8, -1.0))
+    volume = f(grid.points().reshape(*grid.shape, 3))
+    index = np.random.default_rng(1).uniform(0, np.array(grid.shape) - 1, (500, 3))
+    got = sample_sdm(torch.from_numpy(volume[None]), torch.from_numpy(index[None]), spacing)[0].numpy()
+    assert np.allclose(got, f(grid.to_world(index)), atol=1e-12)  # each axis's term paired with its own t and h
 
 
 def test_sample_sdm_beyond_the_grid_adds_the_distance_to_its_border():

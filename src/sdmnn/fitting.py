@@ -664,7 +664,8 @@ class _Network:
         if not free_pose:
             return J
         moves = np.concatenate([np.eye(6), -np.eye(6)]) * h
-        # plain trilinear: the correction moves with the shape, so it adds next to nothing to the pose's columns
+        # plain trilinear (one channel, not four): its slope errors, (1/2 - t) h f'' across each cell, average out
+        # over the voxels; the values the fixed point matches are the corrected ones
         d_pose = self.sample(vols[:1].expand(12, *vols.shape[1:]), [pose.moved(e * POSE_SCALE) for e in moves],
                              corrected=False)
         return np.concatenate([J, ((d_pose[:6] - d_pose[6:]) / (2 * h)).T], 1)
@@ -896,13 +897,14 @@ def _screen(table: _Network, like: _Likelihood, rotations, position, centre_mode
     """Score every (rotation, shape) pair at ``position``, or with ``search_shift`` at its best shift within
     ``max_shift`` mm of it, with a model's SDMs (``table``) on at most ~``voxels`` voxels. Returns
     [(score, Pose, shape vector)], best first, one per rotation (its best shape and shift)."""
-    vols = table.volumes(shapes)  # sampled plainly (corrected=False): a ranking, the interpolant's bias alike in all
+    vols = table.volumes(shapes)
     if search_shift:
         return _shift_screen(table, like, vols, rotations, position, centre_model, shapes, max_shift)
     every = max(1, int(round(len(like.obs.y) / voxels)))
     out = []
     for R in rotations:
         pose = Pose(R, np.asarray(position, float), centre_model)
+        # plain trilinear: a ranking of candidates whose interpolation bias is alike
         scores = like.nll(table.sample(vols, [pose] * len(shapes), every, corrected=False), every=every)
         i = int(np.argmin(scores))
         out.append((float(scores[i]), pose, shapes[i]))

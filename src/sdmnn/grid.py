@@ -227,45 +227,40 @@ def sample_sdm(volumes, index, spacing, corrected: bool = True):
     point's fraction of its cell along axis i) to leading order. An SDM is convex across a curved surface, so the
     plain interpolant moves the surface inward, the same way all over a thin tube, which a fit then takes for
     a thinner shape. Here the second differences are sampled alongside the values (one 4-channel lookup) and
-    that term subtracted: the interpolant stays continuous and exact at the voxels, and its error near the
-    surface falls to about that of a cubic B-spline (``bench/resample_bench.py``) at a fraction of the cost
-    (torch's ``grid_sample`` has no cubic mode in 3-D; scipy's order-3 ``map_coordinates`` reads 64 voxels a
-    point). Beyond the grid: the border value plus the distance to the border, an upper bound of the distance
-    there.
+    that term subtracted: the interpolant stays continuous, exact at the voxels and for quadratics, and close to
+    a cubic B-spline near the surface (``bench/resample_bench.py``) for less work (torch's ``grid_sample`` has
+    no cubic mode in 3-D; scipy's order-3 ``map_coordinates`` reads 64 voxels a point). Beyond the grid: the
+    border value plus the distance to the border, an upper bound of the distance there.
 
     Parameters
     ----------
     volumes : (B, nx, ny, nz) torch tensor
-        SDMs (mm) on a grid of ``spacing``.
+        SDMs (mm) on a grid of ``spacing``, at least 3 voxels along each axis.
     index : (B, N, 3) torch tensor
         Points in voxel coordinates (i, j, k) of that grid, one set per volume; any values.
     spacing : (3,) mm
     corrected : bool
-        False: plain trilinear (a quarter of the work; enough to rank candidates whose bias is alike).
+        False: plain trilinear (one channel instead of four; enough where the bias is alike in all that is compared).
 
     Returns
     -------
-    (B, N) torch tensor, mm; differentiable in ``volumes`` and ``index``.
+    (B, N) torch tensor of ``index``'s dtype, on its device, mm; differentiable in ``volumes`` and ``index``.
     """
     import torch
     import torch.nn.functional as F
 
-    top = torch.tensor(volumes.shape[1:], dtype=index.dtype) - 1
-    inside = torch.minimum(torch.maximum(index, torch.zeros(3, dtype=index.dtype)), top)
-    beyond = torch.linalg.vector_norm((index - inside) * torch.as_tensor(spacing, dtype=index.dtype), dim=-1)
-    u = 2 * inside / top.clamp(min=1) - 1  # [-1, 1] from the first to the last voxel centre
-    at = u.flip(-1)[:, None, None]  # grid_sample wants (k, j, i) last: (B, 1, 1, N, 3)
+    top = index.new_tensor(volumes.shape[1:]) - 1
+    inside = torch.minimum(torch.maximum(index, index.new_zeros(3)), top)
+    beyond = torch.linalg.vector_norm((index - inside) * index.new_tensor(spacing), dim=-1)
+    at = (2 * inside / top - 1).flip(-1)[:, None, None]  # [-1, 1] over the voxels, (k, j, i) last: (B, 1, 1, N, 3)
     if not corrected:
         return F.grid_sample(volumes[:, None].to(index.dtype), at, mode="bilinear", padding_mode="border",
                              align_corners=True)[:, 0, 0, 0] + beyond
-    second = []  # h^2 f_ii along each axis by central differences, zero on the grid's faces
+    second = []  # h^2 f_ii along each axis by central differences; on the faces, the next voxel's
     for axis in (1, 2, 3):
-        d2 = torch.zeros_like(volumes)
         n = volumes.shape[axis]
-        if n > 2:
-            d2.narrow(axis, 1, n - 2).copy_(volumes.narrow(axis, 0, n - 2) - 2 * volumes.narrow(axis, 1, n - 2)
-                                            + volumes.narrow(axis, 2, n - 2))
-        second.append(d2)
+        d2 = volumes.narrow(axis, 0, n - 2) - 2 * volumes.narrow(axis, 1, n - 2) + volumes.narrow(axis, 2, n - 2)
+        second.append(torch.cat([d2.narrow(axis, 0, 1), d2, d2.narrow(axis, n - 3, 1)], axis))
     channels = torch.stack([volumes, *second], 1).to(index.dtype)  # (B, 4, nx, ny, nz)
     vals = F.grid_sample(channels, at, mode="bilinear", padding_mode="border", align_corners=True)[:, :, 0, 0]
     t = inside - inside.floor()  # (B, N, 3)
