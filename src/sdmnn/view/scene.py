@@ -274,8 +274,8 @@ def _sample(volume: np.ndarray, grid: Grid, points: np.ndarray) -> np.ndarray:
     beyond the grid, the border value plus the distance to the border)."""
     import torch
 
-    index = torch.from_numpy(grid.to_index(points)[None])
-    return sample_sdm(torch.from_numpy(np.asarray(volume, np.float64)[None]), index, grid.spacing)[0].numpy()
+    index = torch.from_numpy(grid.to_index(points)[None].astype(np.float32))  # in the network's own float32
+    return sample_sdm(torch.from_numpy(np.asarray(volume, np.float32)[None]), index, grid.spacing)[0].numpy()
 
 
 def load_scene(family: str | None = None, model=None, image=None, fit=None) -> Scene:
