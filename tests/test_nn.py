@@ -138,6 +138,18 @@ def test_the_sign_aware_loss_adds_the_weighted_size_of_wrong_signs_only():
     assert torch.isclose(weighted_mse(wrong, target, 20, 0.15, 0.5) - weighted_mse(wrong, target, 20, 0.15), added)
 
 
+def test_the_peak_term_adds_the_squared_excess_of_errors_over_its_tolerance_only():
+    target = torch.tensor([-0.05, 0.02, 1.0, -2.0])
+    small = target + torch.tensor([0.04, -0.03, 0.05, 0.0])  # no error over 0.05 mm: the term adds nothing
+    assert weighted_mse(small, target, 20, 0.15, peak_weight=100) == weighted_mse(small, target, 20, 0.15)
+    large = target + torch.tensor([0.0, -0.15, 0.08, 0.0])
+    w = 1 + 20 * torch.exp(-target.abs() / 0.15)
+    added = 100 * (0.10 ** 2 + 0.03 ** 2) / w.sum()
+    assert torch.isclose(weighted_mse(large, target, 20, 0.15, peak_weight=100) - weighted_mse(large, target, 20, 0.15), added)
+    with pytest.raises(SdmnnError, match="--peak-weight"):
+        train(TrainConfig(peak_weight=-1, data=[], steps=1))
+
+
 def test_bfloat16_prediction_matches_float32_and_bad_precision_is_refused(cochlea):
     """The fast path (convolution stages in bfloat16) against float32 on the shipped model: far below its own error."""
     if sdmnn.nn.shipped_model_path() is None:

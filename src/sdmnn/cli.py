@@ -290,6 +290,9 @@ def train(family: str = typer.Argument("cochlea", help="A family: a name, FILE.p
           near_scale: float = typer.Option(0.5, help="Length (mm) over which the near-surface weight falls off."),
           sign_weight: float = typer.Option(0.0, help="Add this times the (same-weighted) mean |prediction| over voxels with "
                                             "the wrong sign: a push on the zero level set that does not fade with the error."),
+          peak_weight: float = typer.Option(0.0, help="Add this times the mean of (|error| - t)^2 over voxels whose error "
+                                            "exceeds t = --peak-tol: a pull on the largest errors only (the max error)."),
+          peak_tol: float = typer.Option(0.05, help="Error (mm) above which --peak-weight's term counts."),
           hard: float = typer.Option(0.0, help="Share (0-1) of each batch drawn from the static sets in proportion to each "
                                      "case's loss when last seen (online hard-example sampling; the rest uniform)."),
           init: Optional[str] = typer.Option(None, help="Start from this model's weights (a model folder, or 'shipped'): "
@@ -315,7 +318,7 @@ def train(family: str = typer.Argument("cochlea", help="A family: a name, FILE.p
         raise SdmnnError(f"channels is a comma-separated list of integers, got {channels!r}") from None
     cfg = TrainConfig(family=family, data=[str(p) for p in data or []], val=str(val) if val else None, online=online,
                       online_workers=online_workers, minutes=minutes, steps=steps, batch=batch, lr=lr, near_weight=near_weight,
-                      near_scale=near_scale, sign_weight=sign_weight, hard=hard, init=init, arch=arch, channels=ch, hidden=hidden, points=points, seed=seed, threads=threads, device=device,
+                      near_scale=near_scale, sign_weight=sign_weight, peak_weight=peak_weight, peak_tol=peak_tol, hard=hard, init=init, arch=arch, channels=ch, hidden=hidden, points=points, seed=seed, threads=threads, device=device,
                       eval_every=eval_every, out=str(output))
     result = run(cfg, command="sdmnn " + " ".join(sys.argv[1:]))
     console.print(f"trained {result['steps']} steps in {result['seconds'] / 60:.1f} min -> {output}/model.json" +

@@ -177,9 +177,21 @@ class InferenceSDMNN(nn.Module):
         c = self.config = net.config
         self.dtype = dtype
         cl = torch.channels_last_3d
-        self.mlp = net.mlp
-        # The 1x1x1 heads as matrix-vector products over channels-last volumes (a convolution call cost more).
-        for i, head in enumerate(net.heads):
+        # The MLP's last layer lifts to the coarse volume: most of the network's weights, read from memory once per call
+        # at batch 1. In ``dtype`` (half the bytes in bfloat16; its output is cast to ``dtype`` for the convolution
+        # anyway); the coarse head, linear in that layer's output, is folded into a float32 layer of its own.
+        *hidden, lift = net.mlp
+        self.mlp = nn.Sequential(*hidden)
+        head = net.heads[0]
+        w = head.weight.detach().float().reshape(-1)  # (C0,)
+        lift_w, lift_b = lift.weight.detach().float(), lift.bias.detach().float()
+        self.register_buffer("lift_weight", lift_w.to(dtype).clone())
+        self.register_buffer("lift_bias", lift_b.to(dtype).clone())
+        C0 = c.channels[0]
+        self.register_buffer("coarse_weight", torch.einsum("c,cvk->vk", w, lift_w.reshape(C0, -1, lift_w.shape[1])).contiguous())
+        self.register_buffer("coarse_bias", (w @ lift_b.reshape(C0, -1) + head.bias.detach().float()).contiguous())
+        # The other 1x1x1 heads as matrix-vector products over channels-last volumes (a convolution call cost more).
+        for i, head in enumerate(net.heads[1:], 1):
             self.register_buffer(f"head_weight{i}", head.weight.detach().reshape(1, -1).float().clone())
             self.register_buffer(f"head_bias{i}", head.bias.detach().float().clone())
         self.convs, self.norms = nn.ModuleList(), nn.ModuleList()
@@ -213,10 +225,11 @@ class InferenceSDMNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, d) normalised parameters -> (B, nx, ny, nz) SDM in mm, float32."""
         B, c, cl = x.shape[0], self.config, torch.channels_last_3d
-        h = self.mlp(x).view(B, c.channels[0], *c.base_shape)
-        out = self._head(0, h)
+        z = self.mlp(x)
+        h = F.linear(z.to(self.dtype), self.lift_weight, self.lift_bias).view(B, c.channels[0], *c.base_shape)
+        out = F.linear(z, self.coarse_weight, self.coarse_bias).view(B, 1, *c.base_shape)
         for i, ((features, conv2), (gn1, gn2)) in enumerate(zip(self.convs, self.norms)):
-            h = _interleave(features(h.to(self.dtype).contiguous(memory_format=cl)))
+            h = _interleave(features(h.to(self.dtype).contiguous(memory_format=cl)))  # a no-op cast for the lifted volume
             shape = h.shape[2:]  # channels-last float32: its flat order is that of the precomputed volumes
             h.permute(0, 2, 3, 4, 1).view(B, -1).add_(getattr(self, f"constant{i}")).addmm_(x, getattr(self, f"per_param{i}"))
             h = F.silu(gn1(h))

@@ -41,6 +41,8 @@ class TrainConfig:
     near_weight: float = 4.0  # loss weight 1 + near_weight * exp(-|d| / near_scale)
     near_scale: float = 0.5  # mm
     sign_weight: float = 0.0  # plus sign_weight * the same-weighted mean of |prediction| where its sign is wrong (mm)
+    peak_weight: float = 0.0  # plus peak_weight * the mean of (|error| - peak_tol)^2 over voxels whose error exceeds peak_tol
+    peak_tol: float = 0.05  # mm
     hard: float = 0.0  # share of each batch drawn from the static sets in proportion to each case's loss when last seen
     init: str | None = None  # start from this model's weights (a model folder, or "shipped"); fresh optimiser and schedule
     arch: str = "sdmnn"  # or "deepsdf", the baseline
@@ -58,21 +60,30 @@ class TrainConfig:
         return asdict(self)
 
 
-def weighted_mse(pred, target, near_weight, near_scale, sign_weight=0.0):
+def weighted_mse(pred, target, near_weight, near_scale, sign_weight=0.0, peak_weight=0.0, peak_tol=0.05):
     """The SDMNN loss: MSE weighted by 1 + near_weight * exp(-|d| / near_scale), plus, with ``sign_weight``, a
     sign-aware term: the same-weighted mean of |prediction| over voxels where its sign is wrong (a hinge at zero), whose
-    gradient does not fade as the error shrinks, so it keeps pushing the zero level set across those voxels."""
-    terms, w = _loss_terms(pred, target, near_weight, near_scale, sign_weight)
+    gradient does not fade as the error shrinks, so it keeps pushing the zero level set across those voxels; plus, with
+    ``peak_weight``, a term on the largest errors only: peak_weight * (|error| - peak_tol)^2 where |error| > peak_tol
+    (mm), which leaves the many small errors to the MSE and pulls on the few voxels that make the maximum error."""
+    terms, w = _loss_terms(pred, target, near_weight, near_scale, sign_weight, peak_weight, peak_tol)
     return terms.sum() / w.sum()
 
 
-def _loss_terms(pred, target, near_weight, near_scale, sign_weight):
+def _loss_terms(pred, target, near_weight, near_scale, sign_weight, peak_weight=0.0, peak_tol=0.05):
     """The per-voxel terms of ``weighted_mse`` and their weights (its value is terms.sum() / weights.sum())."""
     w = 1 + near_weight * torch.exp(-target.abs() / near_scale)
     terms = w * (pred - target) ** 2
     if sign_weight:
         terms = terms + sign_weight * w * torch.relu(-pred * torch.sign(target))
+    if peak_weight:
+        terms = terms + peak_weight * torch.relu((pred - target).abs() - peak_tol) ** 2
     return terms, w
+
+
+def _cfg_loss_terms(pred, target, cfg):
+    """``_loss_terms`` with a TrainConfig's weights."""
+    return _loss_terms(pred, target, cfg.near_weight, cfg.near_scale, cfg.sign_weight, cfg.peak_weight, cfg.peak_tol)
 
 
 class _HardCases:
@@ -83,8 +94,7 @@ class _HardCases:
     def __init__(self, net, X, Y, cfg, device, batch=16):
         net.eval()
         with torch.no_grad():
-            self.loss = torch.cat([_case_losses(*_loss_terms(net(X[s : s + batch].to(device)), Y[s : s + batch].to(device),
-                                                             cfg.near_weight, cfg.near_scale, cfg.sign_weight)).cpu()
+            self.loss = torch.cat([_case_losses(*_cfg_loss_terms(net(X[s : s + batch].to(device)), Y[s : s + batch].to(device), cfg)).cpu()
                                    for s in range(0, len(X), batch)]).double().numpy()
         net.train()
 
@@ -151,6 +161,8 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
 
     from ..runtime import resolve_device, usable_cores
 
+    if cfg.peak_weight < 0 or cfg.peak_tol < 0:
+        raise SdmnnError(f"--peak-weight and --peak-tol are >= 0, got {cfg.peak_weight} and {cfg.peak_tol}")
     device = torch.device(resolve_device(cfg.device))
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per torchrun process
@@ -246,7 +258,7 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
             pred = model(xb, net.coords[pts.to(device)])
             loss = (pred - target.to(device).clamp(-cfg.clamp, cfg.clamp)).abs().mean()
         else:
-            terms, w = _loss_terms(model(xb), yb.to(device, non_blocking=True), cfg.near_weight, cfg.near_scale, cfg.sign_weight)
+            terms, w = _cfg_loss_terms(model(xb), yb.to(device, non_blocking=True), cfg)
             loss = terms.sum() / w.sum()
             if hard is not None:  # the static cases are the batch's last rows
                 hard.update(idx, _case_losses(terms, w)[len(xb) - len(idx):])
