@@ -251,7 +251,7 @@ def sample_sdm(volumes, index, spacing, corrected: bool = True):
 
     top = index.new_tensor(volumes.shape[1:]) - 1
     inside = torch.minimum(torch.maximum(index, index.new_zeros(3)), top)
-    beyond = torch.linalg.vector_norm((index - inside) * index.new_tensor(spacing), dim=-1)
+    beyond = torch.linalg.vector_norm((index - inside) * torch.as_tensor(spacing, dtype=index.dtype, device=index.device), dim=-1)
     at = (2 * inside / top - 1).flip(-1)[:, None, None]  # [-1, 1] over the voxels, (k, j, i) last: (B, 1, 1, N, 3)
     if not corrected:
         return F.grid_sample(volumes[:, None].to(index.dtype), at, mode="bilinear", padding_mode="border",
