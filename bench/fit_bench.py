@@ -11,7 +11,7 @@ import numpy as np
 
 import sdmnn
 from sdmnn.dataset import design_points
-from sdmnn.fitting import fit
+from sdmnn.fitting import ExactVolumes, fit
 from sdmnn.nn import shipped_model_path
 from sdmnn.phantom import make_phantom, surface_distances, truth_mesh
 
@@ -39,21 +39,27 @@ def _random_rotation(rng, max_degrees=None):
     return axis / np.linalg.norm(axis) * rng.uniform(0, max_degrees)
 
 
-def phantoms(n_labels, n_ct):
-    """(target, truth vector, image, grid, truth) for each study case."""
+def phantoms(n_labels, n_ct, only=None):
+    """(case, target, truth vector, image, grid, truth) for each study case (or for the cases in ``only``: the same
+    images, the others' random draws made and not rendered)."""
     rng = np.random.default_rng(11)
     truths = cases(n_labels + n_ct)
     flipped = np.diag([-1.0, -1.0, 1.0])  # a RAS-style direction, every other case
     for i, truth in enumerate(truths):
+        direction = flipped if i % 2 else None
         if i < n_labels:  # any orientation, within 1 mm of the labels' centre
-            image, grid, info = make_phantom("cochlea", truth, rotate=_random_rotation(rng), translate=rng.uniform(-1, 1, 3),
-                                             spacing=(0.3, 0.3, 0.3), direction=flipped if i % 2 else None)
-            yield LABELS, truth, image, grid, info
+            target, args = LABELS, dict(rotate=_random_rotation(rng), translate=rng.uniform(-1, 1, 3), spacing=(0.3, 0.3, 0.3),
+                                        direction=direction)
         else:  # within 30 degrees and 4 mm of the image's centre
-            image, grid, info = make_phantom("cochlea", truth, kind="ct", rotate=_random_rotation(rng, 30.0),
-                                             translate=rng.uniform(-4, 4, 3), spacing=(0.25, 0.25, 0.5),
-                                             direction=flipped if i % 2 else None, noise=100.0, blur=0.25, seed=i)
-            yield CT, truth, image, grid, info
+            target, args = CT, dict(kind="ct", rotate=_random_rotation(rng, 30.0), translate=rng.uniform(-4, 4, 3),
+                                    spacing=(0.25, 0.25, 0.5), direction=direction, noise=100.0, blur=0.25, seed=i)
+        if only is None or i in only:
+            yield (i, target, truth, *make_phantom("cochlea", truth, **args))
+
+
+def _off(a, b, span) -> float:
+    """The largest difference between two parameter vectors, as a fraction of each parameter's range."""
+    return float((np.abs(np.asarray(a) - np.asarray(b)) / span).max())
 
 
 def pose_error(result, info):
@@ -76,7 +82,7 @@ def run(quick: bool = False) -> str:
     forwards = ["hybrid", "sdmnn"] if quick else ["hybrid", "sdmnn", "exact"]
     n_exact = 1 if quick else 3  # the mesh-based reference is slow: a few cases of each kind
     records = []
-    for case, (target, truth, image, grid, info) in enumerate(phantoms(n_labels, n_ct)):
+    for case, target, truth, image, grid, info in phantoms(n_labels, n_ct):
         true_mesh = truth_mesh(info)
         kind = "labels" if target == LABELS else "intensity"
         for fw in forwards:
@@ -102,24 +108,17 @@ def run(quick: bool = False) -> str:
     return summarise(records, fam)
 
 
-class ExactOnGrid:
-    """The exact SDM on the network's grid, standing in for the network in a network-only fit: the same lookup
-    (``sample_sdm`` of a volume on the model grid), without the network's error."""
+class ExactOnGrid(ExactVolumes):
+    """The exact SDM on the network's grid in the network's place in a network-only fit: the same lookup
+    (``sample_sdm`` of a volume on the model grid), without the network's error; the model's other attributes
+    (its accuracy for the fit's error model, its family) are the network's."""
 
     def __init__(self, model):
+        super().__init__(model.family, model.grid)
         self._model = model
 
     def __getattr__(self, name):
         return getattr(self._model, name)
-
-    def predict_torch(self, params):
-        import torch
-
-        from sdmnn.sdm import exact_sdm
-
-        fam, low, high = self._model.family, self._model.family.space.low, self._model.family.space.high
-        return torch.stack([torch.from_numpy(exact_sdm(fam.mesh(np.clip(v.double().numpy(), low, high)), self._model.grid)).float()
-                            for v in params])
 
 
 def lookup_check(records, fam, model, n_labels, n_ct):
@@ -127,12 +126,9 @@ def lookup_check(records, fam, model, n_labels, n_ct):
     network's grid in the network's place: what the lookup alone moves (records with forward "exact-on-grid")."""
     span = fam.space.high - fam.space.low
     maps = {(r["case"], r["forward"]): np.array(r["map"]) for r in records}
-    off = [c for (c, fw), m in maps.items() if fw == "sdmnn" and (c, "hybrid") in maps
-           and (np.abs(m - maps[(c, "hybrid")]) / span).max() > 0.01]
+    off = {c for (c, fw), m in maps.items() if fw == "sdmnn" and (c, "hybrid") in maps and _off(m, maps[(c, "hybrid")], span) > 0.01}
     out = []
-    for case, (target, truth, image, grid, info) in enumerate(phantoms(n_labels, n_ct)):
-        if case not in off:
-            continue
+    for case, target, truth, image, grid, info in phantoms(n_labels, n_ct, only=off):
         kind = "labels" if target == LABELS else "intensity"
         r = fit(image, grid, observed_kind=kind, forward="sdmnn", pose="rigid", model=ExactOnGrid(model), seed=0)
         out.append({"case": case, "target": target, "forward": "exact-on-grid", "truth": list(map(float, truth)),
@@ -184,7 +180,7 @@ def summarise(records, fam):
         f"{100 * (pairs[(case, 'sdmnn')]['map'][j] - pairs[(case, 'hybrid')]['map'][j]) / span[j]:+.2f} / "
         f"{100 * (r['map'][j] - pairs[(case, 'hybrid')]['map'][j]) / span[j]:+.2f}" for j in range(len(names))]]
         for case, r in sorted(lookup.items())]
-    lookup_off = sum(int((np.abs(np.array(r["map"]) - pairs[(c, "hybrid")]["map"]) / span).max() > 0.01) for c, r in lookup.items())
+    lookup_off = sum(_off(r["map"], pairs[(c, "hybrid")]["map"], span) > 0.01 for c, r in lookup.items())
     every = [r for r in records]
     shape_all = sum(sum(lo <= t <= hi for t, (lo, hi) in zip(r["truth"], r["interval"][:len(names)])) for r in every)
     return "\n".join([

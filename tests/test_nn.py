@@ -138,9 +138,9 @@ def test_the_sign_aware_loss_adds_the_weighted_size_of_wrong_signs_only():
     assert torch.isclose(weighted_mse(wrong, target, 20, 0.15, 0.5) - weighted_mse(wrong, target, 20, 0.15), added)
 
 
-def test_the_peak_term_adds_the_squared_excess_of_errors_over_its_tolerance_only():
+def test_the_peak_term_adds_the_excess_of_errors_over_its_tolerance_only():
     target = torch.tensor([-0.05, 0.02, 1.0, -2.0])
-    small = target + torch.tensor([0.04, -0.03, 0.05, 0.0])  # no error over 0.05 mm: the term adds nothing
+    small = target + torch.tensor([0.04, -0.03, 0.04, 0.0])  # no error over 0.05 mm: the term adds nothing
     assert weighted_mse(small, target, 20, 0.15, peak_weight=100) == weighted_mse(small, target, 20, 0.15)
     large = target + torch.tensor([0.0, -0.15, 0.08, 0.0])
     w = 1 + 20 * torch.exp(-target.abs() / 0.15)
@@ -148,6 +148,8 @@ def test_the_peak_term_adds_the_squared_excess_of_errors_over_its_tolerance_only
     assert torch.isclose(weighted_mse(large, target, 20, 0.15, peak_weight=100) - weighted_mse(large, target, 20, 0.15), added)
     with pytest.raises(SdmnnError, match="--peak-weight"):
         train(TrainConfig(peak_weight=-1, data=[], steps=1))
+    with pytest.raises(SdmnnError, match="--peak-tol"):
+        train(TrainConfig(peak_tol=float("nan"), data=[], steps=1))
 
 
 def test_bfloat16_prediction_matches_float32_and_bad_precision_is_refused(cochlea):

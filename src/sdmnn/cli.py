@@ -290,8 +290,8 @@ def train(family: str = typer.Argument("cochlea", help="A family: a name, FILE.p
           near_scale: float = typer.Option(0.5, help="Length (mm) over which the near-surface weight falls off."),
           sign_weight: float = typer.Option(0.0, help="Add this times the (same-weighted) mean |prediction| over voxels with "
                                             "the wrong sign: a push on the zero level set that does not fade with the error."),
-          peak_weight: float = typer.Option(0.0, help="Add this times the mean of |error| - t over voxels whose error "
-                                            "exceeds t = --peak-tol: a pull on the largest errors only (the max error)."),
+          peak_weight: float = typer.Option(0.0, help="Add this times |error| - t at each voxel whose error exceeds "
+                                            "t = --peak-tol (normalised like the MSE): a pull on the largest errors only."),
           peak_tol: float = typer.Option(0.05, help="Error (mm) above which --peak-weight's term counts."),
           hard: float = typer.Option(0.0, help="Share (0-1) of each batch drawn from the static sets in proportion to each "
                                      "case's loss when last seen (online hard-example sampling; the rest uniform)."),

@@ -971,20 +971,31 @@ def _best_of(nnet: _Network, like: _Likelihood, picks, low, high, free_pose):
     return best[1], best[2]
 
 
+class ExactVolumes:
+    """Exact SDMs of shapes on a grid in a learned model's place (its ``predict_torch``): the exact screen samples
+    them as it would a network's, and the fit study stands them in for the network to separate the lookup's share
+    of a network-only fit's bias from the network's."""
+
+    arch = "exact"
+
+    def __init__(self, family, grid: Grid):
+        self.family, self.grid = family, grid
+
+    def predict_torch(self, vectors):
+        """(B, d) shape vectors (a tensor, family units; clipped to the box, which float32 rounding can leave) ->
+        (B, nx, ny, nz) float32 exact SDMs."""
+        import torch
+
+        from .sdm import exact_sdm
+
+        low, high = self.family.space.low, self.family.space.high
+        return torch.stack([torch.from_numpy(exact_sdm(self.family.mesh(np.clip(v.double().numpy(), low, high)), self.grid)).float()
+                            for v in vectors])
+
+
 def _exact_table(fam, obs, evals) -> _Network:
     """The exact SDMs of shapes on the family's grid, sampled as a network's would be (for the exact screen)."""
-    import torch
-
-    from .sdm import exact_sdm
-
-    class Table:
-        grid = fam.grid
-        arch = "exact"
-
-        def predict_torch(self, vectors):
-            return torch.stack([torch.from_numpy(exact_sdm(fam.mesh(v.double().numpy()), fam.grid)) for v in vectors])
-
-    return _Network(Table(), obs, evals)
+    return _Network(ExactVolumes(fam, fam.grid), obs, evals)
 
 
 def _recrop(obs, y_full, mask_full, grid, fam, vector, pose, like):

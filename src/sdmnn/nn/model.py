@@ -166,8 +166,10 @@ class InferenceSDMNN(nn.Module):
       distinct input voxels: it runs as one 2x2x2 convolution at the lower resolution onto the 8 output voxels (phases)
       of each input voxel, their 3x3x3 weights summed onto the 2x2x2 taps each phase sees, then one strided copy
       interleaves the phases (8 instead of 27 multiply-adds per output voxel and channel pair; no upsampled copy).
-    - The convolutions run in ``dtype`` (bfloat16 where the CPU has it natively), GroupNorm, SiLU and the sums in
-      float32: bfloat16 GroupNorm on channels-last volumes was the slowest operation of the whole network.
+    - The convolutions and the MLP's last layer (its lift to the coarse volume, most of the weights) run in ``dtype``
+      (bfloat16 where the CPU has it natively), GroupNorm, SiLU and the sums in float32: bfloat16 GroupNorm on
+      channels-last volumes was the slowest operation of the whole network. The coarse 1x1x1 head, linear in the
+      lift's output, is folded into one float32 layer from the MLP's hidden layer to the coarse SDM.
     - The final trilinear upsampling of the coarse SDM is a 3x3x3 convolution onto the 2x2x2 sub-voxels at half
       resolution (on a replicate-padded input, which reproduces its clamped border), added before the one shuffle.
     """
@@ -178,18 +180,18 @@ class InferenceSDMNN(nn.Module):
         self.dtype = dtype
         cl = torch.channels_last_3d
         # The MLP's last layer lifts to the coarse volume: most of the network's weights, read from memory once per call
-        # at batch 1. In ``dtype`` (half the bytes in bfloat16; its output is cast to ``dtype`` for the convolution
-        # anyway); the coarse head, linear in that layer's output, is folded into a float32 layer of its own.
+        # at batch 1. Its weights, input and output in ``dtype`` (half the bytes in bfloat16; the output feeds the first
+        # convolution in ``dtype``); the coarse head, linear in that layer's output, is folded into a float32 layer.
         *hidden, lift = net.mlp
-        self.mlp = nn.Sequential(*hidden)
-        head = net.heads[0]
-        w = head.weight.detach().float().reshape(-1)  # (C0,)
-        lift_w, lift_b = lift.weight.detach().float(), lift.bias.detach().float()
+        self.mlp = copy.deepcopy(nn.Sequential(*hidden))
+        coarse_head = net.heads[0]
+        head_w = coarse_head.weight.detach().float().reshape(-1)  # (C0,)
+        lift_w, lift_b = lift.weight.detach().float(), lift.bias.detach().float()  # rows: (channel, coarse voxel), C order
         self.register_buffer("lift_weight", lift_w.to(dtype).clone())
         self.register_buffer("lift_bias", lift_b.to(dtype).clone())
         C0 = c.channels[0]
-        self.register_buffer("coarse_weight", torch.einsum("c,cvk->vk", w, lift_w.reshape(C0, -1, lift_w.shape[1])).contiguous())
-        self.register_buffer("coarse_bias", (w @ lift_b.reshape(C0, -1) + head.bias.detach().float()).contiguous())
+        self.register_buffer("coarse_weight", torch.einsum("c,cvk->vk", head_w, lift_w.reshape(C0, -1, lift_w.shape[1])).contiguous())
+        self.register_buffer("coarse_bias", (head_w @ lift_b.reshape(C0, -1) + coarse_head.bias.detach().float()).contiguous())
         # The other 1x1x1 heads as matrix-vector products over channels-last volumes (a convolution call cost more).
         for i, head in enumerate(net.heads[1:], 1):
             self.register_buffer(f"head_weight{i}", head.weight.detach().reshape(1, -1).float().clone())

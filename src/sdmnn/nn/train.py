@@ -41,7 +41,7 @@ class TrainConfig:
     near_weight: float = 4.0  # loss weight 1 + near_weight * exp(-|d| / near_scale)
     near_scale: float = 0.5  # mm
     sign_weight: float = 0.0  # plus sign_weight * the same-weighted mean of |prediction| where its sign is wrong (mm)
-    peak_weight: float = 0.0  # plus peak_weight * the mean of |error| - peak_tol over voxels whose error exceeds peak_tol
+    peak_weight: float = 0.0  # plus peak_weight * (|error| - peak_tol) at each voxel whose error exceeds peak_tol (see weighted_mse)
     peak_tol: float = 0.05  # mm
     hard: float = 0.0  # share of each batch drawn from the static sets in proportion to each case's loss when last seen
     init: str | None = None  # start from this model's weights (a model folder, or "shipped"); fresh optimiser and schedule
@@ -64,8 +64,10 @@ def weighted_mse(pred, target, near_weight, near_scale, sign_weight=0.0, peak_we
     """The SDMNN loss: MSE weighted by 1 + near_weight * exp(-|d| / near_scale), plus, with ``sign_weight``, a
     sign-aware term: the same-weighted mean of |prediction| over voxels where its sign is wrong (a hinge at zero), whose
     gradient does not fade as the error shrinks, so it keeps pushing the zero level set across those voxels; plus, with
-    ``peak_weight``, a term on the largest errors only: peak_weight * (|error| - peak_tol) where |error| > peak_tol (mm),
-    which leaves the many small errors to the MSE and pulls on the few voxels that make the maximum error. A hinge, not
+    ``peak_weight``, a term on the largest errors only: peak_weight * (|error| - peak_tol) at each voxel where |error| >
+    peak_tol (mm), not weighted towards the surface, summed and divided like the rest by the sum of the MSE's weights (so
+    a larger near_weight dilutes it): it leaves the many small errors to the MSE and pulls on the few voxels that make
+    the maximum error wherever they are. A hinge, not
     its square: its pull per voxel is bounded, so a burst of large errors (a loss spike) does not feed itself (with the
     square at weight 100, one fine-tuning run blew up 500-fold at step 1686 and took a hundred steps to recover)."""
     terms, w = _loss_terms(pred, target, near_weight, near_scale, sign_weight, peak_weight, peak_tol)
@@ -163,8 +165,11 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
 
     from ..runtime import resolve_device, usable_cores
 
-    if cfg.peak_weight < 0 or cfg.peak_tol < 0:
-        raise SdmnnError(f"--peak-weight and --peak-tol are >= 0, got {cfg.peak_weight} and {cfg.peak_tol}")
+    for option, value in (("--sign-weight", cfg.sign_weight), ("--peak-weight", cfg.peak_weight), ("--peak-tol", cfg.peak_tol)):
+        if not (value >= 0 and math.isfinite(value)):
+            raise SdmnnError(f"{option} must be a number >= 0, got {value}")
+    if cfg.arch == "deepsdf" and (cfg.sign_weight or cfg.peak_weight):
+        raise SdmnnError("--sign-weight and --peak-weight shape the SDMNN's loss; --arch deepsdf trains on clamped L1")
     device = torch.device(resolve_device(cfg.device))
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per torchrun process
