@@ -67,9 +67,9 @@ def weighted_mse(pred, target, near_weight, near_scale, sign_weight=0.0, peak_we
     ``peak_weight``, a term on the largest errors only: peak_weight * (|error| - peak_tol) at each voxel where |error| >
     peak_tol (mm), not weighted towards the surface, summed and divided like the rest by the sum of the MSE's weights (so
     a larger near_weight dilutes it): it leaves the many small errors to the MSE and pulls on the few voxels that make
-    the maximum error wherever they are. A hinge, not
-    its square: its pull per voxel is bounded, so a burst of large errors (a loss spike) does not feed itself (with the
-    square at weight 100, one fine-tuning run blew up 500-fold at step 1686 and took a hundred steps to recover)."""
+    the maximum error wherever they are. A hinge, not its square: its pull per voxel is bounded, so a burst of large
+    errors (a loss spike) does not feed itself (with the square at weight 100, one fine-tuning run blew up 500-fold at
+    step 1686 and took a hundred steps to recover)."""
     terms, w = _loss_terms(pred, target, near_weight, near_scale, sign_weight, peak_weight, peak_tol)
     return terms.sum() / w.sum()
 
