@@ -168,14 +168,13 @@ def summarise(records, fam):
                              " ".join(f"{n} {int(shape_in[:, j].sum())}/{len(rs)}" for j, n in enumerate(names))])
     # the network's own bias: its MAP against the hybrid's (whose fixed point is the exact optimum) on the same image
     rows_bias = []
+    pairs = {(r["case"], r["forward"]): r for r in records}  # case numbers run on across the two kinds of image
     for target in (LABELS, CT):
-        pairs = {(r["case"], r["forward"]): r for r in records if r["target"] == target}
         diff = np.array([np.abs(np.array(r["map"]) - pairs[(c, "hybrid")]["map"]) / span
-                         for (c, fw), r in pairs.items() if fw == "sdmnn" and (c, "hybrid") in pairs])
+                         for (c, fw), r in pairs.items() if fw == "sdmnn" and r["target"] == target and (c, "hybrid") in pairs])
         if len(diff):
             rows_bias.append([target, len(diff), *[f"{100 * diff[:, j].mean():.2f} / {100 * diff[:, j].max():.2f}" for j in range(len(names))],
                               f"{int((diff.max(1) <= 0.01).sum())} / {len(diff)}"])
-    pairs = {(r["case"], r["forward"]): r for r in records}
     rows_lookup = [[case, r["target"].split(",")[0], *[
         f"{100 * (pairs[(case, 'sdmnn')]['map'][j] - pairs[(case, 'hybrid')]['map'][j]) / span[j]:+.2f} / "
         f"{100 * (r['map'][j] - pairs[(case, 'hybrid')]['map'][j]) / span[j]:+.2f}" for j in range(len(names))]]
