@@ -161,8 +161,12 @@ def test_bfloat16_prediction_matches_float32_and_bad_precision_is_refused(cochle
     x = np.random.default_rng(0).uniform(cochlea.space.low, cochlea.space.high, (4, len(cochlea.space)))
     diff = np.abs(fast.predict(x) - full.predict(x))
     assert diff.max() < 0.05 and diff.mean() < 0.005
-    # the fit's differentiable path stays float32
-    assert torch.equal(fast.predict_torch(torch.tensor(x[:1])), full.predict_torch(torch.tensor(x[:1])))
+    # the fit's differentiable path stays float32, and so does its path without gradients (the inference form)
+    t = torch.tensor(x[:3])
+    assert torch.equal(fast.predict_torch(t), full.predict_torch(t))
+    quick = fast.predict_torch(t, differentiable=False)
+    assert not quick.requires_grad and quick.dtype == torch.float32
+    assert (quick - full.predict_torch(t)).abs().max() < 1e-4
     with pytest.raises(SdmnnError, match="precision must be one of"):
         load_model(precision="half")
 

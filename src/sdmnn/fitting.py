@@ -631,7 +631,7 @@ class _Network:
         torch = self.torch
         self.evals[self.net.arch] += len(vectors)
         with torch.no_grad():
-            return self.net.predict_torch(torch.as_tensor(np.asarray(vectors), dtype=torch.float32)).cpu()
+            return self.net.predict_torch(torch.as_tensor(np.asarray(vectors), dtype=torch.float32), differentiable=False).cpu()
 
     def sample(self, volumes, poses, every: int = 1, corrected: bool = True) -> np.ndarray:
         """SDMs (B, nx, ny, nz) at every ``every``-th observed voxel mapped into the model frame by ``poses``
@@ -772,17 +772,19 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         if net is not None:
             say(f"searching {len(rotations)} rotations x {n_shapes} shapes" + (" x shifts" if search_shift else "")
                 + " with the network")
-            nnet = _Network(net, obs, evals)
-            picks = _screen(nnet, like, rotations, position, centre_model, shapes, search_shift)[:n_starts]
-            vector, best_pose = _best_of(nnet, like, picks, low, high, pose == "rigid")
+            picks = _screen(_Network(net, obs, evals), like, rotations, position, centre_model, shapes, search_shift)[:n_starts]
+            # the starts' local optimisation needs only the voxels near them: on an intensity image the search's crop
+            # (the model's reach about the image's centre) held about five times as many
+            like.obs = _recrop(obs, y_full, mask_full, grid, fam, [(v, p) for _, p, v in picks], like)
+            vector, best_pose = _best_of(_Network(net, like.obs, evals), like, picks, low, high, pose == "rigid")
         else:
             say(f"searching {len(rotations)} rotations x {n_shapes} shapes" + (" x shifts" if search_shift else "")
                 + " with the exact SDM")
             picks = _screen(_exact_table(fam, obs, evals), like, rotations, position, centre_model, shapes, search_shift)
             _, best_pose, vector = picks[0]
 
-        # 3. re-crop around the found shape (the polish needs only the voxels near its surface)
-        obs = _recrop(obs, y_full, mask_full, grid, fam, vector, best_pose, like)
+        # 3. re-crop the search's crop around the found shape (the polish needs only the voxels near its surface)
+        obs = _recrop(obs, y_full, mask_full, grid, fam, [(vector, best_pose)], like)
         exact = _Exact(fam, obs, evals)
         like.obs = obs
 
@@ -981,9 +983,9 @@ class ExactVolumes:
     def __init__(self, family, grid: Grid):
         self.family, self.grid = family, grid
 
-    def predict_torch(self, vectors):
+    def predict_torch(self, vectors, differentiable: bool = False):
         """(B, d) shape vectors (a tensor, family units; clipped to the box, which float32 rounding can leave) ->
-        (B, nx, ny, nz) float32 exact SDMs."""
+        (B, nx, ny, nz) float32 exact SDMs (never differentiable)."""
         import torch
 
         from .sdm import exact_sdm
@@ -998,10 +1000,10 @@ def _exact_table(fam, obs, evals) -> _Network:
     return _Network(ExactVolumes(fam, fam.grid), obs, evals)
 
 
-def _recrop(obs, y_full, mask_full, grid, fam, vector, pose, like):
-    """The observation re-cropped to the found shape's box plus a margin (4 tau and 2 voxels, at least 1.5 mm)."""
-    mesh = fam.mesh(vector)
-    world = pose.to_world(mesh.vertices)
+def _recrop(obs, y_full, mask_full, grid, fam, found, like):
+    """The observation re-cropped, within its crop, to the box of the ``found`` shapes ([(vector, Pose)], posed)
+    plus a margin (4 tau and 2 voxels, at least 1.5 mm)."""
+    world = np.concatenate([pose.to_world(fam.mesh(vector).vertices) for vector, pose in found])
     margin = max(1.5, 4 * like.scale + 2 * max(grid.spacing))
     lo, hi = _index_box(grid, world.min(0), world.max(0), margin)
     lo = np.maximum(lo, obs.offset)

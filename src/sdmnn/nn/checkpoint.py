@@ -97,8 +97,8 @@ def check_meta(meta: dict, folder) -> tuple[Family, Grid]:
 
 
 class Predictor:
-    """A trained forward model: ``predict(params)`` -> SDM(s) in mm on ``grid``; ``predict_torch``
-    is differentiable with respect to the (unnormalised) parameters."""
+    """A trained forward model: ``predict(params)`` -> SDM(s) in mm on ``grid``; ``predict_torch`` is differentiable
+    with respect to the (unnormalised) parameters, or without gradients the faster float32 path."""
 
     def __init__(self, net: torch.nn.Module, family: Family, grid: Grid, meta: dict, path=None, device: str = "cpu",
                  threads: int | None = None, precision: str = "float32"):
@@ -106,12 +106,14 @@ class Predictor:
         self.threads = threads
         self.net = net.to(self.device).eval()
         #: ``predict`` runs an SDMNN as an ``InferenceSDMNN`` (the same function, faster), its convolutions in this
-        #: precision ("bfloat16" or "float32"); ``predict_torch`` (the fit's, differentiable) runs the network as trained.
+        #: precision ("bfloat16" or "float32"); ``predict_torch`` (the fit's) runs the network as trained, or in float32
+        #: without gradients.
         self.precision = precision
         self._fast = self.net
         if isinstance(self.net, SDMNN):
             self._fast = InferenceSDMNN(self.net, torch.bfloat16 if precision == "bfloat16" else torch.float32).eval()
         self._traced = None
+        self._fast32 = None  # predict_torch's without gradients, made at its first use
         self.family, self.grid, self.meta, self.path = family, grid, meta, path
         space = family.space
         self._low = torch.tensor(space.low, dtype=torch.float32, device=self.device)
@@ -144,11 +146,19 @@ class Predictor:
         if params.ndim != 2 or params.shape[1] != len(self.family.space):
             raise ParameterError(f"expected parameters of shape (B, {len(self.family.space)}), got {tuple(params.shape)}")
 
-    def predict_torch(self, params: torch.Tensor) -> torch.Tensor:
-        """(B, d) parameters in the family's units (a differentiable tensor) -> (B, nx, ny, nz) SDMs (mm), on the
-        model's device."""
+    def predict_torch(self, params: torch.Tensor, differentiable: bool = True) -> torch.Tensor:
+        """(B, d) parameters in the family's units (a tensor) -> (B, nx, ny, nz) SDMs (mm), on the model's device,
+        float32. ``differentiable``: through the network as trained (gradients flow to ``params``); False: no
+        gradient, through the SDMNN's inference form in float32 whatever ``precision`` says (the same function to
+        float rounding, about 1.8x faster at batch 5; the fit's finite differences)."""
         self._check_shape(params)
-        return self.net(self.normalise_torch(params.float().to(self.device)))
+        x = self.normalise_torch(params.float().to(self.device))
+        if differentiable or not isinstance(self.net, SDMNN):
+            return self.net(x)
+        if self._fast32 is None:
+            self._fast32 = self._fast if self.precision == "float32" else InferenceSDMNN(self.net, torch.float32).eval()
+        with torch.no_grad():
+            return self._fast32(x)
 
     def _inference(self, x: torch.Tensor) -> torch.Tensor:
         """The network ``predict`` runs on normalised parameters: on the CPU, the InferenceSDMNN traced into TorchScript
