@@ -200,3 +200,26 @@ def test_the_intensity_model_matches_partial_volume_and_blur_of_a_ball(radius):
     assert np.sqrt(np.mean(residual**2)) < 0.01
     best = minimize_scalar(lambda b: np.sum((like.blended(d, b) - share.ravel())[near] ** 2), bounds=(0.1, 0.5), method="bounded")
     assert abs(best.x - 0.25) < 0.015
+
+
+def test_the_starts_are_refined_on_a_crop_holding_every_start():
+    """The starts' local optimisation sees the voxels near all of them (plus the margin), and no more than the
+    search's crop: each posed mesh lies inside the re-crop, which is the union of each start's own."""
+    from sdmnn.fitting import Pose, _Likelihood, _Observation, _recrop, rotation
+
+    fam = sdmnn.get_family("cochlea")
+    grid = Grid((90, 80, 60), (0.3, 0.3, 0.3), (-13.0, -12.0, -9.0))
+    image = np.zeros(grid.shape, np.float32)
+    search = _Observation.of("labels", image, None, grid, (0, 0, 0), np.array(grid.shape) - 1)
+    like = _Likelihood(search, None)
+    v = fam.space.vector(TRUTH)
+    centre = fam.mesh(v).vertices.mean(0)
+    starts = [(v, Pose(np.eye(3), centre, centre)), (v, Pose(rotation([0.0, 0.0, 1.2]), centre + [3.0, -2.0, 1.0], centre))]
+    both = _recrop(search, image, None, grid, fam, starts, like)
+    ones = [_recrop(search, image, None, grid, fam, [s], like) for s in starts]
+    assert np.array_equal(both.offset, np.min([o.offset for o in ones], 0))
+    assert np.array_equal(both.offset + both.grid.shape, np.max([o.offset + o.grid.shape for o in ones], 0))
+    assert both.grid.size < search.grid.size
+    for vector, pose in starts:
+        idx = grid.to_index(pose.to_world(fam.mesh(vector).vertices))
+        assert np.all(idx >= both.offset) and np.all(idx <= both.offset + np.array(both.grid.shape) - 1)
