@@ -57,6 +57,8 @@ def test_bad_settings_are_refused():
         fit(y, grid, forward="exact", centre=(100.0, 0.0, 0.0))
     with pytest.raises(FitError, match="mask's shape"):
         fit(y, grid, forward="exact", mask=np.ones((2, 2, 2)))
+    with pytest.raises(FitError, match="n_shapes and n_starts must be at least 1"):
+        fit(y, grid, forward="exact", n_starts=0)
 
 
 @needs_model
@@ -202,24 +204,30 @@ def test_the_intensity_model_matches_partial_volume_and_blur_of_a_ball(radius):
     assert abs(best.x - 0.25) < 0.015
 
 
-def test_the_starts_are_refined_on_a_crop_holding_every_start():
-    """The starts' local optimisation sees the voxels near all of them (plus the margin), and no more than the
-    search's crop: each posed mesh lies inside the re-crop, which is the union of each start's own."""
+def test_a_recrop_of_several_starts_is_the_union_of_their_boxes_within_the_search_crop():
+    """The starts' local optimisation sees the voxels near all of them (plus the margin) and nothing beyond the
+    search's crop: each start's posed mesh lies inside the re-crop where the search's crop holds it, the re-crop is the
+    union of each start's own, and a start reaching out of the search's crop is cut at its border."""
     from sdmnn.fitting import Pose, _Likelihood, _Observation, _recrop, rotation
 
     fam = sdmnn.get_family("cochlea")
     grid = Grid((90, 80, 60), (0.3, 0.3, 0.3), (-13.0, -12.0, -9.0))
     image = np.zeros(grid.shape, np.float32)
-    search = _Observation.of("labels", image, None, grid, (0, 0, 0), np.array(grid.shape) - 1)
+    lo, hi = np.array([5, 5, 5]), np.array([70, 74, 54])
+    search = _Observation.of("labels", image, None, grid, lo, hi)
     like = _Likelihood(search, None)
     v = fam.space.vector(TRUTH)
     centre = fam.mesh(v).vertices.mean(0)
-    starts = [(v, Pose(np.eye(3), centre, centre)), (v, Pose(rotation([0.0, 0.0, 1.2]), centre + [3.0, -2.0, 1.0], centre))]
-    both = _recrop(search, image, None, grid, fam, starts, like)
-    ones = [_recrop(search, image, None, grid, fam, [s], like) for s in starts]
-    assert np.array_equal(both.offset, np.min([o.offset for o in ones], 0))
-    assert np.array_equal(both.offset + both.grid.shape, np.max([o.offset + o.grid.shape for o in ones], 0))
-    assert both.grid.size < search.grid.size
-    for vector, pose in starts:
-        idx = grid.to_index(pose.to_world(fam.mesh(vector).vertices))
-        assert np.all(idx >= both.offset) and np.all(idx <= both.offset + np.array(both.grid.shape) - 1)
+    inside = Pose(np.eye(3), centre, centre)
+    starts = [inside, Pose(rotation([0.0, 0.0, 1.2]), centre + [3.0, -2.0, 1.0], centre),
+              Pose(np.eye(3), centre + [8.0, 0.0, 0.0], centre)]  # the last reaches past the crop's high x
+    found = [(v, p) for p in starts]
+    union = _recrop(search, image, None, grid, fam, found, like)
+    ones = [_recrop(search, image, None, grid, fam, [f], like) for f in found]
+    first, last = union.offset, union.offset + np.array(union.grid.shape) - 1
+    assert np.array_equal(first, np.min([o.offset for o in ones], 0))
+    assert np.array_equal(last, np.max([o.offset + np.array(o.grid.shape) - 1 for o in ones], 0))
+    assert np.all(first >= lo) and np.all(last <= hi) and last[0] == hi[0]
+    idx = grid.to_index(inside.to_world(fam.mesh(v).vertices))
+    assert np.all(idx >= first) and np.all(idx <= last)
+    assert ones[0].grid.size < union.grid.size < search.grid.size

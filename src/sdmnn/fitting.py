@@ -733,6 +733,8 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
     if band is not None and observed_kind == "sdm":
         near = np.abs(y_full) <= band
         mask_full = near if mask_full is None else mask_full & near
+    if n_shapes < 1 or n_starts < 1:
+        raise FitError(f"n_shapes and n_starts must be at least 1, got {n_shapes} and {n_starts}")
     low, high = _prior_box(fam, prior)
     say = progress or (lambda text: None)
     network = "deepsdf" if forward == "deepsdf" else "sdmnn"
@@ -773,8 +775,8 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
             say(f"searching {len(rotations)} rotations x {n_shapes} shapes" + (" x shifts" if search_shift else "")
                 + " with the network")
             picks = _screen(_Network(net, obs, evals), like, rotations, position, centre_model, shapes, search_shift)[:n_starts]
-            # the starts' local optimisation needs only the voxels near them: on an intensity image the search's crop
-            # (the model's reach about the image's centre) held about five times as many
+            # the starts' local optimisation needs only the voxels near them, far fewer than the search's crop (on an
+            # intensity image, the model's reach about the image's centre)
             like.obs = _recrop(obs, y_full, mask_full, grid, fam, [(v, p) for _, p, v in picks], like)
             vector, best_pose = _best_of(_Network(net, like.obs, evals), like, picks, low, high, pose == "rigid")
         else:
@@ -983,9 +985,10 @@ class ExactVolumes:
     def __init__(self, family, grid: Grid):
         self.family, self.grid = family, grid
 
-    def predict_torch(self, vectors, differentiable: bool = False):
+    def predict_torch(self, vectors, differentiable: bool = True):
         """(B, d) shape vectors (a tensor, family units; clipped to the box, which float32 rounding can leave) ->
-        (B, nx, ny, nz) float32 exact SDMs (never differentiable)."""
+        (B, nx, ny, nz) float32 exact SDMs, never differentiable (``differentiable`` is taken for the network's
+        signature and ignored)."""
         import torch
 
         from .sdm import exact_sdm

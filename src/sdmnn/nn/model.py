@@ -154,8 +154,9 @@ def _interleave(z: torch.Tensor) -> torch.Tensor:
 
 
 class InferenceSDMNN(nn.Module):
-    """A trained SDMNN rearranged for fast inference (``Predictor.predict``): the same function, faster at batch 1 (both
-    times in docs/bench/nn.md). The fit's differentiable path runs the SDMNN itself.
+    """A trained SDMNN rearranged for fast inference (``Predictor.predict``, and in float32 ``predict_torch`` without
+    gradients, the fit's): the same function, faster at batch 1 (both times in docs/bench/nn.md). The differentiable
+    path runs the SDMNN itself.
 
     - Of the channels a stage's first convolution sees, the parameters are constant over a shape's volume and the
       coordinates are the same for every shape, so their share of that convolution (zero padding included) is
