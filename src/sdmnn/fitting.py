@@ -632,8 +632,7 @@ class _Network:
         """(B, d) shape vectors -> (B, nx, ny, nz) SDMs on the model grid."""
         torch = self.torch
         self.evals[self.net.arch] += len(vectors)
-        with torch.no_grad():
-            return self.net.predict_torch(torch.as_tensor(np.asarray(vectors), dtype=torch.float32), differentiable=False).cpu()
+        return self.net.predict_torch(torch.as_tensor(np.asarray(vectors), dtype=torch.float32), differentiable=False).cpu()
 
     def sample(self, volumes, poses, every: int = 1, corrected: bool = True) -> np.ndarray:
         """SDMs (B, nx, ny, nz) at every ``every``-th observed voxel mapped into the model frame by ``poses``

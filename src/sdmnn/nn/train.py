@@ -74,7 +74,7 @@ def weighted_mse(pred, target, near_weight, near_scale, sign_weight=0.0, peak_we
     return terms.sum() / w.sum()
 
 
-def _loss_terms(pred, target, near_weight, near_scale, sign_weight, peak_weight=0.0, peak_tol=0.05):
+def _loss_terms(pred, target, near_weight, near_scale, sign_weight, peak_weight, peak_tol):
     """The per-voxel terms of ``weighted_mse`` and their weights (its value is terms.sum() / weights.sum())."""
     w = 1 + near_weight * torch.exp(-target.abs() / near_scale)
     terms = w * (pred - target) ** 2
