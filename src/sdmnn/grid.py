@@ -246,22 +246,46 @@ def sample_sdm(volumes, index, spacing, corrected: bool = True):
     -------
     (B, N) torch tensor of ``index``'s dtype, on its device, mm; differentiable in ``volumes`` and ``index``.
     """
-    import torch
     import torch.nn.functional as F
 
-    top = index.new_tensor(volumes.shape[1:]) - 1
-    inside = torch.minimum(torch.maximum(index, index.new_zeros(3)), top)
-    beyond = torch.linalg.vector_norm((index - inside) * torch.as_tensor(spacing, dtype=index.dtype, device=index.device), dim=-1)
-    at = (2 * inside / top - 1).flip(-1)[:, None, None]  # [-1, 1] over the voxels, (k, j, i) last: (B, 1, 1, N, 3)
     if not corrected:
+        inside, beyond = _clamped(volumes, index, spacing)
+        at = (2 * inside / (index.new_tensor(volumes.shape[1:]) - 1) - 1).flip(-1)[:, None, None]
         return F.grid_sample(volumes[:, None].to(index.dtype), at, mode="bilinear", padding_mode="border",
                              align_corners=True)[:, 0, 0, 0] + beyond
-    second = []  # h^2 f_ii along each axis by central differences; on the faces, the next voxel's
+    return sample_channels(sdm_channels(volumes), index, spacing)
+
+
+def sdm_channels(volumes):
+    """(B, nx, ny, nz) SDMs -> (B, 4, nx, ny, nz): the values and h^2 f_ii along each axis (central differences;
+    on the faces, the next voxel's), what ``sample_channels`` reads. Worth keeping where one volume is sampled
+    many times (the viewer's slices)."""
+    import torch
+
+    second = []
     for axis in (1, 2, 3):
         n = volumes.shape[axis]
         d2 = volumes.narrow(axis, 0, n - 2) - 2 * volumes.narrow(axis, 1, n - 2) + volumes.narrow(axis, 2, n - 2)
         second.append(torch.cat([d2.narrow(axis, 0, 1), d2, d2.narrow(axis, n - 3, 1)], axis))
-    channels = torch.stack([volumes, *second], 1).to(index.dtype)  # (B, 4, nx, ny, nz)
-    vals = F.grid_sample(channels, at, mode="bilinear", padding_mode="border", align_corners=True)[:, :, 0, 0]
+    return torch.stack([volumes, *second], 1)
+
+
+def sample_channels(channels, index, spacing):
+    """``sample_sdm`` (corrected) from ``sdm_channels(volumes)``: (B, N) of ``index``'s dtype."""
+    import torch.nn.functional as F
+
+    inside, beyond = _clamped(channels[:, 0], index, spacing)
+    at = (2 * inside / (index.new_tensor(channels.shape[2:]) - 1) - 1).flip(-1)[:, None, None]  # (k, j, i) last
+    vals = F.grid_sample(channels.to(index.dtype), at, mode="bilinear", padding_mode="border", align_corners=True)[:, :, 0, 0]
     t = inside - inside.floor()  # (B, N, 3)
     return vals[:, 0] - 0.5 * (t * (1 - t) * vals[:, 1:].transpose(1, 2)).sum(-1) + beyond
+
+
+def _clamped(volumes, index, spacing):
+    """``index`` clamped to the grid of ``volumes`` (B, nx, ny, nz), and each point's distance (mm) to it."""
+    import torch
+
+    top = index.new_tensor(volumes.shape[1:]) - 1
+    inside = torch.minimum(torch.maximum(index, index.new_zeros(3)), top)
+    beyond = torch.linalg.vector_norm((index - inside) * torch.as_tensor(spacing, dtype=index.dtype, device=index.device), dim=-1)
+    return inside, beyond

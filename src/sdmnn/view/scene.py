@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import FileError, SdmnnError
 from ..fitting import POSE_NAMES, Pose
-from ..grid import Grid, sample_sdm
+from ..grid import Grid, sample_channels, sdm_channels
 
 FORWARDS = ("sdmnn", "exact")
 #: How far the pose sliders move the fitted pose: radians for the rotations, mm for the shifts.
@@ -94,6 +94,7 @@ class Scene:
         # was markedly slower than from a single thread (docs/bench/view.md).
         self._torch_thread = ThreadPoolExecutor(1, thread_name_prefix="sdmnn-view-torch")
         self._network_sdm = lru_cache(maxsize=4)(self._network_sdm_uncached)
+        self._network_channels = lru_cache(maxsize=4)(self._network_channels_uncached)
         self._mesh = lru_cache(maxsize=4)(self._mesh_uncached)
         self._slice = lru_cache(maxsize=48)(self._slice_uncached)
         if self.net is not None:  # the first prediction pays torch's warm-up: not the user's first move
@@ -135,6 +136,12 @@ class Scene:
     def _network_sdm_uncached(self, params: tuple) -> np.ndarray:
         return self._torch_thread.submit(self.net.predict, np.array(params)).result()
 
+    def _network_channels_uncached(self, params: tuple):
+        """The network's SDM with its second differences (``sdm_channels``), computed once for all slices."""
+        import torch
+
+        return sdm_channels(torch.from_numpy(np.asarray(self._network_sdm(params), np.float32)[None]))
+
     def _mesh_uncached(self, params: tuple, pose: tuple):
         mesh = self.family.mesh(np.array(params))
         return mesh.apply_transform(self.pose(State(params, pose)))
@@ -148,10 +155,12 @@ class Scene:
             from ..sdm import exact_sdm
 
             return exact_sdm(self._mesh(state.params, state.pose), grid)
-        volume = self._network_sdm(state.params)
+        import torch
+
         world = grid.to_world(np.indices(grid.shape).reshape(3, -1).T)
         model = (world - self.pose(state)[:3, 3]) @ self.pose(state)[:3, :3]  # inverse rigid map
-        return _sample(volume, self.net.grid, model).reshape(grid.shape)
+        index = torch.from_numpy(self.net.grid.to_index(model)[None].astype(np.float32))  # in the network's own float32
+        return sample_channels(self._network_channels(state.params), index, self.net.grid.spacing)[0].numpy().reshape(grid.shape)
 
     def centre(self) -> list[int]:
         """The display-grid voxel nearest the deepest point of the first shape (the minimum of its exact SDM on
@@ -267,15 +276,6 @@ def _network(family, model):
     if net.family.name != family.name:
         raise SdmnnError(f"the model {model} is for the {net.family.name} family, not {family.name}")
     return net, ""
-
-
-def _sample(volume: np.ndarray, grid: Grid, points: np.ndarray) -> np.ndarray:
-    """``volume`` on ``grid`` at world ``points`` (N, 3) by ``sample_sdm`` (curvature-corrected trilinear;
-    beyond the grid, the border value plus the distance to the border)."""
-    import torch
-
-    index = torch.from_numpy(grid.to_index(points)[None].astype(np.float32))  # in the network's own float32
-    return sample_sdm(torch.from_numpy(np.asarray(volume, np.float32)[None]), index, grid.spacing)[0].numpy()
 
 
 def load_scene(family: str | None = None, model=None, image=None, fit=None) -> Scene:
