@@ -249,8 +249,7 @@ def sample_sdm(volumes, index, spacing, corrected: bool = True):
     import torch.nn.functional as F
 
     if not corrected:
-        inside, beyond = _clamped(volumes, index, spacing)
-        at = (2 * inside / (index.new_tensor(volumes.shape[1:]) - 1) - 1).flip(-1)[:, None, None]
+        at, _, beyond = _lookup_points(volumes.shape[1:], index, spacing)
         return F.grid_sample(volumes[:, None].to(index.dtype), at, mode="bilinear", padding_mode="border",
                              align_corners=True)[:, 0, 0, 0] + beyond
     return sample_channels(sdm_channels(volumes), index, spacing)
@@ -274,18 +273,18 @@ def sample_channels(channels, index, spacing):
     """``sample_sdm`` (corrected) from ``sdm_channels(volumes)``: (B, N) of ``index``'s dtype."""
     import torch.nn.functional as F
 
-    inside, beyond = _clamped(channels[:, 0], index, spacing)
-    at = (2 * inside / (index.new_tensor(channels.shape[2:]) - 1) - 1).flip(-1)[:, None, None]  # (k, j, i) last
+    at, t, beyond = _lookup_points(channels.shape[2:], index, spacing)
     vals = F.grid_sample(channels.to(index.dtype), at, mode="bilinear", padding_mode="border", align_corners=True)[:, :, 0, 0]
-    t = inside - inside.floor()  # (B, N, 3)
     return vals[:, 0] - 0.5 * (t * (1 - t) * vals[:, 1:].transpose(1, 2)).sum(-1) + beyond
 
 
-def _clamped(volumes, index, spacing):
-    """``index`` clamped to the grid of ``volumes`` (B, nx, ny, nz), and each point's distance (mm) to it."""
+def _lookup_points(shape, index, spacing):
+    """Points ``index`` (B, N, 3) clamped to a grid of ``shape``: where ``grid_sample`` reads them ((B, 1, 1, N, 3)
+    in [-1, 1] over the voxels, (k, j, i) last), their fractions of their cells (B, N, 3) and their distances (mm)
+    to the grid (B, N)."""
     import torch
 
-    top = index.new_tensor(volumes.shape[1:]) - 1
+    top = index.new_tensor(shape) - 1
     inside = torch.minimum(torch.maximum(index, index.new_zeros(3)), top)
     beyond = torch.linalg.vector_norm((index - inside) * torch.as_tensor(spacing, dtype=index.dtype, device=index.device), dim=-1)
-    return inside, beyond
+    return (2 * inside / top - 1).flip(-1)[:, None, None], inside - inside.floor(), beyond
