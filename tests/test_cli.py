@@ -54,6 +54,24 @@ def test_mesh_sdm_show_end_to_end(tmp_path):
     (["sdm", "cochlea", "-o", "x.txt"], "unsupported file type"),
     (["sdm", "cochlea", "-o", "nofolder/x.nii.gz"], "does not exist"),
     (["show", "garbage.nii.gz", "-o", "x.png"], "cannot be read"),
+    # outputs are checked before any work: nothing is written when one of them cannot be
+    (["sdm", "cochlea", "-o", "x.nii.gz", "--png", "nofolder/y.png"], "the folder nofolder does not exist"),
+    (["sdm", "cochlea", "-o", "x.nii.gz", "--png", "y.txt"], "unsupported file type; accepted: .png"),
+    (["show", "garbage.nii.gz", "-o", "x.txt"], "unsupported file type; accepted: .png"),
+    (["demo", "-o", "box.stl"], "cannot write the folder box.stl: a file of that name exists"),
+    (["evaluate", "--n", "1", "-o", "nofolder/e.json"], "the folder nofolder does not exist"),
+    # options that do not go together, or that no run can use (the train folder -o x.txt must not be created)
+    (["sdm", "--mesh", "box.stl", "--forward", "sdmnn", "-o", "x.nii.gz"], "the SDM of a --mesh is always the exact one"),
+    (["sdm", "cochlea", "--spacing", "0.5", "-o", "x.nii.gz"], "--spacing and --margin set the grid around a --mesh"),
+    (["sdm", "cochlea", "--model", "nomodel", "-o", "x.nii.gz"], "not the exact SDM"),
+    (["sdm", "cochlea", "-p", "a=3", "-p", "a=4", "-o", "x.nii.gz"], "-p a is given twice"),
+    (["dataset", "make", "cochlea", "--design", "grid:2", "--workers", "0", "-o", "x.txt"], "--workers must be at least 1"),
+    (["train", "cochlea", "--data", "none.zarr", "--steps", "0", "-o", "x.txt"], "--steps must be at least 1, got 0"),
+    (["train", "cochlea", "--data", "none.zarr", "--batch", "-2", "-o", "x.txt"], "--batch must be at least 1"),
+    (["train", "cochlea", "--data", "none.zarr", "--lr", "-1", "-o", "x.txt"], "--lr must be a number > 0"),
+    (["train", "cochlea", "--data", "none.zarr", "--hard", "2", "-o", "x.txt"], "--hard is a share of each batch"),
+    # square brackets in a message are printed as they are (not read as console styles)
+    (["sdm", "cochlea", "-o", "[dir]/x.nii.gz"], "the folder [dir] does not exist"),
 ])
 def test_bad_input_is_one_sentence_and_exit_2(tmp_path, args, message):
     import trimesh
@@ -128,7 +146,8 @@ def test_fit_cli_writes_a_table_json_samples_and_pngs(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["fit", "seg.nii.gz", "--tau", "0", "-o", "res"], "tau must be a number > 0"),
-    (["fit", "seg.nii.gz", "--band", "-1", "-o", "res"], "band must be a number > 0"),
+    (["fit", "seg.nii.gz", "--band", "1", "-o", "res"], "--sigma and --band apply to --observed sdm, not labels"),
+    (["fit", "seg.nii.gz", "--forward", "exact", "-o", "small.nii.gz"], "a file of that name exists"),
     (["fit", "seg.nii.gz", "--observed", "ct", "-o", "res"], "--observed must be one of labels, sdm, intensity"),
     (["fit", "seg.nii.gz", "--pose", "affine", "-o", "res"], "--pose must be one of none, rigid"),
     (["fit", "seg.nii.gz", "--centre", "1,2", "-o", "res"], "--centre takes 3 comma-separated numbers"),

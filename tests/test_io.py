@@ -55,6 +55,17 @@ def test_a_nibabel_nifti_with_a_ras_affine_reads_as_a_flipped_lps_grid(tmp_path)
     assert np.allclose(g.to_world([[3, 4, 5]]) @ LPS_TO_RAS, [[10.9, -18.8, 6.5]])
 
 
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".npy"])
+def test_nan_and_infinite_voxels_read_as_they_are_stored(tmp_path, suffix):
+    """ITK's NIfTI reader (before ITK 6) reads them as 0, a valid value; the fit must see them to refuse them."""
+    g = GRIDS["oblique, anisotropic"]
+    v = np.arange(np.prod(g.shape), dtype=np.float32).reshape(g.shape)
+    v[1, 2, 3], v[0, 0, 1], v[2, 0, 0] = np.nan, np.inf, -np.inf
+    save_volume(tmp_path / f"v{suffix}", v, g)
+    got, _ = load_volume(tmp_path / f"v{suffix}")
+    assert np.array_equal(got, v, equal_nan=True)
+
+
 def test_a_shape_mismatch_writes_nothing(tmp_path):
     g = Grid((5, 6, 7), (1, 1, 1))
     with pytest.raises(GridError):

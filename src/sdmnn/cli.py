@@ -10,13 +10,15 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .errors import SdmnnError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Signed distance maps (SDMs) of parametric 3-D shapes: exact, and fast with SDMNN.")
-console = Console()
-err = Console(stderr=True)
+# no console markup: paths and messages may hold square brackets, which rich would read as styles
+console = Console(markup=False)
+err = Console(stderr=True, markup=False)
 
 ParamOpt = typer.Option(None, "--param", "-p", help="A parameter as NAME=VALUE (repeat); missing ones take the family default.")
 DeviceOpt = typer.Option("auto", metavar="[auto|cpu|cuda]", help="Where the network runs: auto (a CUDA GPU when torch sees one, else the CPU), cpu or cuda.")
@@ -26,11 +28,14 @@ PrecisionOpt = typer.Option("auto", metavar="[auto|float32|bfloat16]", help="The
 
 def parse_params(family, items: list[str] | None) -> dict:
     """``["a=3.5", ...]`` -> a full parameter mapping (defaults fill the gaps)."""
-    params = dict(family.defaults)
+    params, given = dict(family.defaults), set()
     for item in items or []:
         name, sep, value = item.partition("=")
         if not sep:
             raise SdmnnError(f"parameters are given as NAME=VALUE, got {item!r}")
+        if name.strip() in given:
+            raise SdmnnError(f"-p {name.strip()} is given twice")
+        given.add(name.strip())
         if name.strip() not in family.names:
             raise SdmnnError(f"unknown parameter {name.strip()!r}; the {family.name} parameters are {', '.join(family.names)}")
         try:
@@ -112,14 +117,18 @@ def mesh(family: str = FamilyArg,
          output: Path = typer.Option(..., "-o", "--output", help="Mesh file: .stl, .ply, .obj, .off or .glb."),
          refine: int = typer.Option(1, help="A finer mesh: this many times the family's default resolution (families whose mesher takes `refine`).")):
     """Write the surface mesh of one shape."""
-    from .io import save_mesh
+    from .io import MESH_SUFFIXES, check_output, save_mesh
     from .shapes import get_family
 
     fam = get_family(family)
     params = parse_params(fam, param)
     if refine < 1:
         raise SdmnnError(f"--refine must be at least 1, got {refine}")
-    m = fam.mesh(params, **({"refine": refine} if refine > 1 else {}))
+    check_output(output, MESH_SUFFIXES)
+    try:
+        m = fam.mesh(params, **({"refine": refine} if refine > 1 else {}))
+    except MemoryError:
+        raise SdmnnError(f"--refine {refine} makes a mesh larger than this machine's memory; give a smaller --refine") from None
     save_mesh(output, m)
     console.print(f"wrote {output}: {len(m.faces)} triangles, volume {m.volume:.3f} mm^3")
 
@@ -128,19 +137,19 @@ def mesh(family: str = FamilyArg,
 def sdm(family: Optional[str] = typer.Argument(None, help="A family (name, FILE.py:NAME or package.module:NAME); or give --mesh instead."),
         param: Optional[list[str]] = ParamOpt,
         mesh_file: Optional[Path] = typer.Option(None, "--mesh", help="Any closed triangle mesh (STL, PLY, OBJ...)."),
-        output: Path = typer.Option(..., "-o", "--output", help="Volume file: .nii.gz, .nii or .npy."),
-        png: Optional[Path] = typer.Option(None, help="Also write three orthogonal slices as PNG."),
+        output: Path = typer.Option(..., "-o", "--output", help="Volume file: .nii.gz, .nii, .nrrd, .mha or .npy."),
+        png: Optional[Path] = typer.Option(None, help="Also write three orthogonal slices to this .png file."),
         forward: str = typer.Option("exact", metavar="[exact|sdmnn|deepsdf]",
                                     help="exact (mesh -> exact SDM), sdmnn (the network) or deepsdf (the baseline network)."),
         method: str = typer.Option("auto", metavar="[auto|scan|bvh]",
                                    help="How the exact SDM is computed: scan, bvh, or auto (the scan on clean meshes)."),
         model: Optional[Path] = typer.Option(None, help="Model folder for --forward sdmnn/deepsdf (default: the shipped one)."),
-        spacing: float = typer.Option(0.2, help="Voxel size in mm, for --mesh."),
-        margin: float = typer.Option(2.0, help="Margin around the mesh's bounding box in mm, for --mesh."),
+        spacing: Optional[float] = typer.Option(None, help="Voxel size in mm, for --mesh [default: 0.2]."),
+        margin: Optional[float] = typer.Option(None, help="Margin around the mesh's bounding box in mm, for --mesh [default: 2]."),
         device: str = DeviceOpt, precision: str = PrecisionOpt):
     """Compute a signed distance map (mm, negative inside) on the family grid, or around any mesh."""
     from .grid import Grid
-    from .io import load_mesh, save_volume
+    from .io import IMAGE_SUFFIXES, VOLUME_SUFFIXES, check_output, load_mesh, save_volume
     from .sdm import exact_sdm
     from .shapes import get_family
 
@@ -149,15 +158,26 @@ def sdm(family: Optional[str] = typer.Argument(None, help="A family (name, FILE.
         raise SdmnnError(f"--method chooses how the exact SDM is computed ({', '.join(METHODS)}); "
                          f"choose the model with --forward, e.g. --forward {RENAMED.get(method, method)}")
     method = _choice(method, "--method", METHODS)
+    if mesh_file is not None and family is not None:
+        raise SdmnnError("give either a family or --mesh, not both")
+    if mesh_file is not None and forward != "exact":
+        raise SdmnnError(f"--forward {forward} predicts a family's shapes; the SDM of a --mesh is always the exact one")
+    if mesh_file is None and (spacing is not None or margin is not None):
+        raise SdmnnError("--spacing and --margin set the grid around a --mesh; a family's SDM is on the family's grid")
+    if forward == "exact" and (model is not None or precision != "auto"):
+        raise SdmnnError("--model and --precision choose the network of --forward sdmnn or deepsdf, not the exact SDM")
+    if forward != "exact" and method != "auto":
+        raise SdmnnError(f"--method chooses how the exact SDM is computed; --forward {forward} uses the network")
+    check_output(output, VOLUME_SUFFIXES)
+    if png:
+        check_output(png, IMAGE_SUFFIXES)
     t0 = time.perf_counter()
     if mesh_file is not None:
-        if family is not None:
-            raise SdmnnError("give either a family or --mesh, not both")
         m = load_mesh(mesh_file)
         from .sdm import check_mesh
 
         check_mesh(m)
-        grid = Grid.covering(m.bounds, spacing, margin)
+        grid = Grid.covering(m.bounds, 0.2 if spacing is None else spacing, 2.0 if margin is None else margin)
         volume = exact_sdm(m, grid, method=method)
         what = f"{mesh_file.name} ({len(m.faces)} triangles)"
     else:
@@ -189,12 +209,13 @@ def sdm(family: Optional[str] = typer.Argument(None, help="A family (name, FILE.
 
 
 @app.command()
-def show(volume: Path = typer.Argument(..., help="An SDM volume (.nii.gz, .nii, .npy)."),
-         output: Path = typer.Option(..., "-o", "--output", help="PNG to write.")):
+def show(volume: Path = typer.Argument(..., help="An SDM volume (.nii.gz, .nii, .nrrd, .mha, .npy...)."),
+         output: Path = typer.Option(..., "-o", "--output", help="PNG to write (.png).")):
     """Write three orthogonal slices of an SDM with its zero contour as PNG."""
-    from .io import load_volume
+    from .io import IMAGE_SUFFIXES, check_output, load_volume
     from .viz import save_slices
 
+    check_output(output, IMAGE_SUFFIXES)
     v, grid = load_volume(volume)
     save_slices(output, v.astype("float32"), grid, title=volume.name)
     console.print(f"wrote {output}")
@@ -204,7 +225,9 @@ def show(volume: Path = typer.Argument(..., help="An SDM volume (.nii.gz, .nii, 
 def demo(output: Path = typer.Option(Path("out"), "-o", "--output", help="Folder for the results.")):
     """The default cochlea: exact SDM (and the shipped SDMNN model's, when there is one), timed, written to a folder."""
     from .demo import run_demo
+    from .io import check_output
 
+    check_output(output, what="folder")
     run_demo(output, console)
 
 
@@ -217,7 +240,7 @@ def dataset_make(family: str = FamilyArg,
                  design: str = typer.Option(..., help="grid:K (K^d factorial), sobol:N, random:N or csv:PATH."),
                  output: Path = typer.Option(..., "-o", "--output", help="Zarr store to create (or to finish, if it exists)."),
                  seed: int = typer.Option(0, help="Seed of sobol and random designs."),
-                 workers: int = typer.Option(1, help="Local worker processes."),
+                 workers: int = typer.Option(1, help="Local worker processes (at least 1)."),
                  scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address (tcp://host:8786): run on that cluster."),
                  exclude: Optional[Path] = typer.Option(None, help="A dataset whose points this design must not repeat (held-out splits)."),
                  within: Optional[str] = typer.Option(None, metavar="NAME=LOW:HIGH,...", help="Restrict a grid, sobol or random "
@@ -226,6 +249,8 @@ def dataset_make(family: str = FamilyArg,
     """Compute exact SDMs for a design, in parallel; rerun the same command to resume."""
     from .dataset import dataset_info, dataset_params, make_dataset
 
+    if workers < 1:
+        raise SdmnnError(f"--workers must be at least 1, got {workers}")
     if within is not None:
         if design.startswith("csv:"):
             raise SdmnnError("--within restricts grid, sobol and random designs; a csv design lists its points itself")
@@ -250,7 +275,7 @@ def dataset_info_cmd(path: Path = typer.Argument(..., help="A dataset store.")):
 
     info = dataset_info(path)
     g = info["grid"]
-    console.print(f"[bold]{path}[/]: {info['family']} family, design {info['design']} (seed {info['seed']})")
+    console.print(Text(str(path), style="bold") + f": {info['family']} family, design {info['design']} (seed {info['seed']})")
     console.print(f"  samples: {info['complete']}/{info['count']} complete" + (f", {info['missing']} missing" if info["missing"] else ""))
     console.print(f"  grid: {'x'.join(map(str, g['shape']))} voxels, spacing {g['spacing']} mm, origin {g['origin']} mm")
     for p in info["parameters"]:
@@ -261,11 +286,13 @@ def dataset_info_cmd(path: Path = typer.Argument(..., help="A dataset store.")):
 @dataset_app.command("show")
 def dataset_show(path: Path = typer.Argument(..., help="A dataset store."),
                  index: int = typer.Option(0, help="Sample index."),
-                 output: Path = typer.Option(..., "-o", "--output", help="PNG to write.")):
+                 output: Path = typer.Option(..., "-o", "--output", help="PNG to write (.png).")):
     """Write three orthogonal slices of one sample as PNG."""
     from .dataset import open_dataset
+    from .io import IMAGE_SUFFIXES, check_output
     from .viz import save_slices
 
+    check_output(output, IMAGE_SUFFIXES)
     ds = open_dataset(path)
     where = (ds.index == index).nonzero()[0]
     if not len(where):
@@ -299,8 +326,8 @@ def train(family: str = typer.Argument("cochlea", help="A family: a name, FILE.p
                                              "fine-tuning, with a fresh optimiser and schedule. Narrower --channels (as many "
                                              "scales, same --hidden) start from its most useful channels."),
           arch: str = typer.Option("sdmnn", metavar="[sdmnn|deepsdf]", help="sdmnn (the network) or deepsdf (the DeepSDF-style baseline)."),
-          channels: Optional[str] = typer.Option(None, help="SDMNN decoder channels per scale, coarse to half resolution "
-                                                 "[default: the --init model's, else 32,32,24]."),
+          channels: Optional[str] = typer.Option(None, help="SDMNN decoder channels per scale, coarse to half resolution, "
+                                                 "comma-separated, e.g. 32,32,16 [default: the --init model's, else 32,32,24]."),
           hidden: int = typer.Option(256, help="Width of the MLP (SDMNN) or of the decoder layers (DeepSDF)."),
           points: int = typer.Option(4096, help="DeepSDF: SDF samples per shape and step."),
           seed: int = typer.Option(0),
@@ -336,12 +363,14 @@ def evaluate(model: Optional[Path] = typer.Argument(None, help="Model folder (de
     import json
 
     from .demo import speed_ratio
-    from .io import write_json
+    from .io import check_output, write_json
     from .nn.checkpoint import load_model
     from .nn.evaluate import evaluate as run, summary
 
     if n < 1:
         raise SdmnnError(f"--n must be at least 1, got {n}")
+    if output:
+        check_output(output, (".json",))
     net = load_model(model, device=device, precision=precision)
     r = run(net, n=n, seed=seed, progress=not json_flag)
     if output:
@@ -384,11 +413,14 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
     import numpy as np
 
     from .fitting import FORWARD_MODELS, OBSERVED_KINDS, POSES, fit as run_fit
-    from .io import load_volume
+    from .io import check_output, load_volume
 
     observed = _choice(observed, "--observed", OBSERVED_KINDS)
     forward = _choice(forward, "--forward", FORWARD_MODELS)
     pose = _choice(pose, "--pose", POSES)
+    if observed != "sdm" and (sigma is not None or band is not None):
+        raise SdmnnError(f"--sigma and --band apply to --observed sdm, not {observed}")
+    check_output(output, what="folder")
     where = _numbers(centre, "--centre", 3) if centre is not None else None
     if threads is not None:
         if threads < 1:
@@ -424,6 +456,8 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
     console.print(f"{r.seconds:.1f} s; forward evaluations: " + ", ".join(f"{k} {v}" for k, v in r.evaluations.items() if v)
                   + f"; quality: {quality}")
     if pose == "rigid":
+        console.print("rx, ry, rz (rad, about the world axes) and tx, ty, tz (mm): the pose's posterior about the fitted "
+                      "pose below, where they are 0")
         console.print("pose (model -> world, mm):\n" + np.array2string(r.pose, precision=4, suppress_small=True))
     written = r.save(output, image=volume if observed != "sdm" else None, target=str(target))
     console.print(f"wrote {output}/: {', '.join(written)}")
@@ -441,11 +475,12 @@ def phantom(family: str = FamilyArg,
             seed: int = typer.Option(0, help="Seed of the noise."),
             output: Path = typer.Option(..., "-o", "--output", help="Image file (.nii.gz, .nrrd, .mha...); the truth goes to NAME.truth.json.")):
     """A test image from a 4x finer mesh, posed, with partial volume (and blur and noise for ct), plus its truth."""
-    from .io import save_volume, write_json
+    from .io import VOLUME_SUFFIXES, check_output, save_volume, write_json
     from .phantom import KINDS, make_phantom
     from .shapes import get_family
 
     kind = _choice(kind, "--kind", KINDS)
+    check_output(output, VOLUME_SUFFIXES)
     fam = get_family(family)
     params = parse_params(fam, param)
     sp = _numbers(spacing, "--spacing", 3, allow_one=True)
@@ -499,19 +534,19 @@ def main():
     keep_freed_memory()
     with warnings.catch_warnings():
         warnings.simplefilter("default")
-        warnings.showwarning = lambda msg, cat, *a, **k: err.print(f"[yellow]warning:[/] {msg}")
+        warnings.showwarning = lambda msg, cat, *a, **k: err.print(Text("warning:", style="yellow") + f" {msg}")
         try:
             app()
         except SdmnnError as e:
-            err.print(f"[red]error:[/] {e}", highlight=False)
+            err.print(Text("error:", style="red") + f" {e}", highlight=False)
             sys.exit(2)
         except KeyboardInterrupt:
             err.print("interrupted")
             sys.exit(130)
         except Exception as e:  # a defect, not the input: say so in one sentence instead of a traceback
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            err.print(f"[red]internal error:[/] {type(e).__name__}{': ' + first if first else ''}; this is a defect in "
-                      f"sdmnn {_version()}, please report it with the command that caused it", highlight=False)
+            err.print(Text("internal error:", style="red") + f" {type(e).__name__}{': ' + first if first else ''}; this is a "
+                      f"defect in sdmnn {_version()}, please report it with the command that caused it", highlight=False)
             sys.exit(3)
 
 

@@ -104,8 +104,8 @@ def _within(text: str, family: Family) -> tuple[np.ndarray, np.ndarray]:
         i = list(space.names).index(name)
         slack = 1e-9 * (space.high[i] - space.low[i])  # a printed bound, rounded, still counts as the family's
         if not (space.low[i] - slack <= lo < hi <= space.high[i] + slack):
-            raise SdmnnError(f"--within: {name}={lo!r}:{hi!r} must be an increasing range inside the family's "
-                             f"{space.low[i]!r}:{space.high[i]!r}")
+            raise SdmnnError(f"--within: {name}={lo:g}:{hi:g} must be an increasing range inside the family's "
+                             f"{float(space.low[i]):g}:{float(space.high[i]):g}")
         low[i], high[i] = max(lo, space.low[i]), min(hi, space.high[i])
     return low, high
 

@@ -6,15 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import save_volume
+from .io import make_folder, save_volume
 from .sdm import exact_sdm
 from .shapes import get_family
 from .viz import save_slices
 
 
 def run_demo(folder: Path, console) -> dict:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_folder(folder)
     fam = get_family("cochlea")
     params = fam.defaults
     exact_sdm(fam.mesh(params), fam.grid)  # compile the kernels once, so the timings below are the work

@@ -124,17 +124,11 @@ class FitResult:
         mesh.stl (the fitted surface, world mm), sdm.nii.gz and labels.nii.gz (on the image's own grid),
         samples.npy, corner.png and, given the ``image``, overlay.png (its slices around the shape with the
         fitted contour). Returns the names written."""
-        from pathlib import Path
 
-        from .errors import FileError
-        from .io import save_mesh, save_volume, write_json
+        from .io import make_folder, save_mesh, save_volume, write_json
         from .viz import save_corner, save_slices
 
-        folder = Path(folder)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise FileError(f"cannot create the output folder {folder}: {e.strerror}") from None
+        folder = make_folder(folder)
         write_json(folder / "result.json", {"target": target, **self.to_dict()})
         mesh = self.mesh()
         save_mesh(folder / "mesh.stl", mesh)
@@ -194,7 +188,9 @@ def check_observed(observed: np.ndarray, kind: str, label: int | None = None) ->
         else:
             y = observed != 0
         if y.all() or not y.any():
-            raise FitError("the label map is all " + ("ones" if y.all() else "zeros") + ": there is no shape boundary to fit")
+            raise FitError("the label map is all " + ("ones" if y.all() else "zeros") + ": there is no shape boundary to fit"
+                           + (" (an SDM or an intensity image? choose observed_kind / --observed sdm or intensity; a "
+                              "multi-label map: --label)" if y.all() else ""))
         return y.astype(np.float32)
     if kind == "sdm" and not (observed.min() < 0 < observed.max()):
         raise FitError("the observed SDM has no zero crossing (no voxel inside or none outside)")

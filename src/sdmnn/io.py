@@ -36,6 +36,38 @@ def _suffix(path: Path, accepted) -> str:
     raise FileError(f"{path}: unsupported file type; accepted: {', '.join(accepted)}")
 
 
+#: Figures (three slices, overlays) are written as PNG only.
+IMAGE_SUFFIXES = (".png",)
+
+
+def check_output(path, accepted=None, what: str = "file") -> Path:
+    """Refuse, before any work, an output that could not be written: a suffix not in ``accepted``, an existing
+    path of the other kind (a file where a folder is to be written, a folder for a file), a file's missing parent
+    folder (folders are created with their parents). One sentence naming the path."""
+    path = Path(path)
+    if what == "folder":  # created with its parents (make_folder)
+        if path.exists() and not path.is_dir():
+            raise FileError(f"cannot write the folder {path}: a file of that name exists")
+        return path
+    if accepted is not None:
+        _suffix(path, accepted)
+    if path.is_dir():
+        raise FileError(f"cannot write {path}: it is a folder")
+    if not path.parent.is_dir():
+        raise FileError(f"cannot write {path}: the folder {path.parent} does not exist")
+    return path
+
+
+def make_folder(path) -> Path:
+    """Create the output folder ``path`` (and its parents); one sentence if it cannot be."""
+    path = check_output(path, what="folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FileError(f"cannot create the output folder {path}: {e.strerror}") from None
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path`` with the same suffix; rename it onto ``path`` on success.
@@ -118,6 +150,8 @@ def load_volume(path) -> tuple[np.ndarray, Grid]:
                 raise FileError(f"{path}: expected a 3-D volume of scalars, got a {image.GetDimension()}-D image with "
                                 f"{image.GetNumberOfComponentsPerPixel()} component(s) per voxel")
             volume = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+            if kind in (".nii", ".nii.gz") and np.issubdtype(volume.dtype, np.floating) and not volume.all():
+                volume = _non_finite_back(path, volume)
             direction = np.array(image.GetDirection()).reshape(3, 3)
             # files store float32 geometry: 1e-6 mm keeps every digit they hold and none of the noise
             grid = Grid(volume.shape, np.round(image.GetSpacing(), 6), np.round(image.GetOrigin(), 6), direction)
@@ -128,6 +162,21 @@ def load_volume(path) -> tuple[np.ndarray, Grid]:
     if volume.ndim != 3:
         raise FileError(f"{path}: expected a 3-D volume, got {volume.ndim} dimensions")
     return volume, grid
+
+
+def _non_finite_back(path: Path, volume: np.ndarray) -> np.ndarray:
+    """``volume`` with the NaN and infinite voxels its NIfTI file holds: ITK's NIfTI reader (before ITK 6) reads them
+    as 0, silently, and 0 is a valid value, so the file's data is read again by nibabel where ITK gave zeros. Both
+    index the file's own voxel order [i, j, k]."""
+    import nibabel
+
+    data = np.asanyarray(nibabel.load(str(path)).dataobj)
+    bad = ~np.isfinite(data)
+    if data.shape != volume.shape or not bad.any():
+        return volume
+    volume = volume.copy()
+    volume[bad] = data[bad]
+    return volume
 
 
 def _first_line(error: Exception) -> str:

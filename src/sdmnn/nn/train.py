@@ -157,6 +157,27 @@ class _OnlineBuffer:
             return torch.stack([self.x[i] for i in idx]), torch.stack([self.y[i] for i in idx])
 
 
+def check_settings(cfg: TrainConfig) -> None:
+    """Refuse settings no run can use, before any data is read or folder made: one sentence naming the option."""
+    for option, value in (("--sign-weight", cfg.sign_weight), ("--peak-weight", cfg.peak_weight), ("--peak-tol", cfg.peak_tol),
+                          ("--near-weight", cfg.near_weight)):
+        if not (value >= 0 and math.isfinite(value)):
+            raise SdmnnError(f"{option} must be a number >= 0, got {value}")
+    for option, value in (("--lr", cfg.lr), ("--near-scale", cfg.near_scale), ("--minutes", cfg.minutes)):
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise SdmnnError(f"{option} must be a number > 0, got {value}")
+    for option, value in (("--steps", cfg.steps), ("--batch", cfg.batch), ("--threads", cfg.threads), ("--eval-every", cfg.eval_every),
+                          ("--online-workers", cfg.online_workers), ("--hidden", cfg.hidden), ("--points", cfg.points)):
+        if value is not None and value < 1:
+            raise SdmnnError(f"{option} must be at least 1, got {value}")
+    if not 0 <= cfg.hard <= 1:
+        raise SdmnnError(f"--hard is a share of each batch, between 0 and 1, got {cfg.hard}")
+    if cfg.hard and (cfg.arch != "sdmnn" or not cfg.data):
+        raise SdmnnError("--hard draws from the static datasets (--data) and applies to --arch sdmnn only")
+    if cfg.arch == "deepsdf" and (cfg.sign_weight or cfg.peak_weight):
+        raise SdmnnError("--sign-weight and --peak-weight shape the SDMNN's loss; --arch deepsdf trains on clamped L1")
+
+
 def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -> dict:
     """Train (or resume) an SDMNN model; writes ``cfg.out``/model.{json,safetensors}, a resumable
     checkpoint and train.jsonl. Returns the final validation metrics."""
@@ -165,11 +186,7 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
 
     from ..runtime import resolve_device, usable_cores
 
-    for option, value in (("--sign-weight", cfg.sign_weight), ("--peak-weight", cfg.peak_weight), ("--peak-tol", cfg.peak_tol)):
-        if not (value >= 0 and math.isfinite(value)):
-            raise SdmnnError(f"{option} must be a number >= 0, got {value}")
-    if cfg.arch == "deepsdf" and (cfg.sign_weight or cfg.peak_weight):
-        raise SdmnnError("--sign-weight and --peak-weight shape the SDMNN's loss; --arch deepsdf trains on clamped L1")
+    check_settings(cfg)
     device = torch.device(resolve_device(cfg.device))
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per torchrun process
@@ -230,10 +247,6 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
     model = (torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
              if world > 1 else net)
     online = _OnlineBuffer(family, grid, cfg.seed * 1000 + rank, cfg.online_workers, cfg.online_buffer) if cfg.online else None
-    if not 0 <= cfg.hard <= 1:
-        raise SdmnnError(f"--hard is a share of each batch, between 0 and 1, got {cfg.hard}")
-    if cfg.hard and (cfg.arch != "sdmnn" or not len(X)):
-        raise SdmnnError("--hard draws from the static datasets (--data) and applies to --arch sdmnn only")
     if cfg.hard and rank == 0:
         print(f"--hard: the loss of each of the {len(X)} training cases, one pass ...", flush=True)
     hard = _HardCases(net, X, Y, cfg, device) if cfg.hard else None
