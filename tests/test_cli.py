@@ -89,6 +89,13 @@ def test_bad_input_is_one_sentence_and_exit_2(tmp_path, args, message):
     assert leftovers == []
 
 
+def test_version_and_a_label_map_shown_as_an_image(tmp_path):
+    assert run("--version", cwd=tmp_path).stdout.strip() == f"sdmnn {sdmnn.__version__}"
+    fam = sdmnn.get_family("cochlea")
+    sdmnn.save_volume(tmp_path / "seg.nii.gz", (sdmnn.exact_sdm(fam.mesh(fam.defaults), fam.grid) < 0).astype(np.uint8), fam.grid)
+    assert "no SDM: drawn as an image" in " ".join(run("show", "seg.nii.gz", "-o", "s.png", cwd=tmp_path).stdout.split())
+
+
 def test_open_mesh_warns_and_still_writes(tmp_path):
     import trimesh
 

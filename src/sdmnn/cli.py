@@ -20,6 +20,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console(markup=False)
 err = Console(stderr=True, markup=False)
 
+def _print_version(value: bool):
+    if value:
+        console.print(f"sdmnn {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print sdmnn's version and exit.")):
+    """Signed distance maps (SDMs) of parametric 3-D shapes: exact, and fast with SDMNN."""
+
+
 ParamOpt = typer.Option(None, "--param", "-p", help="A parameter as NAME=VALUE (repeat); missing ones take the family default.")
 DeviceOpt = typer.Option("auto", metavar="[auto|cpu|cuda]", help="Where the network runs: auto (a CUDA GPU when torch sees one, else the CPU), cpu or cuda.")
 PrecisionOpt = typer.Option("auto", metavar="[auto|float32|bfloat16]", help="The network's arithmetic: bfloat16 runs its "
@@ -217,8 +229,10 @@ def show(volume: Path = typer.Argument(..., help="An SDM volume (.nii.gz, .nii, 
 
     check_output(output, IMAGE_SUFFIXES)
     v, grid = load_volume(volume)
-    save_slices(output, v.astype("float32"), grid, title=volume.name)
-    console.print(f"wrote {output}")
+    sdm = bool((v < 0).any())  # an SDM is negative inside; a label map or most images are not
+    save_slices(output, v.astype("float32"), grid, title=volume.name, image_label=None if sdm else "image values")
+    console.print(f"wrote {output}" + ("" if sdm else f" ({volume.name} has no negative voxel, so it is no SDM: drawn as "
+                                                      "an image)"))
 
 
 @app.command()

@@ -50,7 +50,10 @@ def save_slices(path, volume: np.ndarray, grid: Grid, others: dict | None = None
         (f"{names[0]} = {x[index[0]]:.2f} mm", lambda v: v[index[0], :, :], y, z, names[1], names[2]),
     ]
     if is_image:
-        style = {"cmap": "gray", "vmin": float(np.percentile(volume, 0.5)), "vmax": float(np.percentile(volume, 99.5))}
+        lo, hi = np.percentile(volume, [0.5, 99.5])
+        if not hi > lo:  # a small shape in a label map: its voxels are under 0.5 % of them
+            lo, hi = np.min(volume), np.max(volume)
+        style = {"cmap": "gray", "vmin": float(lo), "vmax": float(hi)}
     else:
         style = {"cmap": "RdBu_r", "norm": matplotlib_norm(float(np.nanmin(volume)), float(np.nanmax(volume)))}
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), constrained_layout=True)
