@@ -166,6 +166,8 @@ def test_fit_cli_writes_a_table_json_samples_and_pngs(tmp_path):
     (["phantom", "cochlea", "--kind", "mri", "-o", "p.nii.gz"], "--kind must be one of labels, ct"),
     (["phantom", "cochlea", "--spacing", "0,0.3,0.3", "-o", "p.nii.gz"], "spacing must be three numbers > 0"),
     (["phantom", "cochlea", "--rotate", "x", "-o", "p.nii.gz"], "--rotate takes 3 comma-separated numbers"),
+    (["phantom", "cochlea", "--noise", "50", "-o", "p.nii.gz"], "a labels phantom has neither"),
+    (["dataset", "make", "cochlea", "--design", "grid:2", "-o", "seg.nii.gz"], "cannot write the folder seg.nii.gz"),
 ])
 def test_bad_fit_and_phantom_options_are_one_sentence_and_exit_2(tmp_path, args, message):
     fam = sdmnn.get_family("cochlea")

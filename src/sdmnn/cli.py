@@ -262,9 +262,11 @@ def dataset_make(family: str = FamilyArg,
                                                       "other parameters keep the family's ranges.")):
     """Compute exact SDMs for a design, in parallel; rerun the same command to resume."""
     from .dataset import dataset_info, dataset_params, make_dataset
+    from .io import check_output
 
     if workers < 1:
         raise SdmnnError(f"--workers must be at least 1, got {workers}")
+    check_output(output, what="folder")
     if within is not None:
         if design.startswith("csv:"):
             raise SdmnnError("--within restricts grid, sobol and random designs; a csv design lists its points itself")
@@ -484,8 +486,8 @@ def phantom(family: str = FamilyArg,
             translate: str = typer.Option("0,0,0", help="TX,TY,TZ: shift in mm (the image stays centred on the unshifted shape)."),
             spacing: str = typer.Option("0.3,0.3,0.3", help="SX,SY,SZ: voxel size in mm (one number for cubic voxels)."),
             kind: str = typer.Option("labels", metavar="[labels|ct]", help="labels (partial-volume label map) or ct (two tissues, blur, noise)."),
-            noise: float = typer.Option(100.0, help="ct: Gaussian noise, intensity units (tissues: inside 0, outside 1000)."),
-            blur: float = typer.Option(0.25, help="ct: standard deviation of the point-spread function, mm."),
+            noise: Optional[float] = typer.Option(None, help="ct: Gaussian noise, intensity units (tissues: inside 0, outside 1000) [default: 100]."),
+            blur: Optional[float] = typer.Option(None, help="ct: standard deviation of the point-spread function, mm [default: 0.25]."),
             seed: int = typer.Option(0, help="Seed of the noise."),
             output: Path = typer.Option(..., "-o", "--output", help="Image file (.nii.gz, .nrrd, .mha...); the truth goes to NAME.truth.json.")):
     """A test image from a 4x finer mesh, posed, with partial volume (and blur and noise for ct), plus its truth."""
@@ -494,12 +496,15 @@ def phantom(family: str = FamilyArg,
     from .shapes import get_family
 
     kind = _choice(kind, "--kind", KINDS)
+    if kind != "ct" and (noise is not None or blur is not None):
+        raise SdmnnError(f"--noise and --blur make a --kind ct image; a {kind} phantom has neither")
     check_output(output, VOLUME_SUFFIXES)
     fam = get_family(family)
     params = parse_params(fam, param)
     sp = _numbers(spacing, "--spacing", 3, allow_one=True)
     image, grid, truth = make_phantom(fam, params, rotate=_numbers(rotate, "--rotate", 3), translate=_numbers(translate, "--translate", 3),
-                                      spacing=sp, kind=kind, noise=noise, blur=blur, seed=seed)
+                                      spacing=sp, kind=kind, seed=seed,
+                                      **{k: v for k, v in (("noise", noise), ("blur", blur)) if v is not None})
     save_volume(output, image, grid)
     name = output.name
     for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".npy"):
