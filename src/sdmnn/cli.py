@@ -20,6 +20,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console(markup=False)
 err = Console(stderr=True, markup=False)
 
+
 def _print_version(value: bool):
     if value:
         console.print(f"sdmnn {_version()}")
@@ -29,7 +30,7 @@ def _print_version(value: bool):
 @app.callback()
 def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                           help="Print sdmnn's version and exit.")):
-    """Signed distance maps (SDMs) of parametric 3-D shapes: exact, and fast with SDMNN."""
+    """The options before a command (the app's help text is its own)."""
 
 
 ParamOpt = typer.Option(None, "--param", "-p", help="A parameter as NAME=VALUE (repeat); missing ones take the family default.")
