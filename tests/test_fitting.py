@@ -57,8 +57,15 @@ def test_bad_settings_are_refused():
         fit(y, grid, forward="exact", centre=(100.0, 0.0, 0.0))
     with pytest.raises(FitError, match="mask's shape"):
         fit(y, grid, forward="exact", mask=np.ones((2, 2, 2)))
-    with pytest.raises(FitError, match="n_shapes and n_starts must be at least 1"):
+    with pytest.raises(FitError, match="n_starts must be an integer >= 1, got 0"):
         fit(y, grid, forward="exact", n_starts=0)
+    for setting, message in (({"n_samples": 0}, "n_samples must be an integer >= 1"), ({"n_shapes": 2.5}, "n_shapes must be an integer"),
+                             ({"seed": -1}, "seed must be an integer >= 0"), ({"max_exact": 0}, "max_exact must be"),
+                             ({"tau": "x"}, "tau must be a number > 0"), ({"threads": 0}, "threads must be an integer >= 1")):
+        with pytest.raises(FitError, match=message):
+            fit(y, grid, forward="exact", **setting)
+    with pytest.raises(FitError, match="grid must be an sdmnn.Grid"):
+        fit(y, None, forward="exact")
 
 
 @needs_model

@@ -66,6 +66,14 @@ def test_nan_and_infinite_voxels_read_as_they_are_stored(tmp_path, suffix):
     assert np.array_equal(got, v, equal_nan=True)
 
 
+def test_an_npy_whose_grid_sidecar_disagrees_is_refused(tmp_path):
+    save_volume(tmp_path / "v.npy", np.zeros((5, 5, 5), np.float32), Grid((5, 5, 5), (1, 1, 1)))
+    save_volume(tmp_path / "w.npy", np.zeros((4, 4, 4), np.float32), Grid((4, 4, 4), (1, 1, 1)))
+    (tmp_path / "v.json").write_text((tmp_path / "w.json").read_text())
+    with pytest.raises(FileError, match=r"its voxels are \(5, 5, 5\) but its grid .* is \(4, 4, 4\)"):
+        load_volume(tmp_path / "v.npy")
+
+
 def test_a_shape_mismatch_writes_nothing(tmp_path):
     g = Grid((5, 6, 7), (1, 1, 1))
     with pytest.raises(GridError):

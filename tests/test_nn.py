@@ -77,10 +77,22 @@ def test_prediction_is_differentiable_in_the_parameters(tiny_model, cochlea):
     ({"a": 9.0, "alpha": 0.5, "b": 0.1, "phi": 0.0}, "a must lie in"),
     ([3.0, 0.5, 0.1], "expected"),
     ([3.0, float("nan"), 0.1, 0.0], "finite"),
+    ({"a": 3.0, "alpha": True, "b": 0.1, "phi": 0.0}, "alpha must be a number"),
+    ({"a": 3.0, "alpha": "0.5", "b": 0.1, "phi": 0.0}, "alpha must be a number"),
+    (np.zeros((0, 4)), "with B >= 1"),
+    ("abc", "expected a mapping"),
 ])
 def test_bad_parameters_are_refused(tiny_model, params, message):
     with pytest.raises(ParameterError, match=message):
         load_model(tiny_model).predict(params)
+
+
+def test_predict_returns_one_volume_per_mapping_of_a_list(tiny_model, cochlea):
+    model = load_model(tiny_model)
+    d, shape = cochlea.defaults, model.grid.shape
+    assert model.predict(d).shape == shape and model.predict(list(d.values())).shape == shape
+    two = model.predict([d, {**d, "a": 4.0}])
+    assert two.shape == (2, *shape) and np.allclose(two[0], model.predict(d), atol=1e-5)
 
 
 def test_tampered_or_truncated_weights_are_refused(tiny_model, tmp_path):

@@ -528,3 +528,18 @@ def test_scan_hands_a_knife_edge_to_the_bvh_with_a_warning():
         sdm = exact_sdm(mesh, grid, method="scan")
     s, _, _, _ = igl.signed_distance(grid.points(), V, F.astype(np.int64), sign_type=igl.SIGNED_DISTANCE_TYPE_PSEUDONORMAL)
     assert np.abs(sdm.ravel() - s).max() < 1e-5
+
+
+def test_winding_number_refuses_an_empty_mesh_missing_vertices_and_points_that_are_not_n_by_3():
+    box = trimesh.creation.box()
+    with pytest.raises(MeshError, match="empty"):
+        sdmnn.winding_number(trimesh.Trimesh(), np.zeros((2, 3)))
+    with pytest.raises(MeshError, match="missing vertices"):
+        sdmnn.winding_number(trimesh.Trimesh(box.vertices, box.faces + 100, process=False), np.zeros((2, 3)))
+    with pytest.raises(sdmnn.errors.SdmnnError, match="points must be an"):
+        sdmnn.winding_number(box, np.zeros((2, 2)))
+    assert np.allclose(sdmnn.winding_number(box, np.array([[0.0, 0, 0], [2, 0, 0]]), closed=True), [1, 0], atol=1e-2)
+    with pytest.raises(sdmnn.errors.GridError, match="grid must be an sdmnn.Grid"):
+        exact_sdm(box, (8, 8, 8))
+    with pytest.raises(sdmnn.errors.SdmnnError, match="sign must be"):
+        exact_sdm(box, Grid((4, 4, 4), (0.5, 0.5, 0.5), (-1, -1, -1)), sign="x")

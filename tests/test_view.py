@@ -156,6 +156,18 @@ def test_a_fit_is_shown_over_its_image_in_the_images_world_coordinates(fit_folde
     mesh = scene.surface(scene.state(PHANTOM, forward="exact"))
     written = trimesh.load(fit_folder / "fit" / "mesh.stl", process=False)  # the fit's own surface, world mm
     np.testing.assert_allclose(mesh.triangles.reshape(-1, 3), written.vertices, atol=1e-4)
+    # malformed states: a 400 with one sentence, never a 500 or a silent coercion
+    for bad, message in (({"pose": "abc"}, "pose step is six finite numbers"), ({"pose": [0, 0, 0, 1e300, 0, 0]}, "lies within"),
+                         ({"pose": [10**400, 0, 0, 0, 0, 0]}, "six finite numbers"), ({"positions": [1.9, 0, 0]}, "integers"),
+                         ({"positions": None}, "integers"), ({"difference": "false"}, "true or false"),
+                         ({"params": {**PHANTOM, "a": 10**400}}, "a must be a finite number"),
+                         ({"params": {**PHANTOM, "a": "3.0"}}, "a must be a number")):
+        r = c.post("/api/slices", json={**body, **bad})
+        assert r.status_code == 400 and message in r.json()["error"], (bad, r.text)
+    for raw in ("", "null", "[1, 2]", "not json"):
+        r = c.post("/api/slices", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "the request is a JSON object" in r.json()["error"], (raw, r.text)
+    assert c.get("/api/download/sdm.nii.gz").status_code == 400
 
 
 def test_a_fit_of_another_family_is_refused(fit_folder):

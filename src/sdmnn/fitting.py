@@ -199,6 +199,10 @@ def check_observed(observed: np.ndarray, kind: str, label: int | None = None) ->
     return observed.astype(np.float32)
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
 def crop(grid: Grid, lo, hi) -> Grid:
     """The sub-grid of voxels ``lo`` .. ``hi`` (inclusive index triples, clipped to the grid)."""
     lo = np.clip(np.asarray(lo, int), 0, np.array(grid.shape) - 1)
@@ -716,9 +720,15 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
     check_forward(forward)
     if pose not in POSES:
         raise FitError(f"pose must be one of {', '.join(POSES)}, got {pose!r}")
+    if not isinstance(grid, Grid):
+        raise FitError(f"grid must be an sdmnn.Grid (the image's geometry), got {type(grid).__name__}")
     for name, value in (("tau", tau), ("sigma", sigma), ("band", band)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise FitError(f"{name} must be a number > 0 mm, got {value}")
+        if value is not None and not (_is_number(value) and math.isfinite(value) and value > 0):
+            raise FitError(f"{name} must be a number > 0 mm, got {value!r}")
+    for name, value, least in (("n_shapes", n_shapes, 1), ("n_starts", n_starts, 1), ("n_samples", n_samples, 1),
+                               ("max_exact", max_exact, 1), ("seed", seed, 0), ("threads", 1 if threads is None else threads, 1)):
+        if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= least):
+            raise FitError(f"{name} must be an integer >= {least}, got {value!r}")
     y_full = check_observed(observed, observed_kind, label)
     if y_full.shape != grid.shape:
         raise FitError(f"the observed image's shape {y_full.shape} does not match its grid {grid.shape}")
@@ -730,8 +740,6 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
     if band is not None and observed_kind == "sdm":
         near = np.abs(y_full) <= band
         mask_full = near if mask_full is None else mask_full & near
-    if n_shapes < 1 or n_starts < 1:
-        raise FitError(f"n_shapes and n_starts must be at least 1, got {n_shapes} and {n_starts}")
     low, high = _prior_box(fam, prior)
     say = progress or (lambda text: None)
     network = "deepsdf" if forward == "deepsdf" else "sdmnn"
@@ -1095,10 +1103,14 @@ def _quality(like: _Likelihood, d, obs: _Observation) -> dict:
 
 def _prior_box(fam, prior):
     low, high = fam.space.low.copy(), fam.space.high.copy()
-    for name, (lo, hi) in (prior or {}).items():
+    if prior is not None and not isinstance(prior, dict):
+        raise FitError(f"prior maps parameter names to (low, high) ranges, got {type(prior).__name__}")
+    for name, bounds in (prior or {}).items():
         if name not in fam.names:
             raise FitError(f"unknown parameter {name!r} in the prior; the parameters are {', '.join(fam.names)}")
-        i = fam.names.index(name)
+        if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2 and all(_is_number(b) for b in bounds)):
+            raise FitError(f"the prior of {name} is a (low, high) pair of numbers, got {bounds!r}")
+        (lo, hi), i = bounds, fam.names.index(name)
         if not (fam.space.low[i] <= lo < hi <= fam.space.high[i]):
             raise FitError(f"the prior of {name} must be a sub-range of [{fam.space.low[i]:g}, {fam.space.high[i]:g}], got [{lo:g}, {hi:g}]")
         low[i], high[i] = lo, hi

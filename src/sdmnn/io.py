@@ -136,10 +136,12 @@ def load_volume(path) -> tuple[np.ndarray, Grid]:
     path = Path(path)
     kind = _suffix(path, VOLUME_SUFFIXES)
     if not path.is_file():
-        raise FileError(f"{path}: no such file")
+        raise FileError(f"{path}: " + ("a folder, not a volume file" if path.is_dir() else "no such file"))
     try:
         if kind == ".npy":
             volume = np.load(path, allow_pickle=False)
+            if volume.ndim != 3:
+                raise FileError(f"{path}: expected a 3-D volume, got {volume.ndim} dimensions")
             sidecar = path.with_suffix(".json")
             grid = Grid.from_dict(json.loads(sidecar.read_text())["grid"]) if sidecar.exists() else Grid(volume.shape, (1, 1, 1))
         else:
@@ -161,6 +163,8 @@ def load_volume(path) -> tuple[np.ndarray, Grid]:
         raise FileError(f"{path}: cannot be read as a volume ({_first_line(e)})") from None
     if volume.ndim != 3:
         raise FileError(f"{path}: expected a 3-D volume, got {volume.ndim} dimensions")
+    if volume.shape != grid.shape:
+        raise FileError(f"{path}: its voxels are {volume.shape} but its grid (the .json beside it) is {grid.shape}")
     return volume, grid
 
 

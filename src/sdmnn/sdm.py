@@ -32,7 +32,7 @@ import numba
 from numba import njit, prange
 
 from . import bodies, bvh, runtime, scan
-from .errors import MeshError, MeshWarning
+from .errors import GridError, MeshError, MeshWarning, SdmnnError
 from .grid import Grid
 
 WINDING_CHUNK = 1 << 18  # voxels per fast-winding-number call
@@ -49,6 +49,13 @@ def check_mesh(mesh: trimesh.Trimesh) -> None:
         raise MeshError("the mesh has NaN or infinite vertex coordinates")
     if mesh.faces.min() < 0 or mesh.faces.max() >= len(mesh.vertices):
         raise MeshError("the mesh has faces that index missing vertices")
+
+
+def _check_grid(grid) -> None:
+    """Refuse anything but a Grid (GridError), and a grid over the memory budget."""
+    if not isinstance(grid, Grid):
+        raise GridError(f"grid must be an sdmnn.Grid (shape, spacing, origin, direction), got {type(grid).__name__}")
+    grid.check_memory()
 
 
 def mesh_is_clean(mesh: trimesh.Trimesh) -> tuple[bool, str]:
@@ -135,7 +142,7 @@ def _choose(method: str, topo: "_Topology | None") -> str:
     warning where the scan cannot sweep a region of the mesh. The scan's peak, 12 bytes a voxel (the int64
     key and the float32 output), is within grid.BYTES_PER_VOXEL, which the callers check first."""
     if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+        raise SdmnnError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
     if method == "scan" and topo is None:
         raise MeshError("the scan method needs a closed, consistently oriented, manifold mesh without degenerate "
                         "faces; use method='bvh' for this one")
@@ -206,7 +213,7 @@ def unsigned_distance(mesh: trimesh.Trimesh, grid: Grid, method: str = "auto") -
     """Exact distance (mm, >= 0) from every voxel centre of ``grid`` to ``mesh``, float32.
     ``method``: "scan", "bvh" or "auto" (the scan when the mesh allows it; see the module notes)."""
     check_mesh(mesh)
-    grid.check_memory()
+    _check_grid(grid)
     if not grid.is_axis_aligned:
         return unsigned_distance(in_grid_frame(mesh, grid), grid.axis_aligned(), method)
     runtime.prepare_threads()
@@ -222,6 +229,10 @@ def winding_number(mesh: trimesh.Trimesh, points: np.ndarray, closed: bool = Fal
     """Generalised winding number of ``mesh`` at ``points`` (libigl's fast winding number), chunked.
     ``closed``: the mesh is closed, so the winding number is an integer off the surface; the points where
     the fast one is not within 0.1 of an integer are redone with the exact one (libigl's winding_number)."""
+    check_mesh(mesh)
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 3 or not np.all(np.isfinite(points)):
+        raise SdmnnError(f"points must be an (N, 3) array of finite coordinates, got shape {points.shape}")
     V = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
     F = np.ascontiguousarray(mesh.faces, dtype=np.int64)
     import igl
@@ -262,9 +273,9 @@ def exact_sdm(mesh: trimesh.Trimesh, grid: Grid, sign: str = "auto", method: str
         float32 array of ``grid.shape``, millimetres, negative inside, indexed [i, j, k] = [x, y, z].
     """
     check_mesh(mesh)
-    grid.check_memory()
+    _check_grid(grid)
     if sign not in ("auto", "pseudonormal", "winding"):
-        raise ValueError(f"sign must be 'auto', 'pseudonormal' or 'winding', got {sign!r}")
+        raise SdmnnError(f"sign must be 'auto', 'pseudonormal' or 'winding', got {sign!r}")
     if not grid.is_axis_aligned:  # distances are rigid invariants: compute them in the grid's own frame
         return exact_sdm(in_grid_frame(mesh, grid), grid.axis_aligned(), sign, method)
     runtime.prepare_threads()

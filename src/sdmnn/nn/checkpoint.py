@@ -178,8 +178,10 @@ class Predictor:
 
     def predict(self, params, batch_size: int = 16) -> np.ndarray:
         """A mapping or a (d,) vector -> one SDM; a (B, d) array or list of mappings -> (B, nx, ny, nz). float32, mm."""
-        single = isinstance(params, dict) or np.ndim(params) == 1
-        x = torch.from_numpy(self.family.space.matrix(params).astype(np.float32))
+        if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
+            raise SdmnnError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        x = torch.from_numpy(self.family.space.matrix(params).astype(np.float32))  # checks what params are first
+        single = isinstance(params, dict) or (np.ndim(params) == 1 and not isinstance(params[0], dict))
         self._check_shape(x)
         cpu, adaptive = self.device.type == "cpu", self._adaptive
         out = []

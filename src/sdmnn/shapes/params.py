@@ -69,9 +69,13 @@ class ParameterSpace:
         out = np.empty(len(self))
         for i, (p, v) in enumerate(zip(self.parameters, values)):
             try:
+                if isinstance(v, (bool, np.bool_, str, bytes)):  # float() would read True as 1 and "3" as 3
+                    raise TypeError
                 v = float(v)
             except (TypeError, ValueError):
                 raise ParameterError(f"{p.name} must be a number, got {v!r}") from None
+            except OverflowError:
+                raise ParameterError(f"{p.name} must be a finite number, got one too large for a float") from None
             if not math.isfinite(v):
                 raise ParameterError(f"{p.name} must be a finite number, got {v}")
             span = tol * (p.high - p.low)
@@ -84,12 +88,17 @@ class ParameterSpace:
         """Check a batch: a (B, d) array or a list of mappings -> (B, d) float64."""
         if isinstance(params, Mapping):
             return self.vector(params)[None]
-        arr = params if isinstance(params, list) and params and isinstance(params[0], Mapping) else np.asarray(params, dtype=float)
-        if isinstance(arr, np.ndarray):
-            if arr.ndim == 1:
-                arr = arr[None]
-            if arr.ndim != 2 or arr.shape[1] != len(self):
-                raise ParameterError(f"expected parameters of shape (B, {len(self)}), got {arr.shape}")
+        if isinstance(params, list) and params and all(isinstance(p, Mapping) for p in params):
+            return np.stack([self.vector(row) for row in params])
+        try:
+            arr = np.asarray(params, dtype=float)
+        except (TypeError, ValueError, OverflowError):
+            raise ParameterError(f"expected a mapping, a list of mappings or numbers of shape (B, {len(self)}); got "
+                                 f"{type(params).__name__} that is none of these") from None
+        if arr.ndim == 1:
+            arr = arr[None]
+        if arr.ndim != 2 or arr.shape[1] != len(self) or not len(arr):
+            raise ParameterError(f"expected parameters of shape (B, {len(self)}) with B >= 1, got {arr.shape}")
         return np.stack([self.vector(row) for row in arr])
 
     def as_dict(self, vector) -> dict[str, float]:

@@ -30,6 +30,7 @@ def make_app(scene: Scene):
     """The FastAPI app serving ``scene``: ``GET /`` the page, ``GET /api/info``, ``POST /api/slices``,
     ``POST /api/surface``, ``GET /api/download/mesh.stl`` and ``GET /api/download/sdm.nii.gz``."""
     from fastapi import Body, FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
 
@@ -38,6 +39,11 @@ def make_app(scene: Scene):
     @app.exception_handler(SdmnnError)
     async def bad_input(request: Request, e: SdmnnError):
         return JSONResponse({"error": str(e)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(request: Request, e: RequestValidationError):  # no JSON object, or no ?state=
+        return JSONResponse({"error": "the request is a JSON object {\"params\": {name: value, ...}, \"pose\": [...], "
+                                      "\"forward\": ..., \"positions\": [i, j, k]} (downloads: as ?state=...)"}, status_code=400)
 
     def state_of(body: dict):
         if not isinstance(body, dict) or not isinstance(body.get("params"), dict):
@@ -51,7 +57,10 @@ def make_app(scene: Scene):
     @app.post("/api/slices")
     def slices(body: dict = Body(...)):
         t0 = time.perf_counter()
-        planes = scene.slices(state_of(body), body.get("positions", ()), bool(body.get("difference")))
+        difference = body.get("difference", False) if isinstance(body, dict) else False
+        if not isinstance(difference, bool):
+            raise SdmnnError(f"difference is true or false, got {difference!r}")
+        planes = scene.slices(state_of(body), body.get("positions", ()), difference)
         ms = 1e3 * (time.perf_counter() - t0)
         out = []
         for p in planes:

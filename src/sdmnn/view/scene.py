@@ -117,11 +117,20 @@ class Scene:
         if forward == "sdmnn" and self.net is None:
             raise SdmnnError(self.no_network)
         vector = self.family.space.vector(params)
-        step = np.zeros(6) if pose is None else np.asarray(pose, float)
-        if step.shape != (6,) or not np.all(np.isfinite(step)):
+        try:
+            if not (pose is None or isinstance(pose, (list, tuple, np.ndarray))) or any(isinstance(v, (bool, str)) for v in (() if pose is None else pose)):
+                raise TypeError
+            step = np.zeros(6) if pose is None else np.asarray(pose, float)
+        except (TypeError, ValueError, OverflowError):
+            step = None
+        if step is None or step.shape != (6,) or not np.all(np.isfinite(step)):
             raise SdmnnError(f"the pose step is six finite numbers ({', '.join(POSE_NAMES)}), got {pose!r}")
         if not self.pose_names and np.any(step):
             raise SdmnnError("a pose step needs a fit with a fitted pose (--fit of `sdmnn fit --pose rigid`)")
+        limits = np.array([POSE_RANGE[n] for n in POSE_NAMES])
+        if np.any(np.abs(step) > limits):
+            raise SdmnnError("the pose step lies within " + ", ".join(f"{n} ±{POSE_RANGE[n]:g}" for n in POSE_NAMES) +
+                             f" (rad, mm), got {step.tolist()}")
         return State(tuple(float(v) for v in vector), tuple(float(v) for v in step), forward)
 
     def pose(self, state: State) -> np.ndarray:
@@ -194,8 +203,9 @@ class Scene:
         """The three planes through ``positions`` (i, j, k): for each, its axis, index and ``sdm`` (2-D, the
         first remaining voxel axis first), and with ``difference`` the network's minus the exact SDM; with an
         image, its voxels there too."""
-        if len(positions) != 3:
-            raise SdmnnError(f"slice positions are three voxel indices (i, j, k), got {positions!r}")
+        if (not isinstance(positions, (list, tuple)) or len(positions) != 3
+                or not all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in positions)):
+            raise SdmnnError(f"slice positions are three voxel indices (i, j, k), integers, got {positions!r}")
         if difference and self.net is None:
             raise SdmnnError(self.no_network)
         out = []
