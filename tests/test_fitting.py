@@ -68,6 +68,17 @@ def test_bad_settings_are_refused():
         fit(y, None, forward="exact")
 
 
+@pytest.mark.parametrize("setting, message", [
+    ({"rotate": (1, 2)}, "rotate must be 3 finite numbers"), ({"spacing": (1, 1)}, "spacing must be 3 finite numbers"),
+    ({"translate": (np.nan, 0, 0)}, "translate must be 3 finite numbers"), ({"translate": (1e300, 0, 0)}, "at most 1000 mm"),
+    ({"kind": "ct", "intensities": (1, 2, 3)}, "intensities must be 2"), ({"noise": "x"}, "noise must be a number"),
+    ({"seed": -1}, "seed must be an integer >= 0"),
+])
+def test_bad_phantom_settings_are_one_sentence_before_any_work(setting, message):
+    with pytest.raises(sdmnn.errors.SdmnnError, match=message):
+        make_phantom("torus", sdmnn.get_family("torus").defaults, **setting)
+
+
 @needs_model
 def test_model_of_another_family_is_refused():
     y, grid = synthetic_target("cochlea", TRUTH, tau=0)

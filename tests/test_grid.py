@@ -26,9 +26,16 @@ def test_bad_spacing_is_refused(spacing):
         Grid((4, 4, 4), spacing)
 
 
-def test_bad_shape_is_refused():
+@pytest.mark.parametrize("shape", [(4, 0, 4), (2.7, 4, 4), (True, 4, 4), (float("inf"), 4, 4), (4, 4)])
+def test_bad_shape_is_refused(shape):
     with pytest.raises(GridError, match="shape"):
-        Grid((4, 0, 4), (1, 1, 1))
+        Grid(shape, (1, 1, 1))
+    assert Grid((4.0, np.int64(4), 4), (1, 1, 1)).shape == (4, 4, 4)
+
+
+def test_a_stored_grid_without_its_fields_is_one_sentence():
+    with pytest.raises(GridError, match="a grid is stored as"):
+        Grid.from_dict({"shape": [4, 4, 4]})
 
 
 def test_grid_over_budget_is_refused_before_allocating(monkeypatch):

@@ -135,3 +135,22 @@ def test_a_textured_mesh_split_at_its_uv_seams_loads_watertight(tmp_path):
     assert not trimesh.load_mesh(tmp_path / "seams.obj", process=True).is_watertight  # trimesh keeps UV seams
     mesh = load_mesh(tmp_path / "seams.obj")
     assert mesh.is_watertight and len(mesh.vertices) == 8
+
+
+def test_what_cannot_be_a_volume_or_a_mesh_file_is_one_sentence(tmp_path):
+    import trimesh
+
+    from sdmnn import MeshError, save_mesh
+
+    g = Grid((4, 4, 4), (1, 1, 1))
+    with pytest.raises(FileError, match="expected a file path, got NoneType"):
+        load_volume(None)
+    with pytest.raises(FileError, match="holds real numbers, got object"):
+        save_volume(tmp_path / "v.nii.gz", np.zeros((4, 4, 4), object), g)
+    with pytest.raises(GridError, match="grid must be an sdmnn.Grid"):
+        save_volume(tmp_path / "v.nii.gz", np.zeros((4, 4, 4)), (4, 4, 4))
+    with pytest.raises(MeshError, match="an empty mesh"):
+        save_mesh(tmp_path / "e.stl", trimesh.Trimesh())
+    assert list(tmp_path.iterdir()) == []
+    save_volume(tmp_path / "h.nii.gz", np.full((4, 4, 4), 0.5, np.float16), g)  # half floats are written as float32
+    assert np.all(load_volume(tmp_path / "h.nii.gz")[0] == 0.5)

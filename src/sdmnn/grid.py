@@ -56,6 +56,9 @@ class Grid:
     direction: tuple[tuple[float, float, float], ...] = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 
     def __post_init__(self):
+        if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool)
+                   or isinstance(n, (float, np.floating)) and math.isfinite(n) and n == int(n) for n in _items(self.shape)):
+            raise GridError(f"grid shape must be three positive integers, got {self.shape!r}")
         shape = _triple(self.shape, "shape", int)
         spacing = _triple(self.spacing, "spacing", float)
         origin = _triple(self.origin, "origin", float)
@@ -171,7 +174,10 @@ class Grid:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Grid":
-        return cls(tuple(d["shape"]), tuple(d["spacing"]), tuple(d["origin"]), d.get("direction", IDENTITY))
+        try:
+            return cls(tuple(d["shape"]), tuple(d["spacing"]), tuple(d["origin"]), d.get("direction", IDENTITY))
+        except (KeyError, TypeError):
+            raise GridError(f"a grid is stored as {{shape, spacing, origin[, direction]}}, got {d!r:.200}") from None
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, Grid):
@@ -208,6 +214,16 @@ def _direction(value) -> tuple:
     d = u @ vt  # the nearest orthonormal matrix
     d[np.abs(d) < 1e-12] = 0.0
     return tuple(tuple(float(v) for v in row) for row in d)
+
+
+def _items(value) -> list:
+    """The elements of a sequence or array as they are (a bool stays a bool), for type checks; [value] for a scalar."""
+    if isinstance(value, np.ndarray):
+        return value.ravel().tolist()
+    try:
+        return list(value)
+    except TypeError:
+        return [value]
 
 
 def _triple(value, name, kind):

@@ -28,6 +28,13 @@ WRITE_ONLY_ATTACHED = {".nhdr": ".nrrd", ".mhd": ".mha"}
 MESH_SUFFIXES = (".stl", ".ply", ".obj", ".off", ".glb")
 
 
+def _path(path) -> Path:
+    """``path`` as a Path, or one sentence when it is no path at all."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise FileError(f"expected a file path, got {type(path).__name__}")
+    return Path(path)
+
+
 def _suffix(path: Path, accepted) -> str:
     name = path.name.lower()
     for s in sorted(accepted, key=len, reverse=True):
@@ -44,7 +51,7 @@ def check_output(path, accepted=None, what: str = "file") -> Path:
     """Refuse, before any work, an output that could not be written: a suffix not in ``accepted``, an existing
     path of the other kind (a file where a folder is to be written, a folder for a file), a file's missing parent
     folder (folders are created with their parents). One sentence naming the path."""
-    path = Path(path)
+    path = _path(path)
     if what == "folder":  # created with its parents (make_folder)
         if path.exists() and not path.is_dir():
             raise FileError(f"cannot write the folder {path}: a file of that name exists")
@@ -74,7 +81,7 @@ def atomic_path(path):
 
     A failure leaves no partial file behind.
     """
-    path = Path(path)
+    path = _path(path)
     if not path.parent.exists():
         raise FileError(f"cannot write {path}: the folder {path.parent} does not exist")
     suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".nii.gz") else path.suffix
@@ -102,11 +109,17 @@ def save_volume(path, volume: np.ndarray, grid: Grid) -> Path:
     Formats by suffix: .nii, .nii.gz, .nrrd, .mha (SimpleITK; NIfTI stores the LPS grid as RAS), or .npy
     with a .json grid sidecar. Boolean volumes are written as uint8.
     """
-    path = Path(path)
+    path = _path(path)
     kind = _suffix(path, VOLUME_SUFFIXES)
     if kind in WRITE_ONLY_ATTACHED:
         raise FileError(f"{path}: {kind} files keep their data in a second file; write {WRITE_ONLY_ATTACHED[kind]} instead")
+    if not isinstance(grid, Grid):
+        raise GridError(f"grid must be an sdmnn.Grid, got {type(grid).__name__}")
     volume = np.asarray(volume)
+    if not (np.issubdtype(volume.dtype, np.number) or volume.dtype == bool) or np.iscomplexobj(volume):
+        raise FileError(f"cannot write {path}: a volume holds real numbers, got {volume.dtype}")
+    if volume.dtype == np.float16:  # SimpleITK has no half floats
+        volume = volume.astype(np.float32)
     if volume.shape != grid.shape:
         raise GridError(f"the volume's shape {volume.shape} does not match the grid's {grid.shape}")
     if volume.dtype == bool:
@@ -133,7 +146,7 @@ def save_volume(path, volume: np.ndarray, grid: Grid) -> Path:
 
 def load_volume(path) -> tuple[np.ndarray, Grid]:
     """Read a 3-D volume (indexed ``[i, j, k]``) and its grid (LPS world mm) from any ``VOLUME_SUFFIXES`` file."""
-    path = Path(path)
+    path = _path(path)
     kind = _suffix(path, VOLUME_SUFFIXES)
     if not path.is_file():
         raise FileError(f"{path}: " + ("a folder, not a volume file" if path.is_dir() else "no such file"))
@@ -198,7 +211,7 @@ def load_mesh(path):
     share positions only)."""
     import trimesh
 
-    path = Path(path)
+    path = _path(path)
     _suffix(path, MESH_SUFFIXES)
     if not path.is_file():
         raise FileError(f"{path}: no such file")
@@ -213,15 +226,20 @@ def load_mesh(path):
 
 
 def save_mesh(path, mesh) -> Path:
-    path = Path(path)
+    import trimesh
+
+    path = _path(path)
     _suffix(path, MESH_SUFFIXES)
+    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
+        raise MeshError(f"cannot write {path}: expected a trimesh.Trimesh with triangles, got "
+                        + (type(mesh).__name__ if not isinstance(mesh, trimesh.Trimesh) else "an empty mesh"))
     with atomic_path(path) as tmp:
         mesh.export(tmp)
     return path
 
 
 def write_json(path, data: dict) -> Path:
-    path = Path(path)
+    path = _path(path)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
     return path

@@ -57,6 +57,19 @@ def surface_distances(mesh_a, mesh_b, n: int = 20000, seed: int = 0) -> np.ndarr
     return np.concatenate(out)
 
 
+def _numbers(value, name: str, count: int, allow_one: bool = False) -> np.ndarray:
+    """``value`` as ``count`` finite floats (one, repeated, where ``allow_one``), or one sentence naming it."""
+    try:
+        out = np.asarray(value, dtype=float).ravel()
+    except (TypeError, ValueError, OverflowError):
+        out = np.empty(0)
+    if allow_one and out.size == 1:
+        out = np.repeat(out, count)
+    if out.size != count or not np.all(np.isfinite(out)):
+        raise SdmnnError(f"{name} must be {count} finite numbers" + (" (or one)" if allow_one else "") + f", got {value!r}")
+    return out
+
+
 def make_phantom(family, params, *, rotate=(0.0, 0.0, 0.0), translate=(0.0, 0.0, 0.0), spacing=(0.3, 0.3, 0.3),
                  kind: str = "labels", direction=None, noise: float = 100.0, blur: float = 0.25,
                  intensities=(0.0, 1000.0), margin: float = 3.0, seed: int = 0):
@@ -93,12 +106,18 @@ def make_phantom(family, params, *, rotate=(0.0, 0.0, 0.0), translate=(0.0, 0.0,
         raise SdmnnError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     fam = get_family(family)
     vector = fam.space.vector(params)
-    spacing = np.broadcast_to(np.asarray(spacing, float), (3,))
-    if not np.all(np.isfinite(spacing) & (spacing > 0)):
+    spacing = _numbers(spacing, "spacing", 3, allow_one=True)
+    if not np.all(spacing > 0):
         raise SdmnnError(f"spacing must be three numbers > 0 mm, got {spacing.tolist()}")
+    rotate, translate = _numbers(rotate, "rotate", 3), _numbers(translate, "translate", 3)
+    if np.abs(translate).max() > 1e3:
+        raise SdmnnError(f"translate is a shift of at most 1000 mm, got {translate.tolist()}")
+    intensities = _numbers(intensities, "intensities", 2)
     for name, value in (("noise", noise), ("blur", blur), ("margin", margin)):
-        if not (math.isfinite(value) and value >= 0):
-            raise SdmnnError(f"{name} must be a number >= 0, got {value}")
+        if not (isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value) and value >= 0):
+            raise SdmnnError(f"{name} must be a number >= 0, got {value!r}")
+    if not (isinstance(seed, (int, np.integer)) and seed >= 0):
+        raise SdmnnError(f"seed must be an integer >= 0, got {seed!r}")
     refine = REFINE if fam.takes("refine") else 1
     if refine == 1:
         warnings.warn(f"the {fam.name} family's mesher takes no `refine` option, so the phantom's true surface is "
