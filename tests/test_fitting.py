@@ -18,6 +18,7 @@ needs_model = pytest.mark.skipif(shipped_model_path() is None, reason="no shippe
     (np.ones((4, 4, 4)), "all ones"),
     (np.full((4, 4, 4), np.nan), "NaN"),
     (np.zeros((4, 4)), "3-D"),
+    (np.zeros((0, 0, 0)), "empty"),
 ])
 def test_unusable_label_maps_are_refused(volume, message):
     with pytest.raises(FitError, match=message):
@@ -61,7 +62,10 @@ def test_bad_settings_are_refused():
         fit(y, grid, forward="exact", n_starts=0)
     for setting, message in (({"n_samples": 0}, "n_samples must be an integer >= 1"), ({"n_shapes": 2.5}, "n_shapes must be an integer"),
                              ({"seed": -1}, "seed must be an integer >= 0"), ({"max_exact": 0}, "max_exact must be"),
-                             ({"tau": "x"}, "tau must be a number > 0"), ({"threads": 0}, "threads must be an integer >= 1")):
+                             ({"tau": "x"}, "tau must be a number > 0"), ({"threads": 0}, "threads must be an integer >= 1"),
+                             ({"device": "tpu"}, "device must be auto, cpu or cuda"), ({"progress": 5}, "progress is a function"),
+                             ({"centre": "abc"}, "centre must be three finite numbers"),
+                             ({"prior": {"a": (2, 3, 4)}}, "a \\(low, high\\) pair")):
         with pytest.raises(FitError, match=message):
             fit(y, grid, forward="exact", **setting)
     with pytest.raises(FitError, match="grid must be an sdmnn.Grid"):

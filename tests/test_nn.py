@@ -442,8 +442,9 @@ def test_predict_keeps_given_threads_and_adapts_without(tiny_model):
     m._adaptive.current = 2
     m.predict(x)
     assert torch.get_num_threads() == 1 and 1 in m._adaptive.recent
-    with pytest.raises(SdmnnError, match="threads must be at least 1"):
-        m.threads = 0
+    for bad in (0, "x", 1.5):
+        with pytest.raises(SdmnnError, match="threads must be an integer >= 1"):
+            m.threads = bad
 
 
 def test_predict_runs_the_traced_inference_network_for_every_batch_size(tiny_model):

@@ -44,6 +44,7 @@ shape truncated to the prior box.
 from __future__ import annotations
 
 import math
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -175,6 +176,8 @@ def check_observed(observed: np.ndarray, kind: str, label: int | None = None) ->
     observed = np.asarray(observed)
     if observed.ndim != 3:
         raise FitError(f"the observed image must be a 3-D volume, got {observed.ndim} dimensions")
+    if observed.size == 0:
+        raise FitError(f"the observed image is empty: its shape is {observed.shape}")
     if not np.issubdtype(observed.dtype, np.number) and observed.dtype != bool:
         raise FitError(f"the observed image must hold numbers, got {observed.dtype}")
     if not np.all(np.isfinite(observed)):
@@ -729,6 +732,17 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
                                ("max_exact", max_exact, 1), ("seed", seed, 0), ("threads", 1 if threads is None else threads, 1)):
         if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= least):
             raise FitError(f"{name} must be an integer >= {least}, got {value!r}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(device)):
+        raise FitError(f"device must be auto, cpu or cuda (cuda:N), got {device!r}")
+    if progress is not None and not callable(progress):
+        raise FitError(f"progress is a function of one text, got {type(progress).__name__}")
+    if centre is not None:
+        try:
+            centre = np.asarray(centre, dtype=float)
+        except (TypeError, ValueError):
+            centre = None
+        if centre is None or centre.shape != (3,) or not np.all(np.isfinite(centre)):
+            raise FitError("centre must be three finite numbers (world mm)")
     y_full = check_observed(observed, observed_kind, label)
     if y_full.shape != grid.shape:
         raise FitError(f"the observed image's shape {y_full.shape} does not match its grid {grid.shape}")

@@ -130,8 +130,8 @@ class Predictor:
     def threads(self, threads: int | None) -> None:
         from ..runtime import AdaptiveThreads, torch_threads, usable_cores
 
-        if threads is not None and threads < 1:
-            raise SdmnnError(f"threads must be at least 1, got {threads}")
+        if threads is not None and not (isinstance(threads, (int, np.integer)) and not isinstance(threads, bool) and threads >= 1):
+            raise SdmnnError(f"threads must be an integer >= 1 (or None: chosen per call), got {threads!r}")
         self._threads = threads
         self._adaptive = None if threads else AdaptiveThreads(usable_cores(), start=torch_threads())
 
