@@ -70,6 +70,8 @@ def test_mesh_sdm_show_end_to_end(tmp_path):
     (["train", "cochlea", "--data", "none.zarr", "--batch", "-2", "-o", "x.txt"], "--batch must be at least 1"),
     (["train", "cochlea", "--data", "none.zarr", "--lr", "-1", "-o", "x.txt"], "--lr must be a number > 0"),
     (["train", "cochlea", "--data", "none.zarr", "--hard", "2", "-o", "x.txt"], "--hard is a share of each batch"),
+    (["train", "cochlea", "--data", "none.zarr", "-o", "box.stl"], "cannot write the folder box.stl: a file of that name"),
+    (["sdm", "cochlea", "-o", "x.mhd"], ".mhd files keep their data in a second file"),
     # square brackets in a message are printed as they are (not read as console styles)
     (["sdm", "cochlea", "-o", "[dir]/x.nii.gz"], "the folder [dir] does not exist"),
 ])
@@ -153,7 +155,8 @@ def test_fit_cli_writes_a_table_json_samples_and_pngs(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["fit", "seg.nii.gz", "--tau", "0", "-o", "res"], "tau must be a number > 0"),
-    (["fit", "seg.nii.gz", "--band", "1", "-o", "res"], "--sigma and --band apply to --observed sdm, not labels"),
+    (["fit", "seg.nii.gz", "--band", "1", "-o", "res"], "sigma and band (--sigma, --band) apply to an SDM target"),
+    (["fit", "seg.nii.gz", "--forward", "exact", "-o", "small.nii.gz/res"], "small.nii.gz is a file"),
     (["fit", "seg.nii.gz", "--forward", "exact", "-o", "small.nii.gz"], "a file of that name exists"),
     (["fit", "seg.nii.gz", "--observed", "ct", "-o", "res"], "--observed must be one of labels, sdm, intensity"),
     (["fit", "seg.nii.gz", "--pose", "affine", "-o", "res"], "--pose must be one of none, rigid"),

@@ -63,10 +63,10 @@ def test_bad_settings_are_refused():
     for setting, message in (({"n_samples": 0}, "n_samples must be an integer >= 1"), ({"n_shapes": 2.5}, "n_shapes must be an integer"),
                              ({"seed": -1}, "seed must be an integer >= 0"), ({"max_exact": 0}, "max_exact must be"),
                              ({"tau": "x"}, "tau must be a number > 0"), ({"threads": 0}, "threads must be an integer >= 1"),
-                             ({"device": "tpu"}, "device must be auto, cpu or cuda"), ({"progress": 5}, "progress is a function"),
+                             ({"device": "tpu"}, "device must be one of auto, cpu, cuda"), ({"progress": 5}, "progress is a function"),
                              ({"centre": "abc"}, "centre must be three finite numbers"),
                              ({"prior": {"a": (2, 3, 4)}}, "a \\(low, high\\) pair")):
-        with pytest.raises(FitError, match=message):
+        with pytest.raises(sdmnn.errors.SdmnnError, match=message):
             fit(y, grid, forward="exact", **setting)
     with pytest.raises(FitError, match="grid must be an sdmnn.Grid"):
         fit(y, None, forward="exact")

@@ -149,7 +149,7 @@ def test_what_cannot_be_a_volume_or_a_mesh_file_is_one_sentence(tmp_path):
         save_volume(tmp_path / "v.nii.gz", np.zeros((4, 4, 4), object), g)
     with pytest.raises(GridError, match="grid must be an sdmnn.Grid"):
         save_volume(tmp_path / "v.nii.gz", np.zeros((4, 4, 4)), (4, 4, 4))
-    with pytest.raises(MeshError, match="an empty mesh"):
+    with pytest.raises(MeshError, match="the mesh is empty"):
         save_mesh(tmp_path / "e.stl", trimesh.Trimesh())
     assert list(tmp_path.iterdir()) == []
     save_volume(tmp_path / "h.nii.gz", np.full((4, 4, 4), 0.5, np.float16), g)  # half floats are written as float32

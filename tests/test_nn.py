@@ -79,8 +79,10 @@ def test_prediction_is_differentiable_in_the_parameters(tiny_model, cochlea):
     ([3.0, float("nan"), 0.1, 0.0], "finite"),
     ({"a": 3.0, "alpha": True, "b": 0.1, "phi": 0.0}, "alpha must be a number"),
     ({"a": 3.0, "alpha": "0.5", "b": 0.1, "phi": 0.0}, "alpha must be a number"),
+    (["3", "0.5", "0.1", "0"], "a must be a number"),
+    ([3.0, True, 0.1, 0.0], "alpha must be a number"),
     (np.zeros((0, 4)), "with B >= 1"),
-    ("abc", "expected a mapping"),
+    ("abc", "expected parameters of shape"),
 ])
 def test_bad_parameters_are_refused(tiny_model, params, message):
     with pytest.raises(ParameterError, match=message):
@@ -93,6 +95,11 @@ def test_predict_returns_one_volume_per_mapping_of_a_list(tiny_model, cochlea):
     assert model.predict(d).shape == shape and model.predict(list(d.values())).shape == shape
     two = model.predict([d, {**d, "a": 4.0}])
     assert two.shape == (2, *shape) and np.allclose(two[0], model.predict(d), atol=1e-5)
+    from types import MappingProxyType
+
+    assert model.predict(MappingProxyType(d)).shape == shape  # any mapping is one shape
+    assert model.predict((MappingProxyType(d), d)).shape == (2, *shape)  # a tuple of mappings is a batch
+    assert model.predict(np.array([list(d.values())] * 3)).shape == (3, *shape)
 
 
 def test_tampered_or_truncated_weights_are_refused(tiny_model, tmp_path):

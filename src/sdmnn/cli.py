@@ -187,7 +187,7 @@ def sdm(family: Optional[str] = typer.Argument(None, help="A family (name, FILE.
     t0 = time.perf_counter()
     if mesh_file is not None:
         m = load_mesh(mesh_file)
-        from .sdm import check_mesh
+        from .io import check_mesh
 
         check_mesh(m)
         grid = Grid.covering(m.bounds, 0.2 if spacing is None else spacing, 2.0 if margin is None else margin)
@@ -435,8 +435,6 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
     observed = _choice(observed, "--observed", OBSERVED_KINDS)
     forward = _choice(forward, "--forward", FORWARD_MODELS)
     pose = _choice(pose, "--pose", POSES)
-    if observed != "sdm" and (sigma is not None or band is not None):
-        raise SdmnnError(f"--sigma and --band apply to --observed sdm, not {observed}")
     check_output(output, what="folder")
     where = _numbers(centre, "--centre", 3) if centre is not None else None
     if threads is not None:

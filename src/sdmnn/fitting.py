@@ -44,15 +44,17 @@ shape truncated to the prior box.
 from __future__ import annotations
 
 import math
-import re
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .checks import is_integer, is_number
 from .errors import FitError, FitWarning
 from .grid import Grid, sample_sdm
+from .runtime import check_device
 from .shapes import get_family
 
 #: The forward models a fit can use: the SDMNN network, the exact SDM, the network's search with an exact
@@ -200,10 +202,6 @@ def check_observed(observed: np.ndarray, kind: str, label: int | None = None) ->
     if kind == "intensity" and not observed.max() > observed.min():
         raise FitError("the observed image is constant: there is no contrast to fit")
     return observed.astype(np.float32)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def crop(grid: Grid, lo, hi) -> Grid:
@@ -726,14 +724,15 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
     if not isinstance(grid, Grid):
         raise FitError(f"grid must be an sdmnn.Grid (the image's geometry), got {type(grid).__name__}")
     for name, value in (("tau", tau), ("sigma", sigma), ("band", band)):
-        if value is not None and not (_is_number(value) and math.isfinite(value) and value > 0):
+        if value is not None and not (is_number(value) and math.isfinite(value) and value > 0):
             raise FitError(f"{name} must be a number > 0 mm, got {value!r}")
     for name, value, least in (("n_shapes", n_shapes, 1), ("n_starts", n_starts, 1), ("n_samples", n_samples, 1),
                                ("max_exact", max_exact, 1), ("seed", seed, 0), ("threads", 1 if threads is None else threads, 1)):
-        if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= least):
+        if not (is_integer(value) and value >= least):
             raise FitError(f"{name} must be an integer >= {least}, got {value!r}")
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(device)):
-        raise FitError(f"device must be auto, cpu or cuda (cuda:N), got {device!r}")
+    check_device(device)
+    if observed_kind != "sdm" and (sigma is not None or band is not None):
+        raise FitError(f"sigma and band (--sigma, --band) apply to an SDM target (observed_kind sdm), not {observed_kind}")
     if progress is not None and not callable(progress):
         raise FitError(f"progress is a function of one text, got {type(progress).__name__}")
     if centre is not None:
@@ -1117,14 +1116,14 @@ def _quality(like: _Likelihood, d, obs: _Observation) -> dict:
 
 def _prior_box(fam, prior):
     low, high = fam.space.low.copy(), fam.space.high.copy()
-    if prior is not None and not isinstance(prior, dict):
+    if prior is not None and not isinstance(prior, Mapping):
         raise FitError(f"prior maps parameter names to (low, high) ranges, got {type(prior).__name__}")
     for name, bounds in (prior or {}).items():
         if name not in fam.names:
             raise FitError(f"unknown parameter {name!r} in the prior; the parameters are {', '.join(fam.names)}")
-        if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2 and all(_is_number(b) for b in bounds)):
+        if not (isinstance(bounds, (tuple, list, np.ndarray)) and np.shape(bounds) == (2,) and all(is_number(b) for b in bounds)):
             raise FitError(f"the prior of {name} is a (low, high) pair of numbers, got {bounds!r}")
-        (lo, hi), i = bounds, fam.names.index(name)
+        (lo, hi), i = (float(b) for b in bounds), fam.names.index(name)
         if not (fam.space.low[i] <= lo < hi <= fam.space.high[i]):
             raise FitError(f"the prior of {name} must be a sub-range of [{fam.space.low[i]:g}, {fam.space.high[i]:g}], got [{lo:g}, {hi:g}]")
         low[i], high[i] = lo, hi

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .checks import is_integer, is_number
 from .errors import GridError
 
 #: Default limit on the memory one grid-sized computation may allocate (bytes).
@@ -56,8 +57,7 @@ class Grid:
     direction: tuple[tuple[float, float, float], ...] = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 
     def __post_init__(self):
-        if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool)
-                   or isinstance(n, (float, np.floating)) and math.isfinite(n) and n == int(n) for n in _items(self.shape)):
+        if not all(is_integer(n) or is_number(n) and math.isfinite(n) and n == int(n) for n in _items(self.shape)):
             raise GridError(f"grid shape must be three positive integers, got {self.shape!r}")
         shape = _triple(self.shape, "shape", int)
         spacing = _triple(self.spacing, "spacing", float)

@@ -52,12 +52,14 @@ def check_output(path, accepted=None, what: str = "file") -> Path:
     path of the other kind (a file where a folder is to be written, a folder for a file), a file's missing parent
     folder (folders are created with their parents). One sentence naming the path."""
     path = _path(path)
-    if what == "folder":  # created with its parents (make_folder)
-        if path.exists() and not path.is_dir():
-            raise FileError(f"cannot write the folder {path}: a file of that name exists")
+    if what == "folder":  # created with its parents (make_folder): the nearest one that exists must be a folder
+        there = next(p for p in (path, *path.parents) if p.exists())
+        if there.exists() and not there.is_dir():
+            raise FileError(f"cannot write the folder {path}: {there} is a file" if there != path else
+                            f"cannot write the folder {path}: a file of that name exists")
         return path
     if accepted is not None:
-        _suffix(path, accepted)
+        _written_suffix(path, accepted)
     if path.is_dir():
         raise FileError(f"cannot write {path}: it is a folder")
     if not path.parent.is_dir():
@@ -73,6 +75,14 @@ def make_folder(path) -> Path:
     except OSError as e:
         raise FileError(f"cannot create the output folder {path}: {e.strerror}") from None
     return path
+
+
+def _written_suffix(path: Path, accepted) -> str:
+    """``_suffix`` of a file to write: the detached headers (.nhdr, .mhd) are read, never written."""
+    kind = _suffix(path, accepted)
+    if kind in WRITE_ONLY_ATTACHED:
+        raise FileError(f"{path}: {kind} files keep their data in a second file; write {WRITE_ONLY_ATTACHED[kind]} instead")
+    return kind
 
 
 @contextlib.contextmanager
@@ -110,9 +120,7 @@ def save_volume(path, volume: np.ndarray, grid: Grid) -> Path:
     with a .json grid sidecar. Boolean volumes are written as uint8.
     """
     path = _path(path)
-    kind = _suffix(path, VOLUME_SUFFIXES)
-    if kind in WRITE_ONLY_ATTACHED:
-        raise FileError(f"{path}: {kind} files keep their data in a second file; write {WRITE_ONLY_ATTACHED[kind]} instead")
+    kind = _written_suffix(path, VOLUME_SUFFIXES)
     if not isinstance(grid, Grid):
         raise GridError(f"grid must be an sdmnn.Grid, got {type(grid).__name__}")
     volume = np.asarray(volume)
@@ -225,14 +233,25 @@ def load_mesh(path):
     return mesh
 
 
-def save_mesh(path, mesh) -> Path:
+def check_mesh(mesh) -> None:
+    """Refuse what is not a triangle mesh: not a trimesh.Trimesh, empty, non-finite vertices, faces that index
+    missing vertices (MeshError)."""
     import trimesh
 
+    if not isinstance(mesh, trimesh.Trimesh):
+        raise MeshError(f"expected a trimesh.Trimesh triangle mesh, got {type(mesh).__name__}")
+    if len(mesh.faces) == 0 or len(mesh.vertices) == 0:
+        raise MeshError("the mesh is empty: it has no triangles")
+    if not np.all(np.isfinite(mesh.vertices)):
+        raise MeshError("the mesh has NaN or infinite vertex coordinates")
+    if mesh.faces.min() < 0 or mesh.faces.max() >= len(mesh.vertices):
+        raise MeshError("the mesh has faces that index missing vertices")
+
+
+def save_mesh(path, mesh) -> Path:
     path = _path(path)
     _suffix(path, MESH_SUFFIXES)
-    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
-        raise MeshError(f"cannot write {path}: expected a trimesh.Trimesh with triangles, got "
-                        + (type(mesh).__name__ if not isinstance(mesh, trimesh.Trimesh) else "an empty mesh"))
+    check_mesh(mesh)
     with atomic_path(path) as tmp:
         mesh.export(tmp)
     return path

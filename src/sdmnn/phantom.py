@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 
+from .checks import is_integer, is_number
 from .errors import SdmnnError
 from .grid import Grid
 from .shapes import get_family
@@ -114,9 +115,9 @@ def make_phantom(family, params, *, rotate=(0.0, 0.0, 0.0), translate=(0.0, 0.0,
         raise SdmnnError(f"translate is a shift of at most 1000 mm, got {translate.tolist()}")
     intensities = _numbers(intensities, "intensities", 2)
     for name, value in (("noise", noise), ("blur", blur), ("margin", margin)):
-        if not (isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value) and value >= 0):
+        if not (is_number(value) and math.isfinite(value) and value >= 0):
             raise SdmnnError(f"{name} must be a number >= 0, got {value!r}")
-    if not (isinstance(seed, (int, np.integer)) and seed >= 0):
+    if not (is_integer(seed) and seed >= 0):
         raise SdmnnError(f"seed must be an integer >= 0, got {seed!r}")
     refine = REFINE if fam.takes("refine") else 1
     if refine == 1:

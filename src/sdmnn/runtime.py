@@ -60,18 +60,25 @@ def set_threads(n: int | None) -> None:
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def check_device(device) -> str:
+    """``device`` if it names one (auto, cpu, cuda, cuda:N), whether or not it is here; else one sentence."""
+    import re
+
+    from .errors import SdmnnError
+
+    if not isinstance(device, str) or (device not in DEVICES and not re.fullmatch(r"cuda:\d+", device)):
+        raise SdmnnError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")
+    return device
+
+
 def resolve_device(device: str = "auto") -> str:
     """The torch device for ``device``: ``auto`` is CUDA when torch sees a GPU, else the CPU; ``cuda`` without a
     GPU is one sentence (SdmnnError)."""
-    import re
-
     import torch
 
     from .errors import SdmnnError
 
-    device = str(device)
-    if device not in DEVICES and not re.fullmatch(r"cuda:\d+", device):
-        raise SdmnnError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")
+    device = check_device(device)
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():

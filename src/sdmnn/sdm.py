@@ -34,21 +34,10 @@ from numba import njit, prange
 from . import bodies, bvh, runtime, scan
 from .errors import GridError, MeshError, MeshWarning, SdmnnError
 from .grid import Grid
+from .io import check_mesh
 
 WINDING_CHUNK = 1 << 18  # voxels per fast-winding-number call
 METHODS = ("auto", "scan", "bvh")
-
-
-def check_mesh(mesh: trimesh.Trimesh) -> None:
-    """Refuse a mesh that is empty or has non-finite vertices (MeshError)."""
-    if not isinstance(mesh, trimesh.Trimesh):
-        raise MeshError(f"expected a trimesh.Trimesh triangle mesh, got {type(mesh).__name__}")
-    if len(mesh.faces) == 0 or len(mesh.vertices) == 0:
-        raise MeshError("the mesh is empty: it has no triangles")
-    if not np.all(np.isfinite(mesh.vertices)):
-        raise MeshError("the mesh has NaN or infinite vertex coordinates")
-    if mesh.faces.min() < 0 or mesh.faces.max() >= len(mesh.vertices):
-        raise MeshError("the mesh has faces that index missing vertices")
 
 
 def _check_grid(grid) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..checks import is_integer
 from ..errors import FileError, ModelError, ParameterError, SdmnnError
 from ..grid import Grid
 from ..io import atomic_path
@@ -130,7 +131,7 @@ class Predictor:
     def threads(self, threads: int | None) -> None:
         from ..runtime import AdaptiveThreads, torch_threads, usable_cores
 
-        if threads is not None and not (isinstance(threads, (int, np.integer)) and not isinstance(threads, bool) and threads >= 1):
+        if threads is not None and not (is_integer(threads) and threads >= 1):
             raise SdmnnError(f"threads must be an integer >= 1 (or None: chosen per call), got {threads!r}")
         self._threads = threads
         self._adaptive = None if threads else AdaptiveThreads(usable_cores(), start=torch_threads())
@@ -178,10 +179,10 @@ class Predictor:
 
     def predict(self, params, batch_size: int = 16) -> np.ndarray:
         """A mapping or a (d,) vector -> one SDM; a (B, d) array or list of mappings -> (B, nx, ny, nz). float32, mm."""
-        if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
+        if not (is_integer(batch_size) and batch_size >= 1):
             raise SdmnnError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         x = torch.from_numpy(self.family.space.matrix(params).astype(np.float32))  # checks what params are first
-        single = isinstance(params, dict) or (np.ndim(params) == 1 and not isinstance(params[0], dict))
+        single = self.family.space.is_single(params)
         self._check_shape(x)
         cpu, adaptive = self.device.type == "cpu", self._adaptive
         out = []

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import SdmnnError
+from ..io import check_output, make_folder
 from .checkpoint import ARCHITECTURES, model_meta, read_checkpoint, save_checkpoint
 from .metrics import sdm_errors
 from .deepsdf import DeepSDF, DeepSDFConfig, sample_points
@@ -176,6 +177,7 @@ def check_settings(cfg: TrainConfig) -> None:
         raise SdmnnError("--hard draws from the static datasets (--data) and applies to --arch sdmnn only")
     if cfg.arch == "deepsdf" and (cfg.sign_weight or cfg.peak_weight):
         raise SdmnnError("--sign-weight and --peak-weight shape the SDMNN's loss; --arch deepsdf trains on clamped L1")
+    check_output(cfg.out, what="folder")
 
 
 def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -> dict:
@@ -225,10 +227,7 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
     out = Path(cfg.out)
     if rank == 0:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise SdmnnError(f"cannot create the run folder {out}: {e.strerror}") from None
+        make_folder(out)
     state = {"step": 0, "seconds": 0.0, "samples_seen": 0}
     resuming = (out / "last.json").exists()
     if source is not None and not resuming:

@@ -51,7 +51,8 @@ def check_points(family: Family, samples: int = SAMPLES, seed: int = 0) -> np.nd
 def check_shape(family: Family, vector: np.ndarray) -> str:
     """Why the shape at ``vector`` is unusable ('' when it is fine)."""
     from ..bodies import crossing
-    from ..sdm import check_mesh, mesh_is_clean
+    from ..io import check_mesh
+    from ..sdm import mesh_is_clean
 
     try:
         mesh = family.mesh(vector)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..checks import is_number
 from ..errors import FamilyError, GridError, MeshError, ParameterError
 from ..grid import Grid
 from .params import Parameter, ParameterSpace
@@ -156,11 +157,10 @@ def define_family(name: str, ranges: Mapping[str, tuple[float, float]], mesh: Ca
         raise FamilyError(f"the {name} family's mesh must be a function params -> trimesh.Trimesh, got {type(mesh).__name__}")
     if grid is not None and not isinstance(grid, Grid):
         raise FamilyError(f"the {name} family's grid must be an sdmnn.Grid, got {type(grid).__name__}")
-    if spacing is not None and not (isinstance(spacing, (int, float, np.integer, np.floating)) and not isinstance(spacing, bool)
-                                    and math.isfinite(spacing) and spacing > 0):
+    if spacing is not None and not (is_number(spacing) and math.isfinite(spacing) and spacing > 0):
         raise FamilyError(f"the {name} family's spacing must be a number > 0 (mm), got {spacing!r}")
     for option, value in (("defaults", defaults), ("units", units), ("descriptions", descriptions)):
-        if value is not None and not isinstance(value, dict):
+        if value is not None and not isinstance(value, Mapping):
             raise FamilyError(f"the {name} family's {option} map parameter names to values, got {type(value).__name__}")
         extra = sorted(set(value or {}) - set(ranges))
         if extra:

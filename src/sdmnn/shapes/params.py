@@ -88,11 +88,11 @@ class ParameterSpace:
         """Check a batch: a (B, d) array or a list of mappings -> (B, d) float64."""
         if isinstance(params, Mapping):
             return self.vector(params)[None]
-        if isinstance(params, list) and params and all(isinstance(p, Mapping) for p in params):
+        if _mappings(params):
             return np.stack([self.vector(row) for row in params])
-        try:
-            arr = np.asarray(params, dtype=float)
-        except (TypeError, ValueError, OverflowError):
+        try:  # as objects: each value is checked by ``vector`` (a float array would have read True as 1, "3" as 3)
+            arr = np.asarray(params, dtype=object)
+        except (TypeError, ValueError):
             raise ParameterError(f"expected a mapping, a list of mappings or numbers of shape (B, {len(self)}); got "
                                  f"{type(params).__name__} that is none of these") from None
         if arr.ndim == 1:
@@ -100,6 +100,11 @@ class ParameterSpace:
         if arr.ndim != 2 or arr.shape[1] != len(self) or not len(arr):
             raise ParameterError(f"expected parameters of shape (B, {len(self)}) with B >= 1, got {arr.shape}")
         return np.stack([self.vector(row) for row in arr])
+
+    @staticmethod
+    def is_single(params) -> bool:
+        """Whether ``params`` (as ``matrix`` takes them) is one shape, a mapping or a flat vector, not a batch."""
+        return isinstance(params, Mapping) or (not _mappings(params) and np.asarray(params, dtype=object).ndim == 1)
 
     def as_dict(self, vector) -> dict[str, float]:
         return {n: float(v) for n, v in zip(self.names, np.asarray(vector, dtype=float))}
@@ -116,3 +121,8 @@ class ParameterSpace:
             {"name": p.name, "unit": p.unit, "low": p.low, "high": p.high, "default": p.default, "description": p.description}
             for p in self.parameters
         ]
+
+
+def _mappings(params) -> bool:
+    """A non-empty list or tuple of mappings: a batch of shapes by name."""
+    return isinstance(params, (list, tuple)) and len(params) > 0 and all(isinstance(p, Mapping) for p in params)
