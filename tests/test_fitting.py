@@ -78,7 +78,7 @@ def test_bad_settings_are_refused():
     ({"kind": "ct", "intensities": (1, 2, 3)}, "intensities must be 2"), ({"noise": "x"}, "noise must be a number"),
     ({"seed": -1}, "seed must be an integer >= 0"),
 ])
-def test_bad_phantom_settings_are_one_sentence_before_any_work(setting, message):
+def test_bad_phantom_settings_are_one_sentence(setting, message):
     with pytest.raises(sdmnn.errors.SdmnnError, match=message):
         make_phantom("torus", sdmnn.get_family("torus").defaults, **setting)
 

@@ -30,6 +30,9 @@ def test_bad_spacing_is_refused(spacing):
 def test_bad_shape_is_refused(shape):
     with pytest.raises(GridError, match="shape"):
         Grid(shape, (1, 1, 1))
+
+
+def test_integral_shapes_of_any_number_type_are_taken():
     assert Grid((4.0, np.int64(4), 4), (1, 1, 1)).shape == (4, 4, 4)
 
 

@@ -191,8 +191,8 @@ def load_volume(path) -> tuple[np.ndarray, Grid]:
 
 def _non_finite_back(path: Path, volume: np.ndarray) -> np.ndarray:
     """``volume`` with the NaN and infinite voxels its NIfTI file holds: ITK's NIfTI reader (before ITK 6) reads them
-    as 0, silently, and 0 is a valid value, so the file's data is read again by nibabel where ITK gave zeros. Both
-    index the file's own voxel order [i, j, k]."""
+    as 0, silently, and 0 is a valid value, so the file's data is read again by nibabel where ITK gave zeros (a
+    second read of a float NIfTI file with zero voxels). Both index the file's own voxel order [i, j, k]."""
     import nibabel
 
     data = np.asanyarray(nibabel.load(str(path)).dataobj)
