@@ -168,13 +168,15 @@ def load_volume(path) -> tuple[np.ndarray, Grid]:
         else:
             import SimpleITK as sitk
 
-            image = sitk.ReadImage(str(path))
-            if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+            image = sitk.ImageFileReader()  # the header first: geometry, dimension, voxel type
+            image.SetFileName(str(path))
+            image.ReadImageInformation()
+            if image.GetDimension() != 3 or image.GetNumberOfComponents() != 1:
                 raise FileError(f"{path}: expected a 3-D volume of scalars, got a {image.GetDimension()}-D image with "
-                                f"{image.GetNumberOfComponentsPerPixel()} component(s) per voxel")
-            volume = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
-            if kind in (".nii", ".nii.gz") and np.issubdtype(volume.dtype, np.floating) and not volume.all():
-                volume = _non_finite_back(path, volume)
+                                f"{image.GetNumberOfComponents()} component(s) per voxel")
+            volume = _nifti_floats(path, image) if kind in (".nii", ".nii.gz") else None
+            if volume is None:
+                volume = sitk.GetArrayFromImage(image.Execute()).transpose(2, 1, 0)
             direction = np.array(image.GetDirection()).reshape(3, 3)
             # files store float32 geometry: 1e-6 mm keeps every digit they hold and none of the noise
             grid = Grid(volume.shape, np.round(image.GetSpacing(), 6), np.round(image.GetOrigin(), 6), direction)
@@ -189,19 +191,20 @@ def load_volume(path) -> tuple[np.ndarray, Grid]:
     return volume, grid
 
 
-def _non_finite_back(path: Path, volume: np.ndarray) -> np.ndarray:
-    """``volume`` with the NaN and infinite voxels its NIfTI file holds: ITK's NIfTI reader (before ITK 6) reads them
-    as 0, silently, and 0 is a valid value, so the file's data is read again by nibabel where ITK gave zeros (a
-    second read of a float NIfTI file with zero voxels). Both index the file's own voxel order [i, j, k]."""
+def _nifti_floats(path: Path, header) -> np.ndarray | None:
+    """The voxels of a float NIfTI file as stored, read by nibabel (None for other voxel types, which ITK reads):
+    ITK's NIfTI reader (before ITK 6) reads NaN and infinite voxels as 0, silently, and 0 is a valid value. ITK's
+    header gives the geometry and the voxel type; both index the file's own voxel order [i, j, k]."""
+    import SimpleITK as sitk
     import nibabel
 
+    kinds = {sitk.sitkFloat32: np.float32, sitk.sitkFloat64: np.float64}
+    if header.GetPixelID() not in kinds:
+        return None
     data = np.asanyarray(nibabel.load(str(path)).dataobj)
-    bad = ~np.isfinite(data)
-    if data.shape != volume.shape or not bad.any():
-        return volume
-    volume = volume.copy()
-    volume[bad] = data[bad]
-    return volume
+    if data.shape != tuple(header.GetSize()):
+        return None
+    return data.astype(kinds[header.GetPixelID()], copy=False)
 
 
 def _first_line(error: Exception) -> str:
