@@ -66,6 +66,17 @@ def test_nan_and_infinite_voxels_read_as_they_are_stored(tmp_path, suffix):
     assert np.array_equal(got, v, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_a_nii_gz_is_read_even_beside_a_nii_of_the_same_name(tmp_path, dtype):
+    """ITK's NIfTI library, given NAME.nii.gz, reads NAME.nii when both exist."""
+    save_volume(tmp_path / "v.nii", np.zeros((5, 4, 3), dtype), Grid((5, 4, 3), (1, 1, 1)))
+    save_volume(tmp_path / "v.nii.gz", np.ones((5, 4, 3), dtype), Grid((5, 4, 3), (0.5, 0.5, 0.5)))
+    v, g = load_volume(tmp_path / "v.nii.gz")
+    assert np.all(v == 1) and g.spacing == (0.5, 0.5, 0.5)
+    v, g = load_volume(tmp_path / "v.nii")
+    assert np.all(v == 0) and g.spacing == (1, 1, 1)
+
+
 def test_an_npy_whose_grid_sidecar_disagrees_is_refused(tmp_path):
     save_volume(tmp_path / "v.npy", np.zeros((5, 5, 5), np.float32), Grid((5, 5, 5), (1, 1, 1)))
     save_volume(tmp_path / "w.npy", np.zeros((4, 4, 4), np.float32), Grid((4, 4, 4), (1, 1, 1)))

@@ -168,15 +168,16 @@ def load_volume(path) -> tuple[np.ndarray, Grid]:
         else:
             import SimpleITK as sitk
 
-            image = sitk.ImageFileReader()  # the header first: geometry, dimension, voxel type
-            image.SetFileName(str(path))
-            image.ReadImageInformation()
-            if image.GetDimension() != 3 or image.GetNumberOfComponents() != 1:
-                raise FileError(f"{path}: expected a 3-D volume of scalars, got a {image.GetDimension()}-D image with "
-                                f"{image.GetNumberOfComponents()} component(s) per voxel")
-            volume = _nifti_floats(path, image) if kind in (".nii", ".nii.gz") else None
-            if volume is None:
-                volume = sitk.GetArrayFromImage(image.Execute()).transpose(2, 1, 0)
+            with _for_itk(path, kind) as itk_path:
+                image = sitk.ImageFileReader()  # the header first: geometry, dimension, voxel type
+                image.SetFileName(str(itk_path))
+                image.ReadImageInformation()
+                if image.GetDimension() != 3 or image.GetNumberOfComponents() != 1:
+                    raise FileError(f"{path}: expected a 3-D volume of scalars, got a {image.GetDimension()}-D image with "
+                                    f"{image.GetNumberOfComponents()} component(s) per voxel")
+                volume = _nifti_floats(path, image) if kind in (".nii", ".nii.gz") else None
+                if volume is None:
+                    volume = sitk.GetArrayFromImage(image.Execute()).transpose(2, 1, 0)
             direction = np.array(image.GetDirection()).reshape(3, 3)
             # files store float32 geometry: 1e-6 mm keeps every digit they hold and none of the noise
             grid = Grid(volume.shape, np.round(image.GetSpacing(), 6), np.round(image.GetOrigin(), 6), direction)
@@ -189,6 +190,20 @@ def load_volume(path) -> tuple[np.ndarray, Grid]:
     if volume.shape != grid.shape:
         raise FileError(f"{path}: its voxels are {volume.shape} but its grid (the .json beside it) is {grid.shape}")
     return volume, grid
+
+
+@contextlib.contextmanager
+def _for_itk(path: Path, kind: str):
+    """The path ITK should open for ``path``: ITK's NIfTI library, given NAME.nii.gz, reads NAME.nii instead when
+    both are in the folder (measured: SimpleITK 2.5, ITK 5.4), so such a file is read through a link of its own in
+    an empty folder."""
+    if kind != ".nii.gz" or not path.with_name(path.name[: -len(".gz")]).exists():
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        link = Path(tmp) / "volume.nii.gz"
+        link.symlink_to(path.resolve())
+        yield link
 
 
 def _nifti_floats(path: Path, header) -> np.ndarray | None:
