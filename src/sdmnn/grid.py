@@ -57,8 +57,6 @@ class Grid:
     direction: tuple[tuple[float, float, float], ...] = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 
     def __post_init__(self):
-        if not all(is_integer(n) or is_number(n) and math.isfinite(n) and n == int(n) for n in _items(self.shape)):
-            raise GridError(f"grid shape must be three positive integers, got {self.shape!r}")
         shape = _triple(self.shape, "shape", int)
         spacing = _triple(self.spacing, "spacing", float)
         origin = _triple(self.origin, "origin", float)
@@ -216,19 +214,15 @@ def _direction(value) -> tuple:
     return tuple(tuple(float(v) for v in row) for row in d)
 
 
-def _items(value) -> list:
-    """The elements of a sequence or array as they are (a bool stays a bool), for type checks; [value] for a scalar."""
-    if isinstance(value, np.ndarray):
-        return value.ravel().tolist()
-    try:
-        return list(value)
-    except TypeError:
-        return [value]
-
-
 def _triple(value, name, kind):
     try:
-        t = tuple(kind(v) for v in value)
+        items = tuple(value)
+    except TypeError:
+        raise GridError(f"grid {name} must be three numbers, got {value!r}") from None
+    if kind is int and not all(is_integer(v) or is_number(v) and math.isfinite(v) and v == int(v) for v in items):
+        raise GridError(f"grid {name} must be three positive integers, got {value!r}")  # not 2.7 read as 2, nor True as 1
+    try:
+        t = tuple(kind(v) for v in items)
     except (TypeError, ValueError):
         raise GridError(f"grid {name} must be three numbers, got {value!r}") from None
     if len(t) != 3:

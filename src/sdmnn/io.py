@@ -54,7 +54,7 @@ def check_output(path, accepted=None, what: str = "file") -> Path:
     path = _path(path)
     if what == "folder":  # created with its parents (make_folder): the nearest one that exists must be a folder
         there = next(p for p in (path, *path.parents) if p.exists())
-        if there.exists() and not there.is_dir():
+        if not there.is_dir():
             raise FileError(f"cannot write the folder {path}: {there} is a file" if there != path else
                             f"cannot write the folder {path}: a file of that name exists")
         return path
@@ -165,6 +165,8 @@ def load_volume(path) -> tuple[np.ndarray, Grid]:
                 raise FileError(f"{path}: expected a 3-D volume, got {volume.ndim} dimensions")
             sidecar = path.with_suffix(".json")
             grid = Grid.from_dict(json.loads(sidecar.read_text())["grid"]) if sidecar.exists() else Grid(volume.shape, (1, 1, 1))
+            if volume.shape != grid.shape:
+                raise FileError(f"{path}: its voxels are {volume.shape} but its grid (the .json beside it) is {grid.shape}")
         else:
             import SimpleITK as sitk
 
@@ -185,10 +187,6 @@ def load_volume(path) -> tuple[np.ndarray, Grid]:
         raise
     except Exception as e:  # SimpleITK, numpy and json each raise their own kinds on a damaged file
         raise FileError(f"{path}: cannot be read as a volume ({_first_line(e)})") from None
-    if volume.ndim != 3:
-        raise FileError(f"{path}: expected a 3-D volume, got {volume.ndim} dimensions")
-    if volume.shape != grid.shape:
-        raise FileError(f"{path}: its voxels are {volume.shape} but its grid (the .json beside it) is {grid.shape}")
     return volume, grid
 
 

@@ -58,7 +58,7 @@ def surface_distances(mesh_a, mesh_b, n: int = 20000, seed: int = 0) -> np.ndarr
     return np.concatenate(out)
 
 
-def _numbers(value, name: str, count: int, allow_one: bool = False) -> np.ndarray:
+def _finite_numbers(value, name: str, count: int, allow_one: bool = False) -> np.ndarray:
     """``value`` as ``count`` finite floats (one, repeated, where ``allow_one``), or one sentence naming it."""
     try:
         out = np.asarray(value, dtype=float).ravel()
@@ -107,13 +107,13 @@ def make_phantom(family, params, *, rotate=(0.0, 0.0, 0.0), translate=(0.0, 0.0,
         raise SdmnnError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     fam = get_family(family)
     vector = fam.space.vector(params)
-    spacing = _numbers(spacing, "spacing", 3, allow_one=True)
+    spacing = _finite_numbers(spacing, "spacing", 3, allow_one=True)
     if not np.all(spacing > 0):
         raise SdmnnError(f"spacing must be three numbers > 0 mm, got {spacing.tolist()}")
-    rotate, translate = _numbers(rotate, "rotate", 3), _numbers(translate, "translate", 3)
+    rotate, translate = _finite_numbers(rotate, "rotate", 3), _finite_numbers(translate, "translate", 3)
     if np.abs(translate).max() > 1e3:
         raise SdmnnError(f"translate is a shift of at most 1000 mm, got {translate.tolist()}")
-    intensities = _numbers(intensities, "intensities", 2)
+    intensities = _finite_numbers(intensities, "intensities", 2)
     for name, value in (("noise", noise), ("blur", blur), ("margin", margin)):
         if not (is_number(value) and math.isfinite(value) and value >= 0):
             raise SdmnnError(f"{name} must be a number >= 0, got {value!r}")

@@ -57,7 +57,7 @@ def make_app(scene: Scene):
     @app.post("/api/slices")
     def slices(body: dict = Body(...)):
         t0 = time.perf_counter()
-        difference = body.get("difference", False) if isinstance(body, dict) else False
+        difference = body.get("difference", False)
         if not isinstance(difference, bool):
             raise SdmnnError(f"difference is true or false, got {difference!r}")
         planes = scene.slices(state_of(body), body.get("positions", ()), difference)

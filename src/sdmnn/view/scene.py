@@ -9,6 +9,7 @@ sliders (``rx, ry, rz`` radians about the world axes through the shape's centre,
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import is_integer, is_number
 from ..errors import FileError, SdmnnError
 from ..fitting import POSE_NAMES, Pose
 from ..grid import Grid, sample_channels, sdm_channels
@@ -117,12 +119,10 @@ class Scene:
         if forward == "sdmnn" and self.net is None:
             raise SdmnnError(self.no_network)
         vector = self.family.space.vector(params)
-        try:
-            if not (pose is None or isinstance(pose, (list, tuple, np.ndarray))) or any(isinstance(v, (bool, str)) for v in (() if pose is None else pose)):
-                raise TypeError
-            step = np.zeros(6) if pose is None else np.asarray(pose, float)
-        except (TypeError, ValueError, OverflowError):
-            step = None
+        step = np.zeros(6) if pose is None else None
+        if isinstance(pose, (list, tuple, np.ndarray)) and all(is_number(v) for v in pose):
+            with contextlib.suppress(OverflowError):  # an integer past float's range
+                step = np.asarray(pose, float)
         if step is None or step.shape != (6,) or not np.all(np.isfinite(step)):
             raise SdmnnError(f"the pose step is six finite numbers ({', '.join(POSE_NAMES)}), got {pose!r}")
         if not self.pose_names and np.any(step):
@@ -204,7 +204,7 @@ class Scene:
         first remaining voxel axis first), and with ``difference`` the network's minus the exact SDM; with an
         image, its voxels there too."""
         if (not isinstance(positions, (list, tuple)) or len(positions) != 3
-                or not all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in positions)):
+                or not all(is_integer(p) for p in positions)):
             raise SdmnnError(f"slice positions are three voxel indices (i, j, k), integers, got {positions!r}")
         if difference and self.net is None:
             raise SdmnnError(self.no_network)
