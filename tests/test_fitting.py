@@ -29,10 +29,25 @@ def test_label_maps_of_any_values_are_read_as_inside_and_outside():
     y = np.zeros((4, 4, 4), np.uint8)
     y[1:3, 1:3, 1:3] = 255  # a 0/255 mask
     assert set(np.unique(check_observed(y, "labels"))) == {0.0, 1.0}
-    y[0, 0, 0] = 7  # a multi-label map: one label picked, or every non-zero one
-    assert check_observed(y, "labels", label=7).sum() == 1 and check_observed(y, "labels").sum() == 9
+    y[0, 0, 0] = 7  # a multi-label map: one label picked; without a label, refused (which one is the shape?)
+    assert check_observed(y, "labels", label=7).sum() == 1 and check_observed(y, "labels", label=255).sum() == 8
+    with pytest.raises(FitError, match=r"2 labels \(7, 255\): choose the shape's with label \(--label N\)$"):
+        check_observed(y, "labels")
     with pytest.raises(FitError, match="no voxel of label 3"):
         check_observed(y, "labels", label=3)
+    with pytest.raises(FitError, match="label 0 is a label map's background"):
+        check_observed(y, "labels", label=0)
+
+
+def test_label_maps_of_fractions_or_many_values_are_refused_with_what_to_do():
+    y = np.zeros((4, 4, 4), np.float32)
+    y[1:3, 1:3, 1:3] = 1.0
+    y[1, 1, 1] = 0.4  # a probability or resampled map
+    with pytest.raises(FitError, match="not whole numbers \\(such as 0.4\\).*threshold a probability map"):
+        check_observed(y, "labels")
+    ct = np.arange(64, dtype=np.int16).reshape(4, 4, 4) - 1000  # a CT given as a label map
+    with pytest.raises(FitError, match="holds 64 labels \\(-1000, -999, .*, \\.\\.\\.\\).*--observed intensity"):
+        check_observed(ct, "labels")
 
 
 def test_sdm_without_a_surface_and_a_constant_image_are_refused():
@@ -168,6 +183,23 @@ def test_a_poor_fit_is_flagged_with_a_warning():
     with pytest.warns(FitWarning, match="explains the label map poorly"):
         r = fit(ball, grid, observed_kind="labels", forward="sdmnn")
     assert r.quality["dice"] < 0.8
+
+
+@needs_model
+def test_a_ct_shape_turned_beyond_the_search_is_flagged_by_its_intensities():
+    """An intensity image's search reaches about 30 degrees from the model's orientation; a cochlea turned 158 degrees
+    is fitted wrongly, and the warning says so: its fitted tissue intensity lies beyond every voxel's."""
+    img, grid, _ = make_phantom("cochlea", {"a": 3.6, "alpha": 0.8, "b": 0.15, "phi": -0.3}, kind="ct",
+                                rotate=(-21.08, -14.05, -158.07), spacing=(0.35, 0.35, 0.6))
+    with pytest.warns(FitWarning, match=r"intensity \(.*\) lies beyond the image's values .* reaches 5 mm from its centre"):
+        fit(img, grid, observed_kind="intensity", forward="sdmnn", pose="rigid")
+
+
+def test_pose_none_refuses_a_shape_away_from_the_models_frame():
+    """Without a pose the shape stays at the model's coordinates; labels 50 mm away are refused before any search."""
+    img, grid, _ = make_phantom("cochlea", TRUTH, translate=(50.0, 0.0, 0.0), spacing=(0.4, 0.4, 0.4))
+    with pytest.raises(FitError, match=r"with pose none .*\(about \[5\d\.\d, .*fit its pose too \(pose rigid, --pose rigid\)$"):
+        fit(img, grid, observed_kind="labels", forward="exact", pose="none")
 
 
 @needs_model

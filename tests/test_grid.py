@@ -44,9 +44,12 @@ def test_a_stored_grid_without_its_fields_is_one_sentence():
 def test_grid_over_budget_is_refused_before_allocating(monkeypatch):
     monkeypatch.setenv("SDMNN_MAX_BYTES", str(2**20))
     g = Grid((2000, 2000, 2000), (0.1, 0.1, 0.1))
-    with pytest.raises(GridError, match="over the budget"):
+    with pytest.raises(GridError, match=r"needs about 178.81 GiB, over the budget of 1.0 MiB"):
         g.points()
     assert g.memory_estimate() > 2**20
+    monkeypatch.setenv("SDMNN_MAX_BYTES", "1000")  # small budgets read as such, not as 0.00 GiB
+    with pytest.raises(GridError, match=r"needs about 9 KiB, over the budget of 1 KiB"):
+        Grid((10, 10, 4), (1, 1, 1)).points()
 
 
 def test_grid_dict_round_trip():

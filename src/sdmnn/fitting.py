@@ -3,7 +3,7 @@
 The image is taken as it comes: any grid (flipped, oblique, anisotropic; ``Grid``), in world millimetres.
 Its voxels are compared with the SDM d(x) of the posed shape at their world positions x:
 
-* ``labels`` (a segmentation; ``label`` picks one value of a multi-label map, default: non-zero):
+* ``labels`` (a segmentation; ``label`` picks one value of a multi-label map, needed where it holds several):
   Bernoulli with p(inside) = sigmoid(-d' / tau), the logistic shape model;
 * ``sdm`` (an observed SDM in mm): Gaussian noise of scale sigma on the distances;
 * ``intensity`` (a CT-like image): I = b + (a - b) B + Gaussian noise of scale sigma, B the voxel's share of
@@ -69,6 +69,13 @@ POSE_SCALE = np.array([0.1, 0.1, 0.1, 1.0, 1.0, 1.0])
 #: Quality below which a fit is said to explain the image poorly: the Dice of the labels, and the share of the
 #: intensities' variance within NEAR_MM of the fitted surface that the fit explains.
 MIN_DICE, MIN_R2, NEAR_MM = 0.8, 0.3, 1.0
+#: Where the search for the pose reaches without a label map's or an SDM's inside to start from (an intensity image):
+#: shifts within SEARCH_SHIFT_MM of the centre (given, or the image's) and turns within about SEARCH_DEGREES of the
+#: model's frame.
+SEARCH_SHIFT_MM, SEARCH_DEGREES = 5.0, 30.0
+#: What a poor intensity fit is told, with where the search reaches.
+_INTENSITY_HINT = (f"the search of an intensity image reaches {SEARCH_SHIFT_MM:g} mm from its centre (--centre; default "
+                   f"the image's centre) and about {SEARCH_DEGREES:g} degrees from the model's orientation")
 
 
 def check_forward(forward: str) -> str:
@@ -152,7 +159,8 @@ class FitResult:
             sl = tuple(slice(a, a + n) for a, n in zip(lo, view.shape))
             shown = {"labels": "label (1 inside the shape)", "intensity": "image intensity"}.get(self.observed_kind)
             save_slices(folder / "overlay.png", np.asarray(image, np.float32)[sl], view, others={"fitted surface": sdm[sl]},
-                        title=f"{target or 'image'}: the fitted {self.family} ({self.forward})", image_label=shown)
+                        title=f"{target or 'image'}: the fitted {self.family} ({self.forward})", image_label=shown,
+                        first=tuple(int(a) for a in lo))
             written.append("overlay.png")
         return written
 
@@ -172,7 +180,8 @@ class FitResult:
 # ---------------------------------------------------------------------------------------------
 
 def check_observed(observed: np.ndarray, kind: str, label: int | None = None) -> np.ndarray:
-    """The observation as float32: labels as 0/1 (``label``: which value is inside; default non-zero)."""
+    """The observation as float32: labels as 0/1 (``label``: which value is inside; without it, the map's one non-zero
+    value)."""
     if kind not in OBSERVED_KINDS:
         raise FitError(f"observed_kind must be one of {', '.join(OBSERVED_KINDS)}, got {kind!r}")
     observed = np.asarray(observed)
@@ -186,12 +195,24 @@ def check_observed(observed: np.ndarray, kind: str, label: int | None = None) ->
         raise FitError("the observed image holds NaN or infinite values")
     if kind == "labels":
         if label is not None:
+            if label == 0:
+                raise FitError("label 0 is a label map's background (outside the shape); give the shape's own value")
             if not np.any(observed == label):
                 values = np.unique(observed)[:8].tolist()
                 raise FitError(f"the label map holds no voxel of label {label}; it holds {values}")
             y = observed == label
         else:
             y = observed != 0
+            values = np.unique(observed[y])
+            if np.any(values != np.round(values)):
+                raise FitError(f"the label map holds values that are not whole numbers (such as {values[values != np.round(values)][0]:g}): "
+                               "a label map holds 0 outside and the shape's label inside; threshold a probability map "
+                               "first, and fit a CT or MR image as one (observed_kind intensity, --observed intensity)")
+            if len(values) > 1:
+                shown = ", ".join(f"{v:g}" for v in values[:8]) + (", ..." if len(values) > 8 else "")
+                raise FitError(f"the label map holds {len(values)} labels ({shown}): choose the shape's with label (--label N)"
+                               + (", or fit a CT or MR image as one (observed_kind intensity, --observed intensity)"
+                                  if len(values) > 8 else ""))
         if y.all() or not y.any():
             raise FitError("the label map is all " + ("ones" if y.all() else "zeros") + ": there is no shape boundary to fit"
                            + (" (an SDM or an intensity image? choose observed_kind / --observed sdm or intensity; a "
@@ -322,7 +343,7 @@ def _rotation_candidates(model_axes, image_axes, n_spin: int = 12) -> list[np.nd
     return out
 
 
-def _near_identity(max_degrees: float = 30.0) -> list[np.ndarray]:
+def _near_identity(max_degrees: float = SEARCH_DEGREES) -> list[np.ndarray]:
     """The identity and rotations of ``max_degrees`` * 2/3 about each axis, both ways (a CT's cochlea is
     within ~30 degrees of the model's frame)."""
     angle = math.radians(max_degrees) * 2 / 3
@@ -703,7 +724,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
     band : float, optional
         For SDM targets: use only voxels with |observed| <= band mm.
     label : int, optional
-        The value of the shape in a multi-label map (default: every non-zero voxel).
+        The value of the shape in a multi-label map (needed where the map holds more than one non-zero value).
     mask : ndarray, optional
         Non-zero where voxels may be used (on ``grid``).
     centre : (3,) world mm, optional
@@ -777,6 +798,12 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         centre_model, model_axes, model_radius = _model_frame(fam)
         foreground = {"labels": y_full, "sdm": (y_full < 0).astype(np.float32)}.get(observed_kind)
         lo, hi, anchor, image_axes = _region(foreground, grid, centre, model_radius)
+        if pose == "none":
+            at = grid.to_index(centre_model)
+            if np.any(at < np.maximum(lo, 0) - 0.5) or np.any(at > np.minimum(hi, np.array(grid.shape) - 1) + 0.5):
+                raise FitError(f"with pose none the shape stays where the model's frame puts it (its centre at "
+                               f"{np.round(centre_model, 1).tolist()} mm), outside the part of the image it would be fitted "
+                               f"to (about {np.round(anchor, 1).tolist()} mm): fit its pose too (pose rigid, --pose rigid)")
         obs = _Observation.of(observed_kind, y_full, mask_full, grid, lo, hi)
         if obs.mask.sum() < 8:
             raise FitError("the mask leaves fewer than 8 voxels of the image to fit")
@@ -900,7 +927,7 @@ def _region(foreground, grid: Grid, centre, radius):
     anchor = np.asarray(centre, float) if centre is not None else grid.to_world((np.array(grid.shape) - 1) / 2)
     if anchor.shape != (3,) or not np.all(np.isfinite(anchor)):
         raise FitError(f"centre must be three world coordinates in mm, got {centre!r}")
-    half = radius + 5.0
+    half = radius + SEARCH_SHIFT_MM
     lo, hi = _index_box(grid, anchor - half, anchor + half, 1.0)
     if np.any(hi < 0) or np.any(lo >= np.array(grid.shape)):
         raise FitError(f"the centre {np.round(anchor, 2).tolist()} mm lies outside the image")
@@ -915,7 +942,7 @@ def _region(foreground, grid: Grid, centre, radius):
 
 
 def _screen(table: _Network, like: _Likelihood, rotations, position, centre_model, shapes, search_shift: bool,
-            max_shift: float = 5.0, voxels: int = 60000):
+            max_shift: float = SEARCH_SHIFT_MM, voxels: int = 60000):
     """Score every (rotation, shape) pair at ``position``, or with ``search_shift`` at its best shift within
     ``max_shift`` mm of it, with a model's SDMs (``table``) on at most ~``voxels`` voxels. Returns
     [(score, Pose, shape vector)], best first, one per rotation (its best shape and shift)."""
@@ -1029,6 +1056,8 @@ def _recrop(obs, y_full, mask_full, grid, fam, found, like):
     lo, hi = _index_box(grid, world.min(0), world.max(0), margin)
     lo = np.maximum(lo, obs.offset)
     hi = np.minimum(hi, obs.offset + np.array(obs.grid.shape) - 1)
+    if np.any(hi - lo < 2):  # fewer than 3 voxels along an axis: the posed shapes left the searched part of the image
+        raise FitError("the shape found lies outside the part of the image searched: give where it is (centre, --centre)")
     return _Observation.of(obs.kind, y_full, mask_full, grid, lo, hi)
 
 
@@ -1106,9 +1135,20 @@ def _quality(like: _Likelihood, d, obs: _Observation) -> dict:
         q["contrast_to_noise"] = float(abs(a - b) / sigma)
         bright = np.abs(y - a) < np.abs(y - b)
         q["dice"] = float(2 * np.sum(fitted & bright & m) / max(np.sum(fitted & m) + np.sum(bright & m), 1))
-        if q["r2"] < MIN_R2:
-            q["warning"] = (f"the fit explains the image poorly (R^2 {q['r2']:.2f} < {MIN_R2}); is it the right "
-                            "family, and is the shape near the given centre?")
+        # a tissue intensity beyond every voxel's: the fitted surface separates no two tissues of the image, the
+        # intensities only extrapolated from its partial-volume voxels (a shape found at the wrong place or turn)
+        # (beyond by more than 2 sigma and a tenth of the range: a noise-free image's pure voxels are its extremes)
+        lowest, highest = float(y[m].min()), float(y[m].max())
+        slack = max(2 * sigma, 0.1 * (highest - lowest))
+        beyond = [f"{name} intensity ({v:.4g})" for name, v in (("inside", a), ("outside", b))
+                  if not lowest - slack <= v <= highest + slack]
+        if beyond:
+            q["warning"] = (f"the fit explains the image poorly: its {' and '.join(beyond)} lies beyond the image's values "
+                            f"({lowest:.4g} to {highest:.4g}), so the shape found matches no region of the image; "
+                            + _INTENSITY_HINT)
+        elif q["r2"] < MIN_R2:
+            q["warning"] = (f"the fit explains the image poorly (R^2 {q['r2']:.2f} < {MIN_R2}): is it the right family? "
+                            + _INTENSITY_HINT)
     res = like.residuals(d)[m]
     q["residual_mean"], q["residual_std"] = float(res.mean()), float(res.std())
     return q

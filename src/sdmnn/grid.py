@@ -160,7 +160,7 @@ class Grid:
         if need > budget:
             raise GridError(
                 f"a grid of {self.shape[0]}x{self.shape[1]}x{self.shape[2]} voxels needs about "
-                f"{need / 2**30:.2f} GiB, over the budget of {budget / 2**30:.2f} GiB "
+                f"{_size(need)}, over the budget of {_size(budget)} "
                 "(use a coarser spacing, or raise SDMNN_MAX_BYTES)"
             )
 
@@ -192,6 +192,13 @@ class Grid:
 
 
 IDENTITY = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+
+
+def _size(n: int) -> str:
+    """Bytes in words: 1.50 GiB, 12.0 MiB, 300 KiB."""
+    if n >= 2**30:
+        return f"{n / 2**30:.2f} GiB"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
 def _direction(value) -> tuple:
