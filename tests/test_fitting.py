@@ -186,13 +186,35 @@ def test_a_poor_fit_is_flagged_with_a_warning():
 
 
 @needs_model
-def test_a_ct_shape_turned_beyond_the_search_is_flagged_by_its_intensities():
-    """An intensity image's search reaches about 30 degrees from the model's orientation; a cochlea turned 158 degrees
-    is fitted wrongly, and the warning says so: its fitted tissue intensity lies beyond every voxel's."""
-    img, grid, _ = make_phantom("cochlea", {"a": 3.6, "alpha": 0.8, "b": 0.15, "phi": -0.3}, kind="ct",
-                                rotate=(-21.08, -14.05, -158.07), spacing=(0.35, 0.35, 0.6))
-    with pytest.warns(FitWarning, match=r"intensity \(.*\) lies beyond the image's values .* reaches 5 mm from its centre"):
-        fit(img, grid, observed_kind="intensity", forward="sdmnn", pose="rigid")
+def test_a_ct_phantom_turned_half_round_is_fitted_at_its_pose():
+    """An intensity image has no labels to take the orientation from: the search tries every orientation. A cochlea
+    turned 158 degrees had been fitted 149 degrees off when it tried only those within 30 degrees of the model's."""
+    from scipy.spatial.transform import Rotation
+
+    img, grid, truth = make_phantom("cochlea", {"a": 3.6, "alpha": 0.8, "b": 0.15, "phi": -0.3}, kind="ct",
+                                    rotate=(-21.08, -14.05, -158.07), spacing=(0.35, 0.35, 0.6))
+    r = fit(img, grid, observed_kind="intensity", forward="sdmnn", pose="rigid")
+    turn = Rotation.from_matrix(np.array(truth["pose"])[:3, :3] @ r.pose[:3, :3].T).magnitude()
+    assert np.degrees(turn) < 3.0 and abs(r.params["a"] - 3.6) < 0.1 and "warning" not in r.quality
+
+
+def test_an_intensity_fit_whose_tissue_lies_beyond_the_images_values_is_flagged():
+    """A shape found where it separates no two tissues gets intensities extrapolated from its partial-volume voxels,
+    beyond every voxel's: the warning says so, where R^2 alone (0.37 in the case seen) had passed."""
+    from types import SimpleNamespace
+
+    from sdmnn.fitting import _quality
+
+    rng = np.random.default_rng(0)
+    d = np.linspace(-1.0, 3.0, 500)  # the fitted SDM at the voxels
+    blended = np.clip(0.5 - d, 0, 1)  # their share of the inside
+    y = 1000 * (1 - blended) + rng.normal(0, 100, 500)  # tissues of 0 inside and 1000 outside
+    obs = SimpleNamespace(y=y, mask=np.ones(500), coarse=lambda v: v)
+    for inside, flagged in ((-1689.0, True), (40.0, False)):
+        like = SimpleNamespace(kind="intensity", appearance=(inside, 1000.0, 100.0), blended=lambda v: blended,
+                               residuals=lambda v: (y - 1000) / 100)
+        q = _quality(like, d, obs)
+        assert ("beyond the image's values" in q.get("warning", "")) == flagged, q
 
 
 def test_pose_none_refuses_a_shape_away_from_the_models_frame():

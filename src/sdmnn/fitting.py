@@ -20,8 +20,8 @@ h the voxel size: the logistic whose spread matches a surface known only to with
 
 Pose: a rigid map from the model frame (where the family builds its mesh) to the world, about the model
 shape's centre ``c``: x_world = R (x_model - c) + p. It starts from the image itself (the principal axes of
-a label map or of an SDM's inside; for an intensity image, rotations near the identity and every shift within
-5 mm of the image's centre or of a ``centre`` hint), with a screen of shapes, then is fitted jointly with the
+a label map or of an SDM's inside; for an intensity image, 360 rotations spread over all of them and every shift
+within 5 mm of the image's centre or of a ``centre`` hint), with a screen of shapes, then is fitted jointly with the
 shape. Its posterior is over small
 rotations about the world axes at the MAP (``rx, ry, rz``, radians) and shifts (``tx, ty, tz``, mm).
 
@@ -69,13 +69,13 @@ POSE_SCALE = np.array([0.1, 0.1, 0.1, 1.0, 1.0, 1.0])
 #: Quality below which a fit is said to explain the image poorly: the Dice of the labels, and the share of the
 #: intensities' variance within NEAR_MM of the fitted surface that the fit explains.
 MIN_DICE, MIN_R2, NEAR_MM = 0.8, 0.3, 1.0
-#: Where the search for the pose reaches without a label map's or an SDM's inside to start from (an intensity image):
-#: shifts within SEARCH_SHIFT_MM of the centre (given, or the image's) and turns within about SEARCH_DEGREES of the
-#: model's frame.
-SEARCH_SHIFT_MM, SEARCH_DEGREES = 5.0, 30.0
+#: Without a label map's or an SDM's inside to start from (an intensity image), the pose's search tries
+#: SEARCH_TURNS orientations spread over all of them, each at every shift within SEARCH_SHIFT_MM of the centre (given,
+#: or the image's).
+SEARCH_SHIFT_MM, SEARCH_TURNS = 5.0, 360
 #: What a poor intensity fit is told, with where the search reaches.
 _INTENSITY_HINT = (f"the search of an intensity image reaches {SEARCH_SHIFT_MM:g} mm from its centre (--centre; default "
-                   f"the image's centre) and about {SEARCH_DEGREES:g} degrees from the model's orientation")
+                   "the image's centre)")
 
 
 def check_forward(forward: str) -> str:
@@ -343,11 +343,20 @@ def _rotation_candidates(model_axes, image_axes, n_spin: int = 12) -> list[np.nd
     return out
 
 
-def _near_identity(max_degrees: float = SEARCH_DEGREES) -> list[np.ndarray]:
-    """The identity and rotations of ``max_degrees`` * 2/3 about each axis, both ways (a CT's cochlea is
-    within ~30 degrees of the model's frame)."""
-    angle = math.radians(max_degrees) * 2 / 3
-    return [np.eye(3)] + [rotation(s * angle * e) for e in np.eye(3) for s in (1.0, -1.0)]
+def _all_turns(n: int = SEARCH_TURNS) -> list[np.ndarray]:
+    """``n`` rotations spread evenly over all of them: a super-Fibonacci spiral of unit quaternions (Alexa, CVPR 2022).
+    With 360, every rotation lies within 32 degrees of one of them (99 % within 27 degrees; measured over 20,000 random
+    rotations), about the reach of the local optimisation that follows the screen."""
+    phi, psi = math.sqrt(2.0), 1.533751168755204288118041  # psi^4 = psi + 4
+    i = np.arange(n) + 0.5
+    s = i / n
+    r, R = np.sqrt(s), np.sqrt(1 - s)
+    alpha, beta = 2 * math.pi * i / phi, 2 * math.pi * i / psi
+    w, x, y, z = r * np.sin(alpha), r * np.cos(alpha), R * np.sin(beta), R * np.cos(beta)  # unit quaternions
+    return list(np.stack([
+        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1)], 1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -808,7 +817,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         if obs.mask.sum() < 8:
             raise FitError("the mask leaves fewer than 8 voxels of the image to fit")
         if pose == "rigid":
-            rotations = _rotation_candidates(model_axes, image_axes) if image_axes is not None else _near_identity()
+            rotations = _rotation_candidates(model_axes, image_axes) if image_axes is not None else _all_turns()
             position, search_shift = anchor, foreground is None
         else:
             rotations, position, search_shift = [np.eye(3)], centre_model, False
