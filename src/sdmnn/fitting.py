@@ -20,8 +20,9 @@ h the voxel size: the logistic whose spread matches a surface known only to with
 
 Pose: a rigid map from the model frame (where the family builds its mesh) to the world, about the model
 shape's centre ``c``: x_world = R (x_model - c) + p. It starts from the image itself (the principal axes of
-a label map or of an SDM's inside; for an intensity image, 360 rotations spread over all of them and every shift
-within 5 mm of the image's centre or of a ``centre`` hint), with a screen of shapes, then is fitted jointly with the
+a label map or of an SDM's inside; for an intensity image, rotations near the model's orientation, and where that
+fit explains the image poorly 360 spread over all of them, each at every shift within 5 mm of the image's centre or
+of a ``centre`` hint), with a screen of shapes, then is fitted jointly with the
 shape. Its posterior is over small
 rotations about the world axes at the MAP (``rx, ry, rz``, radians) and shifts (``tx, ty, tz``, mm).
 
@@ -62,6 +63,7 @@ from .shapes import get_family
 FORWARD_MODELS = ("hybrid", "sdmnn", "exact", "deepsdf")
 OBSERVED_KINDS = ("labels", "sdm", "intensity")
 POSES = ("none", "rigid")
+TURNS = ("auto", "near", "all")
 POSE_NAMES = ("rx", "ry", "rz", "tx", "ty", "tz")
 #: Scales of the pose's parameters in the optimisers (radians, mm): steps of one unit move the surface
 #: by about a voxel's fraction alike.
@@ -69,10 +71,13 @@ POSE_SCALE = np.array([0.1, 0.1, 0.1, 1.0, 1.0, 1.0])
 #: Quality below which a fit is said to explain the image poorly: the Dice of the labels, and the share of the
 #: intensities' variance within NEAR_MM of the fitted surface that the fit explains.
 MIN_DICE, MIN_R2, NEAR_MM = 0.8, 0.3, 1.0
-#: Without a label map's or an SDM's inside to start from (an intensity image), the pose's search tries
-#: SEARCH_TURNS orientations spread over all of them, each at every shift within SEARCH_SHIFT_MM of the centre (given,
-#: or the image's).
+#: Without a label map's or an SDM's inside to start from (an intensity image), the pose's search tries rotations near
+#: the model's orientation or SEARCH_TURNS spread over all of them (``fit``'s ``turns``), each at every shift within
+#: SEARCH_SHIFT_MM of the centre (given, or the image's).
 SEARCH_SHIFT_MM, SEARCH_TURNS = 5.0, 360
+#: The screen of that many rotations runs in two rounds: every rotation with one shape (the prior box's centre), then
+#: the best SEARCH_KEEP of them with every shape of the screen.
+SEARCH_KEEP = 24
 #: What a poor intensity fit is told, with where the search reaches.
 _INTENSITY_HINT = (f"the search of an intensity image reaches {SEARCH_SHIFT_MM:g} mm from its centre (--centre; default "
                    "the image's centre)")
@@ -341,6 +346,13 @@ def _rotation_candidates(model_axes, image_axes, n_spin: int = 12) -> list[np.nd
             spin = rotation(base[:, 2] * (2 * math.pi * k / n_spin))
             out.append(spin @ base @ model_axes.T)
     return out
+
+
+def _near_identity(max_degrees: float = 30.0) -> list[np.ndarray]:
+    """The identity and rotations of ``max_degrees`` * 2/3 about each axis, both ways: every rotation within
+    ``max_degrees`` lies within 24 degrees of one of them (measured over 20,000 random such rotations)."""
+    angle = math.radians(max_degrees) * 2 / 3
+    return [np.eye(3)] + [rotation(s * angle * e) for e in np.eye(3) for s in (1.0, -1.0)]
 
 
 def _all_turns(n: int = SEARCH_TURNS) -> list[np.ndarray]:
@@ -711,7 +723,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         pose: str = "none", seed: int = 0, model=None, prior: dict | None = None, tau: float | None = None,
         sigma: float | None = None, band: float | None = None, label: int | None = None, mask=None, centre=None,
         n_shapes: int = 8, n_starts: int = 3, n_samples: int = 4000, max_exact: int = 40, threads: int | None = None,
-        device: str = "auto", progress=None) -> FitResult:
+        device: str = "auto", progress=None, turns: str = "auto") -> FitResult:
     """Posterior over a family's shape parameters (and, with ``pose="rigid"``, a rigid pose) given an image.
 
     Parameters
@@ -745,7 +757,12 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         a CUDA GPU when torch sees one.
     progress : callable, optional
         Called with a short text at each stage.
+    turns : {"auto", "near", "all"}
+        The rotations the pose's search tries in an intensity image (a label map's or an SDM's come from its
+        inside's axes): "near" the model's orientation (within about 30 degrees), "all" of them (SEARCH_TURNS spread
+        evenly), or "auto": near, then all where that fit explains the image poorly (the better of the two is kept).
     """
+    call = dict(locals())  # the arguments, for the search over all rotations of turns="auto"
     t0 = time.perf_counter()
     fam = get_family(family)
     check_forward(forward)
@@ -763,6 +780,8 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
     check_device(device)
     if observed_kind != "sdm" and (sigma is not None or band is not None):
         raise FitError(f"sigma and band (--sigma, --band) apply to an SDM target (observed_kind sdm), not {observed_kind}")
+    if turns not in TURNS:
+        raise FitError(f"turns must be one of {', '.join(TURNS)}, got {turns!r}")
     if progress is not None and not callable(progress):
         raise FitError(f"progress is a function of one text, got {type(progress).__name__}")
     if centre is not None:
@@ -817,7 +836,8 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         if obs.mask.sum() < 8:
             raise FitError("the mask leaves fewer than 8 voxels of the image to fit")
         if pose == "rigid":
-            rotations = _rotation_candidates(model_axes, image_axes) if image_axes is not None else _all_turns()
+            rotations = (_rotation_candidates(model_axes, image_axes) if image_axes is not None
+                         else _all_turns() if turns == "all" else _near_identity())
             position, search_shift = anchor, foreground is None
         else:
             rotations, position, search_shift = [np.eye(3)], centre_model, False
@@ -902,6 +922,15 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
                    "correlation_volume": temper},
             quality=quality, grid=grid, log_posterior=-like.nll(d) / temper, covariance=cov,
         )
+        if quality.get("warning") and turns == "auto" and image_axes is None and pose == "rigid":
+            say(f"the fit explains the image poorly: searching all orientations ({SEARCH_TURNS})")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FitWarning)
+                wide = fit(**{**call, "turns": "all"})
+            if "warning" not in wide.quality or wide.quality.get("r2", 0) > quality.get("r2", 0):
+                result, quality = wide, wide.quality
+            result.seconds = time.perf_counter() - t0
+            result.evaluations = {k: evals[k] + wide.evaluations[k] for k in evals}  # both searches
         if quality.get("warning"):
             warnings.warn(quality["warning"], FitWarning, stacklevel=2)
         return result
@@ -954,10 +983,17 @@ def _screen(table: _Network, like: _Likelihood, rotations, position, centre_mode
             max_shift: float = SEARCH_SHIFT_MM, voxels: int = 60000):
     """Score every (rotation, shape) pair at ``position``, or with ``search_shift`` at its best shift within
     ``max_shift`` mm of it, with a model's SDMs (``table``) on at most ~``voxels`` voxels. Returns
-    [(score, Pose, shape vector)], best first, one per rotation (its best shape and shift)."""
-    vols = table.volumes(shapes)
+    [(score, Pose, shape vector)], best first, one per rotation (its best shape and shift). Of more than
+    SEARCH_KEEP rotations with shifts, every one is scored with the shapes' middle, and the best SEARCH_KEEP of them
+    with every shape (a rotation's score moves far more with the rotation than with the shape)."""
     if search_shift:
-        return _shift_screen(table, like, vols, rotations, position, centre_model, shapes, max_shift)
+        if len(rotations) > SEARCH_KEEP:
+            middle = (np.min(shapes, 0) + np.max(shapes, 0)) / 2
+            first = _shift_screen(table, like, table.volumes(middle[None]), rotations, position, centre_model,
+                                  middle[None], max_shift)
+            rotations = [pose.R for _, pose, _ in first[:SEARCH_KEEP]]
+        return _shift_screen(table, like, table.volumes(shapes), rotations, position, centre_model, shapes, max_shift)
+    vols = table.volumes(shapes)
     every = max(1, int(round(len(like.obs.y) / voxels)))
     out = []
     for R in rotations:
