@@ -261,3 +261,15 @@ def test_a_family_whose_shapes_fail_the_check_is_refused_by_dataset_and_train(tm
         r = run(*args, cwd=tmp_path, ok=False)
         assert r.returncode == 2 and "fails `sdmnn families check`" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_the_fit_help_states_the_searchs_reach_as_the_fit_has_it():
+    """The help is written out (the command line does not import the fitting module to start); it must say what the
+    fit does."""
+    import typer
+
+    from sdmnn.cli import app
+    from sdmnn.fitting import SEARCH_SHIFT_MM
+
+    pose = next(p for p in typer.main.get_command(app).commands["fit"].params if p.name == "pose")
+    assert f"{SEARCH_SHIFT_MM:g} mm of --centre" in pose.help

@@ -31,7 +31,7 @@ def test_label_maps_of_any_values_are_read_as_inside_and_outside():
     assert set(np.unique(check_observed(y, "labels"))) == {0.0, 1.0}
     y[0, 0, 0] = 7  # a multi-label map: one label picked; without a label, refused (which one is the shape?)
     assert check_observed(y, "labels", label=7).sum() == 1 and check_observed(y, "labels", label=255).sum() == 8
-    with pytest.raises(FitError, match=r"2 labels \(7, 255\): choose the shape's with label \(--label N\)$"):
+    with pytest.raises(FitError, match=r"2 labels \(7, 255\): give the shape's value with label \(--label N\)$"):
         check_observed(y, "labels")
     with pytest.raises(FitError, match="no voxel of label 3"):
         check_observed(y, "labels", label=3)
@@ -43,8 +43,10 @@ def test_label_maps_of_fractions_or_many_values_are_refused_with_what_to_do():
     y = np.zeros((4, 4, 4), np.float32)
     y[1:3, 1:3, 1:3] = 1.0
     y[1, 1, 1] = 0.4  # a probability or resampled map
-    with pytest.raises(FitError, match="not whole numbers \\(such as 0.4\\).*threshold a probability map"):
+    with pytest.raises(FitError, match="not whole numbers \\(such as 0.4\\).*threshold a probability map.*--observed intensity"):
         check_observed(y, "labels")
+    with pytest.raises(FitError, match="not whole numbers .*an SDM \\(negative inside\\).*--observed sdm\\)$"):
+        check_observed(y - 0.5, "labels")  # an SDM given as a label map
     ct = np.arange(64, dtype=np.int16).reshape(4, 4, 4) - 1000  # a CT given as a label map
     with pytest.raises(FitError, match="holds 64 labels \\(-1000, -999, .*, \\.\\.\\.\\).*--observed intensity"):
         check_observed(ct, "labels")
@@ -196,6 +198,9 @@ def test_a_ct_phantom_turned_half_round_is_fitted_at_its_pose():
     img, grid, truth = make_phantom("cochlea", {"a": 3.6, "alpha": 0.8, "b": 0.15, "phi": -0.3}, kind="ct",
                                     rotate=(-21.08, -14.05, -158.07), spacing=(0.35, 0.35, 0.6))
     said = []
+    with pytest.warns(FitWarning, match="lies beyond the values of the voxels fitted"):  # near the model's alone: wrong
+        fit(img, grid, observed_kind="intensity", forward="sdmnn", pose="rigid", turns="near", progress=said.append)
+    assert not any("searching all orientations" in s for s in said)
     r = fit(img, grid, observed_kind="intensity", forward="sdmnn", pose="rigid", progress=said.append)
     turn = Rotation.from_matrix(np.array(truth["pose"])[:3, :3] @ r.pose[:3, :3].T).magnitude()
     assert np.degrees(turn) < 3.0 and abs(r.params["a"] - 3.6) < 0.1 and "warning" not in r.quality
@@ -218,7 +223,13 @@ def test_an_intensity_fit_whose_tissue_lies_beyond_the_images_values_is_flagged(
         like = SimpleNamespace(kind="intensity", appearance=(inside, 1000.0, 100.0), blended=lambda v: blended,
                                residuals=lambda v: (y - 1000) / 100)
         q = _quality(like, d, obs)
-        assert ("beyond the image's values" in q.get("warning", "")) == flagged, q
+        assert ("lies beyond the values of the voxels fitted" in q.get("warning", "")) == flagged, q
+    # of two fits (turns="auto"), a poor R^2 beats a tissue beyond the image's values, whatever its R^2
+    from sdmnn.fitting import _standing
+
+    beyond = {"r2": 0.37, "warning": "the fit explains the image poorly: its inside intensity (-1689) lies beyond ..."}
+    noisy = {"r2": 0.29, "warning": "the fit explains the image poorly (R^2 0.29 < 0.3): ..."}
+    assert _standing({"r2": 0.2}) < _standing(noisy) < _standing(beyond)
 
 
 def test_pose_none_refuses_a_shape_away_from_the_models_frame():

@@ -13,7 +13,6 @@ from rich.table import Table
 from rich.text import Text
 
 from .errors import SdmnnError
-from .fitting import SEARCH_SHIFT_MM
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Signed distance maps (SDMs) of parametric 3-D shapes: exact, and fast with SDMNN.")
@@ -416,7 +415,7 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
         forward: str = typer.Option("hybrid", metavar="[hybrid|sdmnn|exact|deepsdf]",
                                     help="hybrid (network search, exact polish), sdmnn (the network), exact, or deepsdf."),
         pose: str = typer.Option("none", metavar="[none|rigid]", help="rigid: fit a rotation and a shift too: anywhere in a label map or an SDM; in an intensity image within "
-                                  f"{SEARCH_SHIFT_MM:g} mm of --centre, at any orientation (near the model's first, then all where that "
+                                  "5 mm of --centre, at any orientation (near the model's first, then all where that "
                                   "explains the image poorly). "
                                   "none: the model's frame is the world's."),
         label: Optional[int] = typer.Option(None, help="The shape's value in a multi-label map (needed where the map holds more than one non-zero value)."),

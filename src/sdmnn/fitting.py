@@ -75,12 +75,12 @@ MIN_DICE, MIN_R2, NEAR_MM = 0.8, 0.3, 1.0
 #: the model's orientation or SEARCH_TURNS spread over all of them (``fit``'s ``turns``), each at every shift within
 #: SEARCH_SHIFT_MM of the centre (given, or the image's).
 SEARCH_SHIFT_MM, SEARCH_TURNS = 5.0, 360
-#: The screen of that many rotations runs in two rounds: every rotation with one shape (the prior box's centre), then
-#: the best SEARCH_KEEP of them with every shape of the screen.
+#: The screen of that many rotations runs in two rounds: every rotation with one shape (the middle of the screen's
+#: shapes), then the best SEARCH_KEEP of them with every shape of the screen.
 SEARCH_KEEP = 24
 #: What a poor intensity fit is told, with where the search reaches.
-_INTENSITY_HINT = (f"the search of an intensity image reaches {SEARCH_SHIFT_MM:g} mm from its centre (--centre; default "
-                   "the image's centre)")
+_INTENSITY_HINT = (f"the search of an intensity image reaches {SEARCH_SHIFT_MM:g} mm from its centre (centre, --centre; "
+                   "default the image's centre)")
 
 
 def check_forward(forward: str) -> str:
@@ -165,7 +165,7 @@ class FitResult:
             shown = {"labels": "label (1 inside the shape)", "intensity": "image intensity"}.get(self.observed_kind)
             save_slices(folder / "overlay.png", np.asarray(image, np.float32)[sl], view, others={"fitted surface": sdm[sl]},
                         title=f"{target or 'image'}: the fitted {self.family} ({self.forward})", image_label=shown,
-                        first=tuple(int(a) for a in lo))
+                        offset=tuple(int(a) for a in lo))
             written.append("overlay.png")
         return written
 
@@ -212,10 +212,12 @@ def check_observed(observed: np.ndarray, kind: str, label: int | None = None) ->
             if np.any(values != np.round(values)):
                 raise FitError(f"the label map holds values that are not whole numbers (such as {values[values != np.round(values)][0]:g}): "
                                "a label map holds 0 outside and the shape's label inside; threshold a probability map "
-                               "first, and fit a CT or MR image as one (observed_kind intensity, --observed intensity)")
+                               "first, and fit " + ("an SDM (negative inside) as one (observed_kind sdm, --observed sdm)"
+                                                    if values[0] < 0 else
+                                                    "a CT or MR image as one (observed_kind intensity, --observed intensity)"))
             if len(values) > 1:
                 shown = ", ".join(f"{v:g}" for v in values[:8]) + (", ..." if len(values) > 8 else "")
-                raise FitError(f"the label map holds {len(values)} labels ({shown}): choose the shape's with label (--label N)"
+                raise FitError(f"the label map holds {len(values)} labels ({shown}): give the shape's value with label (--label N)"
                                + (", or fit a CT or MR image as one (observed_kind intensity, --observed intensity)"
                                   if len(values) > 8 else ""))
         if y.all() or not y.any():
@@ -924,13 +926,18 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         )
         if quality.get("warning") and turns == "auto" and image_axes is None and pose == "rigid":
             say(f"the fit explains the image poorly: searching all orientations ({SEARCH_TURNS})")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FitWarning)
-                wide = fit(**{**call, "turns": "all"})
-            if "warning" not in wide.quality or wide.quality.get("r2", 0) > quality.get("r2", 0):
-                result, quality = wide, wide.quality
+            again = {**call, "turns": "all", "model": net, "threads": torch.get_num_threads() if net is not None else threads}
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FitWarning)
+                    wide = fit(**again)
+            except FitError:  # (a shape found outside the searched crop, say): the first fit stands
+                wide = None
+            if wide is not None:
+                if _standing(wide.quality) < _standing(quality):
+                    result, quality = wide, wide.quality
+                result.evaluations = {k: evals[k] + wide.evaluations[k] for k in evals}  # both searches
             result.seconds = time.perf_counter() - t0
-            result.evaluations = {k: evals[k] + wide.evaluations[k] for k in evals}  # both searches
         if quality.get("warning"):
             warnings.warn(quality["warning"], FitWarning, stacklevel=2)
         return result
@@ -984,8 +991,8 @@ def _screen(table: _Network, like: _Likelihood, rotations, position, centre_mode
     """Score every (rotation, shape) pair at ``position``, or with ``search_shift`` at its best shift within
     ``max_shift`` mm of it, with a model's SDMs (``table``) on at most ~``voxels`` voxels. Returns
     [(score, Pose, shape vector)], best first, one per rotation (its best shape and shift). Of more than
-    SEARCH_KEEP rotations with shifts, every one is scored with the shapes' middle, and the best SEARCH_KEEP of them
-    with every shape (a rotation's score moves far more with the rotation than with the shape)."""
+    SEARCH_KEEP rotations with shifts, every one is scored with the middle of the shapes' box, and the best SEARCH_KEEP
+    of them with every shape (a rotation's score moves far more with the rotation than with the shape)."""
     if search_shift:
         if len(rotations) > SEARCH_KEEP:
             middle = (np.min(shapes, 0) + np.max(shapes, 0)) / 2
@@ -1154,6 +1161,13 @@ def _levenberg_marquardt(forward, phases, like: _Likelihood, vector, pose: Pose,
     return vector, pose, d, J
 
 
+def _standing(quality: dict) -> tuple:
+    """How well an intensity fit explains its image, for choosing between two fits (smaller is better): no warning,
+    then no tissue intensity beyond the voxels' values, then the larger R^2."""
+    warning = quality.get("warning", "")
+    return bool(warning), "beyond" in warning, -quality.get("r2", 0.0)
+
+
 def _quality(like: _Likelihood, d, obs: _Observation) -> dict:
     """How well the fit explains the image, and a warning when it explains it poorly."""
     y, m, at_voxels = obs.y, obs.mask > 0, obs.coarse(d)
@@ -1188,12 +1202,13 @@ def _quality(like: _Likelihood, d, obs: _Observation) -> dict:
         beyond = [f"{name} intensity ({v:.4g})" for name, v in (("inside", a), ("outside", b))
                   if not lowest - slack <= v <= highest + slack]
         if beyond:
-            q["warning"] = (f"the fit explains the image poorly: its {' and '.join(beyond)} lies beyond the image's values "
+            q["warning"] = (f"the fit explains the image poorly: its {' and '.join(beyond)} "
+                            f"{'lie' if len(beyond) > 1 else 'lies'} beyond the values of the voxels fitted "
                             f"({lowest:.4g} to {highest:.4g}), so the shape found matches no region of the image; "
                             + _INTENSITY_HINT)
         elif q["r2"] < MIN_R2:
-            q["warning"] = (f"the fit explains the image poorly (R^2 {q['r2']:.2f} < {MIN_R2}): is it the right family? "
-                            + _INTENSITY_HINT)
+            q["warning"] = (f"the fit explains the image poorly (R^2 {q['r2']:.2f} < {MIN_R2}): check the family, and note "
+                            "that " + _INTENSITY_HINT)
     res = like.residuals(d)[m]
     q["residual_mean"], q["residual_std"] = float(res.mean()), float(res.std())
     return q

@@ -195,10 +195,12 @@ IDENTITY = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 
 
 def _size(n: int) -> str:
-    """Bytes in words: 1.50 GiB, 12.0 MiB, 300 KiB."""
+    """Bytes in words: 1.50 GiB, 12.0 MiB, 300 KiB, 500 bytes."""
     if n >= 2**30:
         return f"{n / 2**30:.2f} GiB"
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+    if n >= 2**20:
+        return f"{n / 2**20:.1f} MiB"
+    return f"{n / 2**10:.0f} KiB" if n >= 2**10 else f"{n} bytes"
 
 
 def _direction(value) -> tuple:

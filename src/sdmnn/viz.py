@@ -24,7 +24,7 @@ def matplotlib_norm(low: float, high: float):
 
 
 def save_slices(path, volume: np.ndarray, grid: Grid, others: dict | None = None, title: str = "", index=None,
-                image_label: str | None = None, first=(0, 0, 0)):
+                image_label: str | None = None, offset=(0, 0, 0)):
     """Write a PNG of the three orthogonal slices through ``index`` (voxel; default: the slices that cut the
     most of the inside of the first SDM).
 
@@ -32,7 +32,7 @@ def save_slices(path, volume: np.ndarray, grid: Grid, others: dict | None = None
     ``image_label`` names what it holds (e.g. "CT intensity"), an image drawn in grey. ``others`` maps a
     label to SDMs on the same grid whose zero contours are overlaid (a prediction, a fitted surface).
     An oblique or flipped grid is drawn in its own voxel frame (mm along the i, j and k axes from the voxel (0, 0, 0) of
-    the image ``grid`` is cut from: ``first`` is the index there of ``grid``'s first voxel). Each slice's title names
+    the image ``grid`` is cut from: ``offset`` is the index there of ``grid``'s first voxel). Each slice's title names
     its voxel in that image too.
     """
     plt = _figure()
@@ -45,8 +45,8 @@ def save_slices(path, volume: np.ndarray, grid: Grid, others: dict | None = None
     if grid.is_axis_aligned:
         (x, y, z), names = grid.axes(), ("x", "y", "z")
     else:
-        (x, y, z), names = (s * (f + np.arange(n)) for s, f, n in zip(grid.spacing, first, grid.shape)), ("i", "j", "k")
-    at = [f"voxel {first[a] + index[a]}" for a in range(3)]  # the slice's index in the image
+        (x, y, z), names = (s * (o + np.arange(n)) for s, o, n in zip(grid.spacing, offset, grid.shape)), ("i", "j", "k")
+    at = [f"voxel {offset[a] + index[a]}" for a in range(3)]  # the slice's index in the image
     views = [
         (f"{names[2]} = {z[index[2]]:.2f} mm ({at[2]})", lambda v: v[:, :, index[2]], x, y, names[0], names[1]),
         (f"{names[1]} = {y[index[1]]:.2f} mm ({at[1]})", lambda v: v[:, index[1], :], x, z, names[0], names[2]),
