@@ -48,7 +48,7 @@ def test_grid_over_budget_is_refused_before_allocating(monkeypatch):
         g.points()
     assert g.memory_estimate() > 2**20
     monkeypatch.setenv("SDMNN_MAX_BYTES", "1000")  # small budgets read as such, not as 0.00 GiB
-    with pytest.raises(GridError, match=r"needs about 9 KiB, over the budget of 1 KiB"):
+    with pytest.raises(GridError, match=r"needs about 9 KiB, over the budget of 1000 bytes"):
         Grid((10, 10, 4), (1, 1, 1)).points()
 
 
