@@ -227,7 +227,8 @@ def test_an_intensity_fit_whose_tissue_lies_beyond_the_images_values_is_flagged(
     # of two fits (turns="auto"), a poor R^2 beats a tissue beyond the image's values, whatever its R^2
     from sdmnn.fitting import _standing
 
-    beyond = {"r2": 0.37, "warning": "the fit explains the image poorly: its inside intensity (-1689) lies beyond ..."}
+    beyond = {"r2": 0.37, "warning": ("the fit explains the image poorly: its inside intensity (-1689) lies beyond "
+                                        "the values of the voxels fitted (-69.99 to 1395), ...")}
     noisy = {"r2": 0.29, "warning": "the fit explains the image poorly (R^2 0.29 < 0.3): ..."}
     assert _standing({"r2": 0.2}) < _standing(noisy) < _standing(beyond)
 

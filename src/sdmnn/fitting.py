@@ -78,6 +78,9 @@ SEARCH_SHIFT_MM, SEARCH_TURNS = 5.0, 360
 #: The screen of that many rotations runs in two rounds: every rotation with one shape (the middle of the screen's
 #: shapes), then the best SEARCH_KEEP of them with every shape of the screen.
 SEARCH_KEEP = 24
+#: What an intensity fit whose tissue intensity lies beyond every voxel's is told (``_quality``), and how
+#: ``_standing`` recognises that warning.
+_BEYOND = "beyond the values of the voxels fitted"
 #: What a poor intensity fit is told, with where the search reaches.
 _INTENSITY_HINT = (f"the search of an intensity image reaches {SEARCH_SHIFT_MM:g} mm from its centre (centre, --centre; "
                    "default the image's centre)")
@@ -209,8 +212,9 @@ def check_observed(observed: np.ndarray, kind: str, label: int | None = None) ->
         else:
             y = observed != 0
             values = np.unique(observed[y])
-            if np.any(values != np.round(values)):
-                raise FitError(f"the label map holds values that are not whole numbers (such as {values[values != np.round(values)][0]:g}): "
+            fractions = values[values != np.round(values)]
+            if len(fractions):
+                raise FitError(f"the label map holds values that are not whole numbers (such as {fractions[0]:g}): "
                                "a label map holds 0 outside and the shape's label inside; threshold a probability map "
                                "first, and fit " + ("an SDM (negative inside) as one (observed_kind sdm, --observed sdm)"
                                                     if values[0] < 0 else
@@ -1165,7 +1169,7 @@ def _standing(quality: dict) -> tuple:
     """How well an intensity fit explains its image, for choosing between two fits (smaller is better): no warning,
     then no tissue intensity beyond the voxels' values, then the larger R^2."""
     warning = quality.get("warning", "")
-    return bool(warning), "beyond" in warning, -quality.get("r2", 0.0)
+    return bool(warning), _BEYOND in warning, -quality.get("r2", 0.0)
 
 
 def _quality(like: _Likelihood, d, obs: _Observation) -> dict:
@@ -1203,7 +1207,7 @@ def _quality(like: _Likelihood, d, obs: _Observation) -> dict:
                   if not lowest - slack <= v <= highest + slack]
         if beyond:
             q["warning"] = (f"the fit explains the image poorly: its {' and '.join(beyond)} "
-                            f"{'lie' if len(beyond) > 1 else 'lies'} beyond the values of the voxels fitted "
+                            f"{'lie' if len(beyond) > 1 else 'lies'} {_BEYOND} "
                             f"({lowest:.4g} to {highest:.4g}), so the shape found matches no region of the image; "
                             + _INTENSITY_HINT)
         elif q["r2"] < MIN_R2:
