@@ -48,6 +48,9 @@ def test_mesh_sdm_show_end_to_end(tmp_path):
     (["sdm", "sphere", "-o", "x.nii.gz"], "unknown family"),
     (["sdm", "--mesh", "missing.stl", "-o", "x.nii.gz"], "no such file"),
     (["sdm", "--mesh", "empty.stl", "-o", "x.nii.gz"], "no triangles"),
+    (["sdm", "--mesh", "nan.obj", "-o", "x.nii.gz"], "nan.obj: the mesh has NaN or infinite vertex coordinates"),
+    (["sdm", "--mesh", "box.stl", "-p", "a=3", "-o", "x.nii.gz"], "-p sets a family's parameters; a --mesh has none"),
+    (["dataset", "make", "cochlea", "--design", "grid:2", "-o", "x.nii.gz"], "x.nii.gz: .nii.gz names a file"),
     (["sdm", "--mesh", "box.stl", "--spacing", "0", "-o", "x.nii.gz"], "spacing"),
     (["sdm", "--mesh", "box.stl", "--spacing", "-1", "-o", "x.nii.gz"], "spacing"),
     (["sdm", "--mesh", "box.stl", "--spacing", "0.0005", "-o", "x.nii.gz"], "over the budget"),
@@ -81,11 +84,12 @@ def test_bad_input_is_one_sentence_and_exit_2(tmp_path, args, message):
     trimesh.creation.box().export(tmp_path / "box.stl")
     (tmp_path / "empty.stl").write_text("solid empty\nendsolid empty\n")
     (tmp_path / "garbage.nii.gz").write_bytes(b"garbage")
+    (tmp_path / "nan.obj").write_text("v nan 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 3 2\nf 1 2 4\nf 1 4 3\nf 2 3 4\n")
     r = subprocess.run([*SDMNN, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                        env={**os.environ, "SDMNN_MAX_BYTES": str(2**30)})
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert message in " ".join(r.stderr.split()), r.stderr
-    assert "Traceback" not in r.stderr
+    assert "Traceback" not in r.stderr and "warning" not in r.stderr
     assert not (tmp_path / "x.nii.gz").exists() and not (tmp_path / "x.txt").exists()
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []
@@ -160,6 +164,8 @@ def test_fit_cli_writes_a_table_json_samples_and_pngs(tmp_path):
     (["fit", "seg.nii.gz", "--forward", "exact", "-o", "small.nii.gz"], "a file of that name exists"),
     (["fit", "seg.nii.gz", "--observed", "ct", "-o", "res"], "--observed must be one of labels, sdm, intensity"),
     (["fit", "seg.nii.gz", "--pose", "affine", "-o", "res"], "--pose must be one of none, rigid"),
+    (["fit", "seg.nii.gz", "--turns", "some", "-o", "res"], "--turns must be one of auto, near, all"),
+    (["fit", "seg.nii.gz", "--turns", "all", "--pose", "rigid", "-o", "res"], "turns (--turns) applies to an intensity image"),
     (["fit", "seg.nii.gz", "--centre", "1,2", "-o", "res"], "--centre takes 3 comma-separated numbers"),
     (["fit", "seg.nii.gz", "--centre", "100,0,0", "--forward", "exact", "-o", "res"], "outside the image"),
     (["fit", "seg.nii.gz", "--label", "3", "--forward", "exact", "-o", "res"], "no voxel of label 3"),
@@ -269,7 +275,22 @@ def test_the_fit_help_states_the_searchs_reach_as_the_fit_has_it():
     import typer
 
     from sdmnn.cli import app
-    from sdmnn.fitting import SEARCH_SHIFT_MM
+    from sdmnn.fitting import SEARCH_SHIFT_MM, SEARCH_TURNS
 
-    pose = next(p for p in typer.main.get_command(app).commands["fit"].params if p.name == "pose")
-    assert f"{SEARCH_SHIFT_MM:g} mm of --centre" in pose.help
+    params = {p.name: p for p in typer.main.get_command(app).commands["fit"].params}
+    assert f"{SEARCH_SHIFT_MM:g} mm of --centre" in params["pose"].help
+    assert f"all ({SEARCH_TURNS} spread" in params["turns"].help
+
+
+def test_a_mesh_that_encloses_nothing_gets_an_unsigned_map_and_says_so(tmp_path):
+    """A surface stored twice, facing both ways (as some exporters write double-sided models), has winding number 0
+    everywhere: its map has no inside, which the command says rather than leaving a sign that is not there."""
+    import trimesh
+
+    box = trimesh.creation.box()
+    trimesh.Trimesh(box.vertices, np.concatenate([box.faces, box.faces[:, ::-1]]), process=False).export(tmp_path / "two.stl")
+    r = run("sdm", "--mesh", "two.stl", "--spacing", "0.25", "-o", "two.nii.gz", cwd=tmp_path)
+    assert "no voxel lies inside two.stl" in " ".join(r.stderr.split())
+    assert sdmnn.load_volume(tmp_path / "two.nii.gz")[0].min() >= 0
+    box.export(tmp_path / "one.stl")
+    assert "no voxel lies inside" not in run("sdm", "--mesh", "one.stl", "--spacing", "0.25", "-o", "one.nii.gz", cwd=tmp_path).stderr

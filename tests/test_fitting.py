@@ -101,6 +101,16 @@ def test_bad_phantom_settings_are_one_sentence(setting, message):
         make_phantom("torus", sdmnn.get_family("torus").defaults, **setting)
 
 
+def test_a_phantom_on_coarse_voxels_caps_its_sub_voxels_and_a_fine_one_over_the_budget_says_why(monkeypatch):
+    """Sub-voxels of 0.1 mm on 30 mm voxels would be a 600^3 grid for a 2x2x2 image: at most 16 to a side instead. A
+    phantom whose sub-voxels exceed the memory budget is refused naming them, not the grid of sub-voxels alone."""
+    image, grid, truth = make_phantom("torus", sdmnn.get_family("torus").defaults, spacing=30.0)
+    assert grid.shape == (2, 2, 2) and truth["subvoxels"] == [16, 16, 16]
+    monkeypatch.setenv("SDMNN_MAX_BYTES", str(8 * 2**20))  # the image's 1.8 MiB fits, its sub-voxels' 49 MiB do not
+    with pytest.raises(sdmnn.errors.GridError, match="take their partial volume from 3x3x3 sub-voxels each"):
+        make_phantom("torus", sdmnn.get_family("torus").defaults, spacing=0.3)
+
+
 @needs_model
 def test_model_of_another_family_is_refused():
     y, grid = synthetic_target("cochlea", TRUTH, tau=0)
@@ -323,3 +333,12 @@ def test_a_recrop_of_several_starts_is_the_union_of_their_boxes_within_the_searc
     idx = grid.to_index(inside.to_world(fam.mesh(v).vertices))
     assert np.all(idx >= first) and np.all(idx <= last)
     assert ones[0].grid.size < union.grid.size < search.grid.size
+
+
+def test_the_corner_plot_of_a_one_parameter_family_is_written(tmp_path):
+    """A family of one parameter has a 1 x 1 corner plot (a fit of such a family had failed after writing half its
+    folder)."""
+    from sdmnn.viz import save_corner
+
+    save_corner(tmp_path / "corner.png", np.random.default_rng(0).normal(size=(200, 1)), ["r"], map_point=[0.1])
+    assert (tmp_path / "corner.png").read_bytes()[:4] == b"\x89PNG"

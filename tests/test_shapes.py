@@ -244,3 +244,24 @@ def test_check_family_reports_open_inverted_self_intersecting_and_off_grid_shape
     assert not result.ok and "k=4.5" in result.report() and result.checked == 11
     with pytest.raises(sdmnn.FamilyError, match="fails `sdmnn families check`"):
         require_valid(fam)
+
+
+def test_the_check_reports_a_grid_over_the_memory_budget_or_one_that_cannot_be_computed(monkeypatch):
+    """A family whose every shape is fine can still be unusable: its grid (here 0.1 mm over a 100 mm ball) is over
+    the memory budget; a mesher giving NaN at some shapes leaves no grid to compute, and the check lists those
+    shapes rather than failing on the grid."""
+    import trimesh
+
+    big = sdmnn.define_family("bigball", {"r": (1.0, 50.0)}, lambda p: trimesh.creation.icosphere(1, p["r"]), spacing=0.1)
+    monkeypatch.setenv("SDMNN_MAX_BYTES", str(2**30))
+    result = sdmnn.check_family(big, samples=2)
+    assert not result.ok and not result.problems and "over the budget" in result.report()
+
+    def nan_at_large(p):
+        m = trimesh.creation.icosphere(1, 1.0)
+        return trimesh.Trimesh(m.vertices * (np.nan if p["r"] > 1.5 else 1.0), m.faces, process=False)
+
+    nan = sdmnn.define_family("nanball", {"r": (1.0, 2.0)}, nan_at_large)
+    result = sdmnn.check_family(nan, samples=4)
+    assert "no grid can be computed" in result.grid_problem and result.problems
+    assert all("non-finite" in why or "NaN" in why for _, why in result.problems)

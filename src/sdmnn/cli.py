@@ -108,15 +108,19 @@ def families_check(family: str = FamilyArg,
                    samples: int = typer.Option(32, help="Random parameter vectors, besides the defaults and the corners of the box (all of them up to 6 parameters, 64 random ones beyond)."),
                    seed: int = typer.Option(0, help="Seed of the random vectors.")):
     """Build the family's shapes at the defaults, the corners and random points of its box; report every one that is
-    not watertight, is inverted, intersects itself or leaves the grid (exit 1 if any)."""
+    not watertight, is inverted, intersects itself or leaves the grid, and a grid over the memory budget (exit 1 if
+    any)."""
     from .shapes import check_family, get_family
 
     if samples < 0:
         raise SdmnnError(f"--samples must be at least 0, got {samples}")
     fam = get_family(family)
-    g = fam.grid
-    console.print(f"{fam.ref}: grid {g.shape[0]}x{g.shape[1]}x{g.shape[2]} voxels of {g.spacing[0]:g} mm, origin "
-                  f"{tuple(round(o, 4) for o in g.origin)} mm" + ("" if fam.given_grid else " (computed: pin it with grid=sdmnn.Grid(...))"))
+    try:
+        g = fam.grid
+        console.print(f"{fam.ref}: grid {g.shape[0]}x{g.shape[1]}x{g.shape[2]} voxels of {g.spacing[0]:g} mm, origin "
+                      f"{tuple(round(o, 4) for o in g.origin)} mm" + ("" if fam.given_grid else " (computed: pin it with grid=sdmnn.Grid(...))"))
+    except SdmnnError:
+        pass  # a grid that cannot be computed is in the check's report
     with err.status(f"checking {fam.name}") as status:
         result = check_family(fam, samples=samples, seed=seed, progress=lambda i, n: status.update(f"checking {fam.name}: shape {i}/{n}"))
     console.print(result.report(limit=50), highlight=False)
@@ -157,8 +161,8 @@ def sdm(family: Optional[str] = typer.Argument(None, help="A family (name, FILE.
         method: str = typer.Option("auto", metavar="[auto|scan|bvh]",
                                    help="How the exact SDM is computed: scan, bvh, or auto (the scan on clean meshes)."),
         model: Optional[Path] = typer.Option(None, help="Model folder for --forward sdmnn/deepsdf (default: the shipped one)."),
-        spacing: Optional[float] = typer.Option(None, help="Voxel size in mm, for --mesh [default: 0.2]."),
-        margin: Optional[float] = typer.Option(None, help="Margin around the mesh's bounding box in mm, for --mesh [default: 2]."),
+        spacing: Optional[float] = typer.Option(None, help="Voxel size in mm, for --mesh (default 0.2)."),
+        margin: Optional[float] = typer.Option(None, help="Margin around the mesh's bounding box in mm, for --mesh (default 2)."),
         device: str = DeviceOpt, precision: str = PrecisionOpt):
     """Compute a signed distance map (mm, negative inside) on the family grid, or around any mesh."""
     from .grid import Grid
@@ -173,6 +177,8 @@ def sdm(family: Optional[str] = typer.Argument(None, help="A family (name, FILE.
     method = _choice(method, "--method", METHODS)
     if mesh_file is not None and family is not None:
         raise SdmnnError("give either a family or --mesh, not both")
+    if mesh_file is not None and param:
+        raise SdmnnError("-p sets a family's parameters; a --mesh has none")
     if mesh_file is not None and forward != "exact":
         raise SdmnnError(f"--forward {forward} predicts a family's shapes; the SDM of a --mesh is always the exact one")
     if mesh_file is None and (spacing is not None or margin is not None):
@@ -193,6 +199,14 @@ def sdm(family: Optional[str] = typer.Argument(None, help="A family (name, FILE.
         grid = Grid.covering(m.bounds, 0.2 if spacing is None else spacing, 2.0 if margin is None else margin)
         volume = exact_sdm(m, grid, method=method)
         what = f"{mesh_file.name} ({len(m.faces)} triangles)"
+        if not (volume < 0).any():
+            import warnings
+
+            from .errors import MeshWarning
+
+            warnings.warn(f"no voxel lies inside {mesh_file.name}: it encloses no volume on this grid (an open surface, "
+                          "faces in opposite pairs, or a body thinner than a voxel), so the map is a distance without "
+                          "sign", MeshWarning, stacklevel=1)
     else:
         if family is None:
             raise SdmnnError("give a family name (see `sdmnn families`) or --mesh FILE")
@@ -344,7 +358,7 @@ def train(family: str = typer.Argument("cochlea", help="A family: a name, FILE.p
                                              "scales, same --hidden) start from its most useful channels."),
           arch: str = typer.Option("sdmnn", metavar="[sdmnn|deepsdf]", help="sdmnn (the network) or deepsdf (the DeepSDF-style baseline)."),
           channels: Optional[str] = typer.Option(None, help="SDMNN decoder channels per scale, coarse to half resolution, "
-                                                 "comma-separated, e.g. 32,32,16 [default: the --init model's, else 32,32,24]."),
+                                                 "comma-separated, e.g. 32,32,16 (default: the --init model's, else 32,32,24)."),
           hidden: int = typer.Option(256, help="Width of the MLP (SDMNN) or of the decoder layers (DeepSDF)."),
           points: int = typer.Option(4096, help="DeepSDF: SDF samples per shape and step."),
           seed: int = typer.Option(0),
@@ -418,6 +432,10 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
                                   "5 mm of --centre, at any orientation (near the model's first, then all where that "
                                   "explains the image poorly). "
                                   "none: the model's frame is the world's."),
+        turns: str = typer.Option("auto", metavar="[auto|near|all]",
+                                  help="With --observed intensity --pose rigid: the rotations searched: near the model's "
+                                       "orientation (within about 30 degrees), all (360 spread over every orientation; "
+                                       "slower), or auto: near, then all where that explains the image poorly."),
         label: Optional[int] = typer.Option(None, help="The shape's value in a multi-label map (needed where the map holds more than one non-zero value)."),
         centre: Optional[str] = typer.Option(None, help="X,Y,Z: where the shape is about, world mm (LPS); default: the labels' centre (an SDM's inside's), "
                                                   "an intensity image's centre."),
@@ -433,12 +451,13 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
     """Posterior over a family's parameters (and pose) given an image; prints MAP, mean, std and 90 % intervals."""
     import numpy as np
 
-    from .fitting import FORWARD_MODELS, OBSERVED_KINDS, POSES, fit as run_fit
+    from .fitting import FORWARD_MODELS, OBSERVED_KINDS, POSES, TURNS, fit as run_fit
     from .io import check_output, load_volume
 
     observed = _choice(observed, "--observed", OBSERVED_KINDS)
     forward = _choice(forward, "--forward", FORWARD_MODELS)
     pose = _choice(pose, "--pose", POSES)
+    turns = _choice(turns, "--turns", TURNS)
     check_output(output, what="folder")
     where = _numbers(centre, "--centre", 3) if centre is not None else None
     if threads is not None:
@@ -463,7 +482,7 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
         net = load_model(model, device=device)
     with err.status(f"fitting the {family} family to {target.name}") as status:
         r = run_fit(volume, grid, family=family, observed_kind=observed, forward=forward, pose=pose, seed=seed, model=net,
-                    tau=tau, sigma=sigma, band=band, label=label, mask=mask_volume, centre=where, threads=threads, device=device,
+                    tau=tau, sigma=sigma, band=band, label=label, mask=mask_volume, centre=where, threads=threads, device=device, turns=turns,
                     progress=lambda text: status.update(f"fitting {target.name}: {text}"))
     table = Table(title=f"{family} fit ({forward} forward model, {observed} target, pose {pose})", title_justify="left")
     for col in ("parameter", "MAP", "mean", "std", "90 % interval"):
@@ -489,8 +508,8 @@ def phantom(family: str = FamilyArg,
             translate: str = typer.Option("0,0,0", help="TX,TY,TZ: shift in mm (the image stays centred on the unshifted shape)."),
             spacing: str = typer.Option("0.3,0.3,0.3", help="SX,SY,SZ: voxel size in mm (one number for cubic voxels)."),
             kind: str = typer.Option("labels", metavar="[labels|ct]", help="labels (partial-volume label map) or ct (two tissues, blur, noise)."),
-            noise: Optional[float] = typer.Option(None, help="ct: Gaussian noise, intensity units (tissues: inside 0, outside 1000) [default: 100]."),
-            blur: Optional[float] = typer.Option(None, help="ct: standard deviation of the point-spread function, mm [default: 0.25]."),
+            noise: Optional[float] = typer.Option(None, help="ct: Gaussian noise, intensity units (tissues: inside 0, outside 1000; default 100)."),
+            blur: Optional[float] = typer.Option(None, help="ct: standard deviation of the point-spread function, mm (default 0.25)."),
             seed: int = typer.Option(0, help="Seed of the noise."),
             output: Path = typer.Option(..., "-o", "--output", help="Image file (.nii.gz, .nrrd, .mha...); the truth goes to NAME.truth.json.")):
     """A test image from a 4x finer mesh, posed, with partial volume (and blur and noise for ct), plus its truth."""

@@ -45,6 +45,8 @@ def _suffix(path: Path, accepted) -> str:
 
 #: Figures (three slices, overlays) are written as PNG only.
 IMAGE_SUFFIXES = (".png",)
+#: Names of files, refused as names of output folders (a dataset, a fit's results, a model).
+FILE_SUFFIXES = (*VOLUME_SUFFIXES, *MESH_SUFFIXES, *IMAGE_SUFFIXES, ".json", ".safetensors")
 
 
 def check_output(path, accepted=None, what: str = "file") -> Path:
@@ -57,6 +59,9 @@ def check_output(path, accepted=None, what: str = "file") -> Path:
         if not there.is_dir():
             raise FileError(f"cannot write the folder {path}: {there} is a file" if there != path else
                             f"cannot write the folder {path}: a file of that name exists")
+        named = next((s for s in sorted(FILE_SUFFIXES, key=len, reverse=True) if path.name.lower().endswith(s)), None)
+        if named is not None and not path.is_dir():
+            raise FileError(f"cannot write the folder {path}: {named} names a file; this output is a folder")
         return path
     if accepted is not None:
         _written_suffix(path, accepted)
@@ -245,6 +250,8 @@ def load_mesh(path):
         raise FileError(f"{path}: cannot be read as a mesh ({type(e).__name__}: {e})") from None
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
         raise MeshError(f"{path}: the file holds no triangles")
+    if not np.all(np.isfinite(mesh.vertices)):  # before the merge, which rounds them to integers
+        raise MeshError(f"{path}: the mesh has NaN or infinite vertex coordinates")
     mesh.merge_vertices(merge_tex=True, merge_norm=True)  # STL stores a triangle soup; OBJ splits at UV seams
     return mesh
 

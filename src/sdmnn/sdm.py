@@ -134,7 +134,7 @@ def _choose(method: str, topo: "_Topology | None") -> str:
         raise SdmnnError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
     if method == "scan" and topo is None:
         raise MeshError("the scan method needs a closed, consistently oriented, manifold mesh without degenerate "
-                        "faces; use method='bvh' for this one")
+                        "faces; use the BVH method for this one (method 'bvh', --method bvh; or 'auto', which picks it)")
     if method == "auto":
         method = "scan" if topo is not None else "bvh"
     if method == "scan" and topo.why_not_scan():

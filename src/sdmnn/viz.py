@@ -89,7 +89,7 @@ def save_corner(path, samples: np.ndarray, names, truth=None, map_point=None):
     """A corner plot of posterior samples: histograms on the diagonal, pairwise scatter below."""
     plt = _figure()
     d = len(names)
-    fig, axes = plt.subplots(d, d, figsize=(2.2 * d, 2.2 * d), constrained_layout=True)
+    fig, axes = plt.subplots(d, d, figsize=(2.2 * d, 2.2 * d), constrained_layout=True, squeeze=False)
     for i in range(d):
         for j in range(d):
             ax = axes[i, j]

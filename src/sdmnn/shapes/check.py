@@ -24,15 +24,20 @@ class FamilyCheck:
     family: str
     checked: int
     problems: tuple[tuple[dict, str], ...]
+    #: why the family's grid cannot be used ('' when it can): it cannot be computed, or exceeds the memory budget
+    grid_problem: str = ""
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and not self.grid_problem
 
     def report(self, limit: int = 10) -> str:
         if self.ok:
             return f"the {self.family} family passed: {self.checked} shapes are closed, outward, free of self-intersections and inside its grid"
-        lines = [f"{len(self.problems)} of {self.checked} shapes of the {self.family} family fail:"]
+        lines = [f"the {self.family} family's grid: {self.grid_problem}"] if self.grid_problem else []
+        if not self.problems:
+            return "\n".join(lines)
+        lines.append(f"{len(self.problems)} of {self.checked} shapes of the {self.family} family fail:")
         for params, problem in self.problems[:limit]:
             lines.append(f"  {short(params)}: {problem}")
         if len(self.problems) > limit:
@@ -48,8 +53,9 @@ def check_points(family: Family, samples: int = SAMPLES, seed: int = 0) -> np.nd
     return np.concatenate([[space.vector(space.defaults)], space.low + unit * (space.high - space.low)])
 
 
-def check_shape(family: Family, vector: np.ndarray) -> str:
-    """Why the shape at ``vector`` is unusable ('' when it is fine)."""
+def check_shape(family: Family, vector: np.ndarray, grid: bool = True) -> str:
+    """Why the shape at ``vector`` is unusable ('' when it is fine); ``grid``: whether to check that it lies inside
+    the family's grid (False where that grid cannot be computed)."""
     from ..bodies import crossing
     from ..io import check_mesh
     from ..sdm import mesh_is_clean
@@ -64,10 +70,9 @@ def check_shape(family: Family, vector: np.ndarray) -> str:
         return why
     if mesh.volume <= 0:
         return f"the mesh is inverted (its normals point inward; volume {mesh.volume:.4g} mm^3)"
-    try:
-        lo, hi = family.grid.bounds  # an automatic grid is computed from the shapes: another one may fail it
-    except SdmnnError as e:
-        return str(e)
+    if not grid:
+        return crossing(mesh.vertices, mesh.faces)
+    lo, hi = family.grid.bounds
     outside = (mesh.vertices < lo) | (mesh.vertices > hi)
     if outside.any():
         v = mesh.vertices[np.argmax(outside.any(axis=1))]
@@ -77,19 +82,25 @@ def check_shape(family: Family, vector: np.ndarray) -> str:
 
 def check_family(family, samples: int = SAMPLES, seed: int = 0, progress=None) -> FamilyCheck:
     """Build the family's shapes at the defaults, the corners of the box and ``samples`` random points, and
-    report every one that is not watertight, is inverted, intersects itself or leaves the grid."""
+    report every one that is not watertight, is inverted, intersects itself or leaves the grid, and a grid that
+    cannot be computed or exceeds the memory budget."""
     from .registry import get_family
 
     family = get_family(family)
+    try:  # an automatic grid is computed from the shapes, so a failing shape may fail it too
+        family.grid.check_memory()
+        grid_problem = ""
+    except SdmnnError as e:
+        grid_problem = str(e)
     points = check_points(family, samples, seed)
     problems = []
     for i, vector in enumerate(points):
-        problem = check_shape(family, vector)
+        problem = check_shape(family, vector, grid=not grid_problem)
         if problem:
             problems.append((family.space.as_dict(vector), problem))
         if progress is not None:
             progress(i + 1, len(points))
-    return FamilyCheck(family.name, len(points), tuple(problems))
+    return FamilyCheck(family.name, len(points), tuple(problems), grid_problem)
 
 
 _PASSED: set[int] = set()

@@ -204,7 +204,7 @@ def auto_grid(family: Family, spacing: float | None = None, samples: int = AUTO_
         mesh = family.mesh(vector)
         if len(mesh.faces) == 0 or not np.all(np.isfinite(mesh.vertices)):
             raise FamilyError(f"the {family.ref} family's mesher gives an empty mesh or non-finite vertices at "
-                              f"{short(space.as_dict(vector))}, so no grid can be computed; see `sdmnn families check`")
+                              f"{short(space.as_dict(vector))}, so no grid can be computed (`sdmnn families check` lists such shapes)")
         lo, hi = np.minimum(lo, mesh.bounds[0]), np.maximum(hi, mesh.bounds[1])
     extent = float((hi - lo).max())
     if spacing is None:
