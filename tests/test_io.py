@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -165,3 +167,39 @@ def test_what_cannot_be_a_volume_or_a_mesh_file_is_one_sentence(tmp_path):
     assert list(tmp_path.iterdir()) == []
     save_volume(tmp_path / "h.nii.gz", np.full((4, 4, 4), 0.5, np.float16), g)  # half floats are written as float32
     assert np.all(load_volume(tmp_path / "h.nii.gz")[0] == 0.5)
+
+
+def test_a_folder_output_is_written_whole_or_not_at_all(tmp_path):
+    """A fit's results folder (FitResult.save): written beside it, then moved in; a failure half-way leaves the folder
+    as it was, absent or with its old files, and no temporary folder."""
+    from sdmnn.io import atomic_folder
+
+    with pytest.raises(RuntimeError):
+        with atomic_folder(tmp_path / "new" / "fit") as tmp:
+            (tmp / "result.json").write_text("{}")
+            raise RuntimeError("a plot failed")
+    assert not (tmp_path / "new" / "fit").exists() and list((tmp_path / "new").iterdir()) == []
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "result.json").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_folder(old) as tmp:
+            (tmp / "result.json").write_text("new")
+            (tmp / "mesh.stl").write_text("new")
+            raise RuntimeError
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "old"] and [p.name for p in old.iterdir()] == ["result.json"]
+    assert (old / "result.json").read_text() == "old"
+    with atomic_folder(old) as tmp:
+        (tmp / "result.json").write_text("new")
+        (tmp / "mesh.stl").write_text("new")
+    assert sorted(p.name for p in old.iterdir()) == ["mesh.stl", "result.json"] and (old / "result.json").read_text() == "new"
+    with atomic_folder(tmp_path / "fresh") as tmp:
+        (tmp / "a.txt").write_text("a")
+    assert (tmp_path / "fresh" / "a.txt").read_text() == "a" and sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "new", "old"]
+    assert oct((tmp_path / "fresh").stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

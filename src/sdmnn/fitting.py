@@ -49,6 +49,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -141,20 +142,23 @@ class FitResult:
         """Write the fit for a clinician's tools: result.json (parameters, intervals, pose, quality...),
         mesh.stl (the fitted surface, world mm), sdm.nii.gz and labels.nii.gz (on the image's own grid),
         samples.npy, corner.png and, given the ``image``, overlay.png (its slices around the shape with the
-        fitted contour). Returns the names written."""
+        fitted contour). All or none: a failure leaves ``folder`` as it was. Returns the names written."""
 
-        from .io import make_folder, save_mesh, save_volume, write_json
+        from .io import atomic_folder
+
+        with atomic_folder(folder) as tmp:
+            return self._write(tmp, image, target)
+
+    def _write(self, folder: Path, image: np.ndarray | None, target: str | None) -> list[str]:
+        from .io import atomic_path, save_mesh, save_volume, write_json
         from .viz import save_corner, save_slices
 
-        folder = make_folder(folder)
         write_json(folder / "result.json", {"target": target, **self.to_dict()})
         mesh = self.mesh()
         save_mesh(folder / "mesh.stl", mesh)
         sdm = self.sdm()
         save_volume(folder / "sdm.nii.gz", sdm, self.grid)
         save_volume(folder / "labels.nii.gz", (sdm < 0).astype(np.uint8), self.grid)
-        from .io import atomic_path
-
         with atomic_path(folder / "samples.npy") as tmp:
             np.save(tmp, self.samples)
         save_corner(folder / "corner.png", self.samples, self.names,

@@ -105,9 +105,7 @@ def atomic_path(path):
     except OSError as e:
         raise FileError(f"cannot write {path}: {e.strerror}") from None
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; outputs get the usual permissions
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; outputs get the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -116,6 +114,40 @@ def atomic_path(path):
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_folder(path):
+    """Yield a temporary folder beside the output folder ``path``; on success its files are moved into ``path``
+    (created, with its parents, where it does not exist: the whole folder renamed at once). A failure leaves ``path``
+    as it was (absent, or with the files it had) and removes the temporary one."""
+    import shutil
+
+    path = make_folder(_path(path).parent) / _path(path).name
+    check_output(path, what="folder")
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    except OSError as e:
+        raise FileError(f"cannot write the folder {path}: {e.strerror}") from None
+    try:
+        yield tmp
+        try:
+            if not path.exists():
+                os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes the folder private
+                os.replace(tmp, path)
+            else:
+                for f in tmp.iterdir():
+                    os.replace(f, path / f.name)
+        except OSError as e:
+            raise FileError(f"cannot write the folder {path}: {e.strerror}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def save_volume(path, volume: np.ndarray, grid: Grid) -> Path:
