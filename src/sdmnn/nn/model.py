@@ -223,7 +223,8 @@ class InferenceSDMNN(nn.Module):
         head_w = coarse_head.weight.detach().float().reshape(-1)  # (C0,)
         lift_w, lift_b = lift.weight.detach().float(), lift.bias.detach().float()  # rows: (channel, coarse voxel), C order
         factors = _lift_factors(self.mlp, lift_w, lift_b, c.n_params)
-        #: the lift's rank here: < hidden where its outputs over the parameter box span few directions (below)
+        #: whether the lift runs through few directions (``_lift_factors``), and how many it reads through
+        self.lift_factored = factors is not None
         self.lift_rank = lift_w.shape[1] if factors is None else factors[0].shape[0]
         if factors is None:
             self.register_buffer("lift_weight", lift_w.to(dtype).clone())
@@ -273,7 +274,7 @@ class InferenceSDMNN(nn.Module):
         """x: (B, d) normalised parameters -> (B, nx, ny, nz) SDM in mm, float32."""
         B, c, cl = x.shape[0], self.config, torch.channels_last_3d
         z = self.mlp(x)
-        q = z if self.lift_rank == z.shape[1] else F.linear(z, self.lift_reduce_weight, self.lift_reduce_bias)
+        q = F.linear(z, self.lift_reduce_weight, self.lift_reduce_bias) if self.lift_factored else z
         h = F.linear(q.to(self.dtype), self.lift_weight, self.lift_bias).view(B, c.channels[0], *c.base_shape)
         out = F.linear(z, self.coarse_weight, self.coarse_bias).view(B, 1, *c.base_shape)
         for i, ((features, conv2), (gn1, gn2)) in enumerate(zip(self.convs, self.norms)):
