@@ -294,3 +294,11 @@ def test_a_mesh_that_encloses_nothing_gets_an_unsigned_map_and_says_so(tmp_path)
     assert sdmnn.load_volume(tmp_path / "two.nii.gz")[0].min() >= 0
     box.export(tmp_path / "one.stl")
     assert "no voxel lies inside" not in run("sdm", "--mesh", "one.stl", "--spacing", "0.25", "-o", "one.nii.gz", cwd=tmp_path).stderr
+
+
+@pytest.mark.skipif(sdmnn.nn.shipped_model_path() is None, reason="no shipped model")
+def test_a_model_of_another_architecture_than_forward_is_refused(tmp_path):
+    shipped = str(sdmnn.nn.shipped_model_path())
+    r = run("sdm", "cochlea", "--forward", "deepsdf", "--model", shipped, "-o", "d.nii.gz", cwd=tmp_path, ok=False)
+    assert r.returncode == 2 and "holds a model of the sdmnn architecture, not deepsdf (--forward deepsdf)" in " ".join(r.stderr.split())
+    assert not (tmp_path / "d.nii.gz").exists()

@@ -116,6 +116,8 @@ def test_model_of_another_family_is_refused():
     y, grid = synthetic_target("cochlea", TRUTH, tau=0)
     with pytest.raises(FitError, match="trained for the cochlea family, not torus"):
         fit(y, grid, family="torus", forward="sdmnn", model=sdmnn.load_model())
+    with pytest.raises(FitError, match="runs a network of the deepsdf architecture; the model given is of the sdmnn architecture"):
+        fit(y, grid, forward="deepsdf", model=sdmnn.load_model())
 
 
 def test_correlation_volume_counts_the_voxels_per_independent_residual():

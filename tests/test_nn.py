@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import socket
@@ -127,8 +128,13 @@ def test_checkpoint_for_other_ranges_or_architecture_is_refused(tiny_model, tmp_
     meta = json.loads((tiny_model / "model.json").read_text())
     meta["config"]["channels"] = [8, 8, 16]
     (bad / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(SdmnnError, match="do not match the architecture"):
+    with pytest.raises(SdmnnError, match=r"do not match the architecture in model.json \((Missing key|Unexpected key|size mismatch)"):
         load_model(bad)
+    for description, message in (([], "not a model description \\(a JSON object\\), but a JSON list"),
+                                 ({k: v for k, v in meta.items() if k != "family"}, "names no family")):
+        (bad / "model.json").write_text(json.dumps(description))
+        with pytest.raises(SdmnnError, match=message):
+            load_model(bad)
 
 
 def test_the_inference_network_computes_the_trained_function():
@@ -192,7 +198,10 @@ def test_bfloat16_prediction_matches_float32_and_bad_precision_is_refused(cochle
     """The fast path (convolution stages in bfloat16) against float32 on the shipped model: far below its own error."""
     if sdmnn.nn.shipped_model_path() is None:
         pytest.skip("no shipped model")
-    full, fast = load_model(precision="float32"), load_model(precision="bfloat16")
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    with contextlib.nullcontext() if native else pytest.warns(UserWarning, match="is emulated: about 100x slower"):
+        fast = load_model(precision="bfloat16")
+    full = load_model(precision="float32")
     assert fast.precision == "bfloat16" and full.precision == "float32"
     x = np.random.default_rng(0).uniform(cochlea.space.low, cochlea.space.high, (4, len(cochlea.space)))
     diff = np.abs(fast.predict(x) - full.predict(x))
@@ -483,3 +492,43 @@ def test_predict_runs_the_traced_inference_network_for_every_batch_size(tiny_mod
         eager = m._fast(m.normalise_torch(torch.tensor(x, dtype=torch.float32))).numpy()
     assert np.allclose(first, eager[0], rtol=1e-5, atol=1e-6)  # float rounding differs between batch sizes
     assert np.allclose(m.predict(x, batch_size=3), eager, rtol=1e-5, atol=1e-6)  # batches of 3 and 2
+
+
+def test_a_refused_training_leaves_no_folder_and_a_resume_names_what_differs(tiny_model, tiny_data, tmp_path):
+    base = dict(data=[str(tiny_data)], steps=1, batch=2, hidden=32)
+    with pytest.raises(SdmnnError, match="--init"):  # wider than the model it starts from
+        train(TrainConfig(**base, channels=(16, 16, 16), init=str(tiny_model), out=str(tmp_path / "wide")), progress=False)
+    assert not (tmp_path / "wide").exists()
+    train(TrainConfig(**base, channels=TINY_CHANNELS, out=str(tmp_path / "run")), progress=False)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.safetensors", "last.safetensors", "model.json"):  # readable like any output
+        assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+    with pytest.raises(SdmnnError, match=r"differs from this one \(channels \[8, 8, 8\] there, \[8, 8, 4\] here\)"):
+        train(TrainConfig(**{**base, "steps": 2}, channels=(8, 8, 4), out=str(tmp_path / "run")), progress=False)
+
+
+def test_an_interrupted_training_keeps_its_steps_and_the_same_command_resumes(tiny_data, tmp_path, monkeypatch, capsys):
+    """Ctrl-C (KeyboardInterrupt) during training writes the resumable checkpoint before it stops."""
+    import sdmnn.nn.train as training
+
+    calls = {"n": 0}
+    real = training._batch
+
+    def interrupted_at_the_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    cfg = TrainConfig(data=[str(tiny_data)], steps=5, batch=2, channels=TINY_CHANNELS, hidden=32, out=str(tmp_path / "run"))
+    monkeypatch.setattr(training, "_batch", interrupted_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False)
+    assert "interrupted at step 2" in capsys.readouterr().out and (tmp_path / "run" / "last.json").exists()
+    monkeypatch.setattr(training, "_batch", real)
+    assert train(cfg, progress=False)["steps"] == 5
+    assert "at step 2" in capsys.readouterr().out  # "resuming ... at step 2"
+    log = (tmp_path / "run" / "train.jsonl").read_text()
+    assert train(cfg, progress=False)["steps"] == 5 and "is complete at step 5" in capsys.readouterr().out
+    assert (tmp_path / "run" / "train.jsonl").read_text() == log  # a finished run rerun: nothing trained or written

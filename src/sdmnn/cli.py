@@ -222,6 +222,8 @@ def sdm(family: Optional[str] = typer.Argument(None, help="A family (name, FILE.
                    load_model(family=fam, arch=forward, device=device, precision=precision))
             if net.family.name != fam.name:
                 raise SdmnnError(f"the model is for the {net.family.name} family, not {fam.name}")
+            if net.arch != forward:
+                raise SdmnnError(f"{model} holds a model of the {net.arch} architecture, not {forward} (--forward {forward})")
             grid = net.grid
             volume = net.predict(params)
         what = f"{fam.name} {params}"
@@ -366,7 +368,7 @@ def train(family: str = typer.Argument("cochlea", help="A family: a name, FILE.p
           device: str = DeviceOpt,
           eval_every: int = typer.Option(250, help="Validate and log every N steps."),
           output: Path = typer.Option(Path("runs/cochlea"), "-o", "--output", help="Run folder: model, checkpoints, train.jsonl; rerun to resume.")):
-    """Train SDMNN (resumable: rerun the same command); under torchrun, with DDP."""
+    """Train SDMNN (resumable: a checkpoint every 5 minutes and on Ctrl-C; rerun the same command); under torchrun, with DDP."""
     from .nn.train import TrainConfig, train as run
 
     arch = _choice(arch, "--arch", ("sdmnn", "deepsdf"))

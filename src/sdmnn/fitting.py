@@ -826,6 +826,9 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         net = model or load_model(family=fam, arch=network, device=device)
         if net.family.name != fam.name:
             raise FitError(f"the model was trained for the {net.family.name} family, not {fam.name}")
+        if net.arch != network:
+            raise FitError(f"forward {forward} (--forward) runs a network of the {network} architecture; the model "
+                           f"given is of the {net.arch} architecture")
 
     if net is not None:
         import torch

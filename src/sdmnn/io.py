@@ -105,7 +105,7 @@ def atomic_path(path):
     except OSError as e:
         raise FileError(f"cannot write {path}: {e.strerror}") from None
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; outputs get the usual permissions
+    usual_permissions(tmp)  # mkstemp makes the file private
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -148,6 +148,12 @@ def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
+
+
+def usual_permissions(path) -> None:
+    """Give a file written through a private temporary (mkstemp, or a writer that recreates it so) the permissions
+    of any other output: 0666 less the umask."""
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def save_volume(path, volume: np.ndarray, grid: Grid) -> Path:

@@ -82,7 +82,7 @@ def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SdmnnError(f"device {device} was asked for, but torch sees no CUDA GPU here; use --device cpu (or auto)")
+        raise SdmnnError(f"device {device} was asked for, but torch sees no CUDA GPU here; use device cpu or auto (--device cpu)")
     if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
         raise SdmnnError(f"device {device} was asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
     return device

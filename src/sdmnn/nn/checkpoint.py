@@ -19,7 +19,7 @@ from .. import __version__
 from ..checks import is_integer
 from ..errors import FileError, ModelError, ParameterError, SdmnnError
 from ..grid import Grid
-from ..io import atomic_path
+from ..io import atomic_path, usual_permissions
 from ..shapes import Family
 from ..shapes.registry import stored_family
 from .deepsdf import DeepSDF, DeepSDFConfig
@@ -49,6 +49,7 @@ def save_checkpoint(folder, model: torch.nn.Module, meta: dict, extra_tensors: d
     weights = folder / f"{name}.safetensors"
     with atomic_path(weights) as tmp:
         save_file(tensors, str(tmp))
+        usual_permissions(tmp)  # safetensors writes a private file anew
     meta = {**meta, "format": FORMAT, "sdmnn_version": __version__, "weights": weights.name, "weights_sha256": _sha256(weights)}
     with atomic_path(folder / f"{name}.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=2) + "\n")
@@ -67,6 +68,8 @@ def read_checkpoint(folder, name: str = "model") -> tuple[dict, dict]:
         meta = json.loads(js.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ModelError(f"{js}: not a readable model description ({e})") from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"{js}: not a model description (a JSON object), but a JSON {type(meta).__name__}")
     if meta.get("format") != FORMAT:
         raise ModelError(f"{js}: unknown checkpoint format {meta.get('format')!r}")
     if meta.get("weights_sha256") != _sha256(weights):
@@ -148,8 +151,8 @@ class Predictor:
             raise ParameterError(f"expected parameters of shape (B, {len(self.family.space)}), got {tuple(params.shape)}")
 
     def predict_torch(self, params: torch.Tensor, differentiable: bool = True) -> torch.Tensor:
-        """(B, d) parameters in the family's units (a tensor) -> (B, nx, ny, nz) SDMs (mm), on the model's device,
-        float32. ``differentiable``: through the network as trained (gradients flow to ``params``); False: without
+        """(B, d) parameters in the family's units (a tensor, not checked against the ranges as ``predict`` checks
+        them: the fit keeps its own inside the box) -> (B, nx, ny, nz) SDMs (mm), on the model's device, float32. ``differentiable``: through the network as trained (gradients flow to ``params``); False: without
         gradients, for an SDMNN through its inference form in float32 whatever ``precision`` says (the same function
         to float rounding, faster; every network SDM of the fit)."""
         self._check_shape(params)
@@ -244,8 +247,10 @@ def load_model(path=None, family="cochlea", arch: str = "sdmnn", device: str = "
         raise SdmnnError(f"{path}: the network's output shape {net.config.out_shape} does not match its grid {grid.shape}")
     try:
         net.load_state_dict(tensors)
-    except RuntimeError as e:
-        raise SdmnnError(f"{path}: the weights do not match the architecture in model.json ({str(e).splitlines()[0]})") from None
+    except RuntimeError as e:  # torch's first line says only "Error(s) in loading state_dict"; the next, which tensor
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise SdmnnError(f"{path}: the weights do not match the architecture in model.json "
+                         f"({(lines[1:] or lines or ['?'])[0]:.300})") from None
     if meta["arch"] == "sdmnn":
         net = net.to(memory_format=torch.channels_last_3d)
     if precision == "auto":
@@ -253,4 +258,7 @@ def load_model(path=None, family="cochlea", arch: str = "sdmnn", device: str = "
         precision = "bfloat16" if native and meta["arch"] == "sdmnn" else "float32"
     elif precision == "bfloat16" and meta["arch"] != "sdmnn":
         raise SdmnnError(f"precision bfloat16 is for the sdmnn architecture, not {meta['arch']}")
+    elif precision == "bfloat16" and torch.device(device).type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        warnings.warn("precision bfloat16 on a CPU without native bfloat16 (AVX512-BF16 or AMX) is emulated: about 100x "
+                      "slower than float32 (which precision auto picks on this CPU)", stacklevel=2)
     return Predictor(net, fam, grid, meta, path, device, threads, precision)

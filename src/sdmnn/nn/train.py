@@ -226,21 +226,30 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
         net = SDMNN(mcfg).to(memory_format=torch.channels_last_3d)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
     out = Path(cfg.out)
-    if rank == 0:
-        make_folder(out)
     state = {"step": 0, "seconds": 0.0, "samples_seen": 0}
     resuming = (out / "last.json").exists()
     if source is not None and not resuming:
         _init_from(net, source, cfg.init, mcfg, cfg.arch, announce=rank == 0)
     if resuming:
         meta, tensors = read_checkpoint(out, "last")
-        if meta["config"] != json.loads(json.dumps(mcfg.to_dict())) or meta["family"] != family.name or meta["arch"] != cfg.arch:
-            raise SdmnnError(f"{out} holds a run with another architecture or family; choose another --out")
+        differ = _differences(meta, {"family": family.name, "arch": cfg.arch, **json.loads(json.dumps(mcfg.to_dict()))})
+        if differ:
+            raise SdmnnError(f"{out} holds a run that differs from this one ({differ}): give the options it was "
+                             "started with to resume it, or choose another --out")
         net.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("opt.")})
         _load_optimizer(opt, tensors, meta["optimizer"])
         state = meta["state"]
         if rank == 0:
             print(f"resuming {out} at step {state['step']} ({state['seconds'] / 60:.1f} min trained)", flush=True)
+    budget = (cfg.minutes or math.inf) * 60
+    total_steps = cfg.steps or math.inf
+    if resuming and max(state["step"] / total_steps, state["seconds"] / budget) >= 1 and (out / "model.json").exists():
+        if rank == 0:  # nothing to train: leave the run's model and log as they are
+            print(f"{out} is complete at step {state['step']} ({state['seconds'] / 60:.1f} min trained): give a larger "
+                  "--steps or --minutes to train on", flush=True)
+        return {"steps": state["step"], "seconds": state["seconds"]}
+    if rank == 0:
+        make_folder(out)  # once the settings are known to work: a refused run leaves no folder
     net = net.to(device)
     _optimizer_to(opt, device)
     model = (torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
@@ -250,8 +259,6 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
         print(f"--hard: the loss of each of the {len(X)} training cases, one pass ...", flush=True)
     hard = _HardCases(net, X, Y, cfg, device) if cfg.hard else None
 
-    budget = (cfg.minutes or math.inf) * 60
-    total_steps = cfg.steps or math.inf
     rng = np.random.default_rng([cfg.seed, rank, state["step"]])
     log = open(out / "train.jsonl", "a") if rank == 0 else None
     from tqdm.auto import tqdm
@@ -259,45 +266,55 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
     bar = tqdm(total=1000, disable=not progress or rank != 0, bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
     t_start = time.perf_counter() - state["seconds"]
     last_save, last_metrics = time.perf_counter(), {}
-    while True:
-        elapsed = time.perf_counter() - t_start
-        frac = max(state["step"] / total_steps, elapsed / budget)
-        stop = torch.tensor(float(frac >= 1.0), device=device)
-        if world > 1:
-            torch.distributed.all_reduce(stop, op=torch.distributed.ReduceOp.MAX)
-        if stop.item():
-            break
-        lr = cfg.lr * min(1.0, (state["step"] + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        xb, yb, idx = _batch(X, Y, online, rng, cfg.batch, hard, cfg.hard)
-        xb = xb.to(device, non_blocking=True)
-        if cfg.arch == "deepsdf":  # L1 on clamped SDF samples, near the surface and uniform
-            pts, target = sample_points(yb, torch.arange(len(yb)), cfg.points, cfg.clamp, rng)
-            pred = model(xb, net.coords[pts.to(device)])
-            loss = (pred - target.to(device).clamp(-cfg.clamp, cfg.clamp)).abs().mean()
-        else:
-            terms, w = _cfg_loss_terms(model(xb), yb.to(device, non_blocking=True), cfg)
-            loss = terms.sum() / w.sum()
-            if hard is not None:  # the static cases are the batch's last rows
-                hard.update(idx, _case_losses(terms, w)[len(xb) - len(idx):])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        state["step"] += 1
-        state["samples_seen"] += len(xb) * world
-        state["seconds"] = time.perf_counter() - t_start
-        bar.n = int(1000 * min(frac, 1.0))
-        bar.set_postfix_str(f"step {state['step']} loss {loss.item():.4g} lr {lr:.2g}" + (f" val MAE {last_metrics['mae']:.4f} mm" if last_metrics else ""))
-        if rank == 0 and (state["step"] % cfg.eval_every == 0):
-            last_metrics = validate(net, val) if val else {}
-            record = {"step": state["step"], "seconds": round(state["seconds"], 1), "loss": loss.item(), "lr": lr,
-                      "online_samples": online.count if online else 0, **{f"val_{k}": v for k, v in last_metrics.items()}}
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-        if rank == 0 and time.perf_counter() - last_save > 300:
+    try:
+        while True:
+            elapsed = time.perf_counter() - t_start
+            frac = max(state["step"] / total_steps, elapsed / budget)
+            stop = torch.tensor(float(frac >= 1.0), device=device)
+            if world > 1:
+                torch.distributed.all_reduce(stop, op=torch.distributed.ReduceOp.MAX)
+            if stop.item():
+                break
+            lr = cfg.lr * min(1.0, (state["step"] + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            xb, yb, idx = _batch(X, Y, online, rng, cfg.batch, hard, cfg.hard)
+            xb = xb.to(device, non_blocking=True)
+            if cfg.arch == "deepsdf":  # L1 on clamped SDF samples, near the surface and uniform
+                pts, target = sample_points(yb, torch.arange(len(yb)), cfg.points, cfg.clamp, rng)
+                pred = model(xb, net.coords[pts.to(device)])
+                loss = (pred - target.to(device).clamp(-cfg.clamp, cfg.clamp)).abs().mean()
+            else:
+                terms, w = _cfg_loss_terms(model(xb), yb.to(device, non_blocking=True), cfg)
+                loss = terms.sum() / w.sum()
+                if hard is not None:  # the static cases are the batch's last rows
+                    hard.update(idx, _case_losses(terms, w)[len(xb) - len(idx):])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            state["step"] += 1
+            state["samples_seen"] += len(xb) * world
+            state["seconds"] = time.perf_counter() - t_start
+            bar.n = int(1000 * min(frac, 1.0))
+            bar.set_postfix_str(f"step {state['step']} loss {loss.item():.4g} lr {lr:.2g}" + (f" val MAE {last_metrics['mae']:.4f} mm" if last_metrics else ""))
+            if rank == 0 and (state["step"] % cfg.eval_every == 0):
+                last_metrics = validate(net, val) if val else {}
+                record = {"step": state["step"], "seconds": round(state["seconds"], 1), "loss": loss.item(), "lr": lr,
+                          "online_samples": online.count if online else 0, **{f"val_{k}": v for k, v in last_metrics.items()}}
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            if rank == 0 and time.perf_counter() - last_save > 300:
+                _save(out, net, opt, family, grid, mcfg, cfg, state, command, name="last")
+                last_save = time.perf_counter()
+    except KeyboardInterrupt:  # Ctrl-C: keep what was trained, so that the same command resumes it
+        bar.close()
+        if rank == 0:
             _save(out, net, opt, family, grid, mcfg, cfg, state, command, name="last")
-            last_save = time.perf_counter()
+            log.close()
+            print(f"\ninterrupted at step {state['step']}: saved {out}/last.*; rerun the same command to resume", flush=True)
+        if online:
+            online.stop.set()
+        raise
     bar.close()
     metrics = {}
     if rank == 0:
@@ -388,6 +405,13 @@ def _optimizer_to(opt, device):
         for k, v in state.items():
             if torch.is_tensor(v) and k != "step":
                 state[k] = v.to(device)
+
+
+def _differences(meta: dict, now: dict) -> str:
+    """What differs between a checkpoint's ``meta`` and this run's family, architecture and network settings
+    (``now``), e.g. "channels [32, 32, 24] there, [32, 32, 16] here"; '' when nothing does."""
+    there = {"family": meta.get("family"), "arch": meta.get("arch"), **meta.get("config", {})}
+    return "; ".join(f"{k} {there.get(k)} there, {v} here" for k, v in now.items() if there.get(k) != v)
 
 
 def _save(out, net, opt, family, grid, mcfg, cfg, state, command, name, accuracy=None):

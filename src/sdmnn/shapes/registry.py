@@ -61,6 +61,8 @@ def get_family(name) -> Family:
 def stored_family(meta: dict, where) -> Family:
     """The family a dataset or a model was made with, from its ``family`` and ``family_source`` entries."""
     name, source = meta.get("family"), meta.get("family_source")
+    if not isinstance(name, str) or not (source is None or isinstance(source, str)):
+        raise FamilyError(f"{where}: its description names no family (a 'family' entry)")
     try:
         family = get_family(source or name)
     except FamilyError as e:
