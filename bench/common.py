@@ -15,7 +15,7 @@ def timeit_interleaved(fns: dict, repeat: int = 7, warmup: int = 1, settle=None)
     """name -> (median seconds, last result) for each function, their runs taken in turn (a, b, a, b,
     ...) so that every one sees the same state of a machine whose speed drifts. ``settle``, if given, runs untimed
     before every timed run, so that each starts after the same work, not after whichever function precedes it (a
-    prediction right after an exact SDM took 0.6-1.5 ms longer than right after another prediction, on an AVX2 EPYC)."""
+    prediction right after another ran faster than one right after an exact SDM: docs/discussion.md)."""
     results = {name: None for name in fns}
     for _ in range(warmup):
         for name, fn in fns.items():

@@ -1,5 +1,3 @@
-import os
-
 import numpy as np
 import pytest
 
@@ -172,7 +170,7 @@ def test_what_cannot_be_a_volume_or_a_mesh_file_is_one_sentence(tmp_path):
 def test_a_folder_output_is_written_whole_or_not_at_all(tmp_path):
     """A fit's results folder (FitResult.save): written beside it, then moved in; a failure half-way leaves the folder
     as it was, absent or with its old files, and no temporary folder."""
-    from sdmnn.io import atomic_folder
+    from sdmnn.io import _umask, atomic_folder
 
     with pytest.raises(RuntimeError):
         with atomic_folder(tmp_path / "new" / "fit") as tmp:
@@ -197,9 +195,3 @@ def test_a_folder_output_is_written_whole_or_not_at_all(tmp_path):
         (tmp / "a.txt").write_text("a")
     assert (tmp_path / "fresh" / "a.txt").read_text() == "a" and sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "new", "old"]
     assert oct((tmp_path / "fresh").stat().st_mode & 0o777) == oct(0o777 & ~_umask())
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask

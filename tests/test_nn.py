@@ -163,7 +163,7 @@ def test_the_inference_network_reads_a_lift_of_low_rank_where_it_saves_and_keeps
         for p in net.parameters():
             p += 0.05 * torch.randn_like(p)
         fast = InferenceSDMNN(net)
-        assert fast.lift_rank < 64 and fast.lift_rank * (512 + 64) <= 512 * 64 / 2
+        assert fast.lift_factored and fast.lift_rank * (512 + 64) <= 512 * 64 / 2
         corners = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
         x = torch.cat([corners, torch.rand(12, 2) * 2 - 1])
         ref = net(x)
@@ -500,16 +500,18 @@ def test_a_refused_training_leaves_no_folder_and_a_resume_names_what_differs(tin
         train(TrainConfig(**base, channels=(16, 16, 16), init=str(tiny_model), out=str(tmp_path / "wide")), progress=False)
     assert not (tmp_path / "wide").exists()
     train(TrainConfig(**base, channels=TINY_CHANNELS, out=str(tmp_path / "run")), progress=False)
-    umask = os.umask(0)
-    os.umask(umask)
+    from sdmnn.io import _umask
+
     for name in ("model.safetensors", "last.safetensors", "model.json"):  # readable like any output
-        assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+        assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o666 & ~_umask(), name
     with pytest.raises(SdmnnError, match=r"differs from this one \(channels \[8, 8, 8\] there, \[8, 8, 4\] here\)"):
         train(TrainConfig(**{**base, "steps": 2}, channels=(8, 8, 4), out=str(tmp_path / "run")), progress=False)
 
 
 def test_an_interrupted_training_keeps_its_steps_and_the_same_command_resumes(tiny_data, tmp_path, monkeypatch, capsys):
-    """Ctrl-C (KeyboardInterrupt) during training writes the resumable checkpoint before it stops."""
+    """Ctrl-C (SIGINT) during training ends the step it interrupts, writes the resumable checkpoint and stops."""
+    import signal
+
     import sdmnn.nn.train as training
 
     calls = {"n": 0}
@@ -518,17 +520,18 @@ def test_an_interrupted_training_keeps_its_steps_and_the_same_command_resumes(ti
     def interrupted_at_the_third(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
         return real(*args, **kwargs)
 
     cfg = TrainConfig(data=[str(tiny_data)], steps=5, batch=2, channels=TINY_CHANNELS, hidden=32, out=str(tmp_path / "run"))
     monkeypatch.setattr(training, "_batch", interrupted_at_the_third)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, progress=False)
-    assert "interrupted at step 2" in capsys.readouterr().out and (tmp_path / "run" / "last.json").exists()
+    assert "interrupted at step 3" in capsys.readouterr().out and (tmp_path / "run" / "last.json").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the usual Ctrl-C again
     monkeypatch.setattr(training, "_batch", real)
     assert train(cfg, progress=False)["steps"] == 5
-    assert "at step 2" in capsys.readouterr().out  # "resuming ... at step 2"
+    assert "at step 3" in capsys.readouterr().out  # "resuming ... at step 3"
     log = (tmp_path / "run" / "train.jsonl").read_text()
-    assert train(cfg, progress=False)["steps"] == 5 and "is complete at step 5" in capsys.readouterr().out
+    assert train(cfg, progress=False)["complete"] and "is complete at step 5" in capsys.readouterr().out
     assert (tmp_path / "run" / "train.jsonl").read_text() == log  # a finished run rerun: nothing trained or written

@@ -381,6 +381,8 @@ def train(family: str = typer.Argument("cochlea", help="A family: a name, FILE.p
                       near_scale=near_scale, sign_weight=sign_weight, peak_weight=peak_weight, peak_tol=peak_tol, hard=hard, init=init, arch=arch, channels=ch, hidden=hidden, points=points, seed=seed, threads=threads, device=device,
                       eval_every=eval_every, out=str(output))
     result = run(cfg, command="sdmnn " + " ".join(sys.argv[1:]))
+    if result.get("complete"):
+        return  # train said so: nothing trained
     console.print(f"trained {result['steps']} steps in {result['seconds'] / 60:.1f} min -> {output}/model.json" +
                   (f"; validation MAE {result['mae']:.4f} mm, within 1 mm {result['band_mae']:.4f} mm, wrong sign {100 * result['wrong_sign']:.2f} %" if "mae" in result else ""))
 

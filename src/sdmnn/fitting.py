@@ -147,7 +147,11 @@ class FitResult:
         from .io import atomic_folder
 
         with atomic_folder(folder) as tmp:
-            return self._write(tmp, image, target)
+            written = self._write(tmp, image, target)
+        stale = Path(folder) / "overlay.png"  # an earlier fit's, into the same folder, with an image
+        if "overlay.png" not in written and stale.is_file():
+            stale.unlink()
+        return written
 
     def _write(self, folder: Path, image: np.ndarray | None, target: str | None) -> list[str]:
         from .io import atomic_path, save_mesh, save_volume, write_json

@@ -118,13 +118,13 @@ def atomic_path(path):
 
 @contextlib.contextmanager
 def atomic_folder(path):
-    """Yield a temporary folder beside the output folder ``path``; on success its files are moved into ``path``
-    (created, with its parents, where it does not exist: the whole folder renamed at once). A failure leaves ``path``
-    as it was (absent, or with the files it had) and removes the temporary one."""
+    """Yield a temporary folder beside the output folder ``path``; on success its files are moved into ``path``:
+    where ``path`` does not exist, the whole folder is renamed at once (its parents created); into an existing one,
+    file by file. A failure while the files are written leaves ``path`` as it was and removes the temporary one."""
     import shutil
 
-    path = make_folder(_path(path).parent) / _path(path).name
-    check_output(path, what="folder")
+    path = check_output(path, what="folder")
+    make_folder(path.parent)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     except OSError as e:

@@ -109,7 +109,7 @@ class Predictor:
         self.device = torch.device(device)
         self.threads = threads
         self.net = net.to(self.device).eval()
-        #: ``predict`` runs an SDMNN as an ``InferenceSDMNN`` (the same function, faster), its convolutions in this
+        #: ``predict`` runs an SDMNN as an ``InferenceSDMNN`` (the same function within 0.001 mm inside the parameter box, faster), its convolutions in this
         #: precision ("bfloat16" or "float32"); ``predict_torch`` (the fit's) runs the network as trained, or in float32
         #: without gradients.
         self.precision = precision
@@ -152,9 +152,10 @@ class Predictor:
 
     def predict_torch(self, params: torch.Tensor, differentiable: bool = True) -> torch.Tensor:
         """(B, d) parameters in the family's units (a tensor, not checked against the ranges as ``predict`` checks
-        them: the fit keeps its own inside the box) -> (B, nx, ny, nz) SDMs (mm), on the model's device, float32. ``differentiable``: through the network as trained (gradients flow to ``params``); False: without
-        gradients, for an SDMNN through its inference form in float32 whatever ``precision`` says (the same function
-        to float rounding, faster; every network SDM of the fit)."""
+        them: the fit keeps its own inside the box) -> (B, nx, ny, nz) SDMs (mm), on the model's device, float32.
+        ``differentiable``: through the network as trained (gradients flow to ``params``); False: without gradients,
+        for an SDMNN through its inference form in float32 whatever ``precision`` says (the same function within
+        0.001 mm inside the parameter box, faster; every network SDM of the fit)."""
         self._check_shape(params)
         x = self.normalise_torch(params.float().to(self.device))
         if differentiable:

@@ -140,7 +140,7 @@ def _phase_weights(w: torch.Tensor) -> torch.Tensor:
 
 
 #: The lift keeps the directions of its outputs over the parameter box down to this fraction of the largest's spread
-#: (on the shipped cochlea model: 93 of 256 directions, the SDM within 0.0002 mm of the full lift's on 400 random shapes).
+#: (what that keeps and costs on the shipped model: docs/design.md, Inference).
 LIFT_TOL = 1e-4
 LIFT_SAMPLES = 2048
 
@@ -149,9 +149,8 @@ def _lift_factors(hidden: nn.Module, weight: torch.Tensor, bias: torch.Tensor, n
     """The MLP's last layer (its lift to the coarse volume, ``weight`` (rows, k) and ``bias``) as two: k -> r -> rows,
     where its outputs over the parameter box lie near an r-dimensional subspace; None where that saves under half the
     multiply-adds. The layer's input is the MLP's hidden layer, a function of the n_params parameters, so its outputs
-    fill at most an n_params-dimensional surface in rows dimensions, spanned to float rounding by few directions (on
-    the cochlea's network, 93 of 256 directions keep the SDM to 0.0002 mm, and reading 7168 x 256 weights was a tenth of
-    a batch-1 prediction). The directions: principal components of the outputs over LIFT_SAMPLES points drawn (one fixed
+    fill at most an n_params-dimensional surface in rows dimensions, spanned to float rounding by few directions, and
+    at batch 1 the layer's time is that of reading its weights. The directions: principal components of the outputs over LIFT_SAMPLES points drawn (one fixed
     seed) from the box widened by 10 %, computed as those of ``weight`` times a square root of the hidden layer's
     covariance (a k x k eigenproblem, not one of the samples); kept while their spread exceeds LIFT_TOL of the largest's."""
     rows, k = weight.shape
@@ -187,7 +186,8 @@ def _interleave(z: torch.Tensor) -> torch.Tensor:
 
 class InferenceSDMNN(nn.Module):
     """A trained SDMNN rearranged for fast inference (``Predictor.predict``, and in float32 ``predict_torch`` without
-    gradients, the fit's): the same function, faster at batch 1 (both times in docs/bench/nn.md). The differentiable
+    gradients, the fit's): the same function, faster at batch 1 (both times in docs/bench/nn.md), to float rounding
+    but for the low-rank lift below (within 0.001 mm inside the parameter box, its test). The differentiable
     path runs the SDMNN itself.
 
     - Of the channels a stage's first convolution sees, the parameters are constant over a shape's volume and the
@@ -204,7 +204,7 @@ class InferenceSDMNN(nn.Module):
       channels-last volumes was the slowest operation of the whole network. The coarse 1x1x1 head, linear in the
       lift's output, is folded into one float32 layer from the MLP's hidden layer to the coarse SDM.
     - The lift itself, where its outputs over the parameter box span few directions, runs as two thin layers through
-      them (``_lift_factors``: 93 of 256 on the cochlea's network, a third of the weights to read).
+      them (``_lift_factors``).
     - The final trilinear upsampling of the coarse SDM is a 3x3x3 convolution onto the 2x2x2 sub-voxels at half
       resolution (on a replicate-padded input, which reproduces its clamped border), added before the one shuffle.
     """

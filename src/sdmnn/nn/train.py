@@ -182,7 +182,8 @@ def check_settings(cfg: TrainConfig) -> None:
 
 def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -> dict:
     """Train (or resume) an SDMNN model; writes ``cfg.out``/model.{json,safetensors}, a resumable
-    checkpoint and train.jsonl. Returns the final validation metrics."""
+    checkpoint and train.jsonl. Returns the steps, seconds and final validation metrics (``complete``: True where the
+    run had already finished and nothing was trained)."""
     from ..dataset import open_dataset
     from ..shapes import get_family, require_valid
 
@@ -247,7 +248,7 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
         if rank == 0:  # nothing to train: leave the run's model and log as they are
             print(f"{out} is complete at step {state['step']} ({state['seconds'] / 60:.1f} min trained): give a larger "
                   "--steps or --minutes to train on", flush=True)
-        return {"steps": state["step"], "seconds": state["seconds"]}
+        return {"steps": state["step"], "seconds": state["seconds"], "complete": True}
     if rank == 0:
         make_folder(out)  # once the settings are known to work: a refused run leaves no folder
     net = net.to(device)
@@ -266,11 +267,12 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
     bar = tqdm(total=1000, disable=not progress or rank != 0, bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
     t_start = time.perf_counter() - state["seconds"]
     last_save, last_metrics = time.perf_counter(), {}
-    try:
+    interrupted = _Interrupt()
+    with interrupted:
         while True:
             elapsed = time.perf_counter() - t_start
             frac = max(state["step"] / total_steps, elapsed / budget)
-            stop = torch.tensor(float(frac >= 1.0), device=device)
+            stop = torch.tensor(float(frac >= 1.0 or interrupted.asked), device=device)
             if world > 1:
                 torch.distributed.all_reduce(stop, op=torch.distributed.ReduceOp.MAX)
             if stop.item():
@@ -306,16 +308,15 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
             if rank == 0 and time.perf_counter() - last_save > 300:
                 _save(out, net, opt, family, grid, mcfg, cfg, state, command, name="last")
                 last_save = time.perf_counter()
-    except KeyboardInterrupt:  # Ctrl-C: keep what was trained, so that the same command resumes it
-        bar.close()
+    bar.close()
+    if interrupted.asked:  # Ctrl-C: keep what was trained, at a step's end, so that the same command resumes it
         if rank == 0:
             _save(out, net, opt, family, grid, mcfg, cfg, state, command, name="last")
             log.close()
             print(f"\ninterrupted at step {state['step']}: saved {out}/last.*; rerun the same command to resume", flush=True)
         if online:
             online.stop.set()
-        raise
-    bar.close()
+        raise KeyboardInterrupt
     metrics = {}
     if rank == 0:
         metrics = validate(net, val) if val else {}
@@ -407,11 +408,41 @@ def _optimizer_to(opt, device):
                 state[k] = v.to(device)
 
 
+class _Interrupt:
+    """Within ``with``: the first Ctrl-C (SIGINT) sets ``asked``, for the training loop to stop at the end of its step
+    (every rank stops with the first that was asked, through the loop's stop flag); a second one interrupts at once.
+    Outside the main thread, where no signal handler can be set, Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.asked = False
+        self._before = None
+
+    def _ask(self, signum, frame):
+        import signal
+
+        self.asked = True
+        signal.signal(signal.SIGINT, self._before or signal.default_int_handler)  # a second Ctrl-C: at once
+
+    def __enter__(self):
+        import signal
+
+        if threading.current_thread() is threading.main_thread():
+            self._before = signal.signal(signal.SIGINT, self._ask)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._before is not None:
+            signal.signal(signal.SIGINT, self._before)
+        return False
+
+
 def _differences(meta: dict, now: dict) -> str:
     """What differs between a checkpoint's ``meta`` and this run's family, architecture and network settings
     (``now``), e.g. "channels [32, 32, 24] there, [32, 32, 16] here"; '' when nothing does."""
     there = {"family": meta.get("family"), "arch": meta.get("arch"), **meta.get("config", {})}
-    return "; ".join(f"{k} {there.get(k)} there, {v} here" for k, v in now.items() if there.get(k) != v)
+    return "; ".join(f"{k} {there.get(k)} there, {now.get(k)} here" for k in {**there, **now} if there.get(k) != now.get(k))
 
 
 def _save(out, net, opt, family, grid, mcfg, cfg, state, command, name, accuracy=None):
