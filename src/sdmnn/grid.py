@@ -153,16 +153,15 @@ class Grid:
         """Bytes a computation over this grid needs at ``bytes_per_voxel``."""
         return self.size * bytes_per_voxel
 
-    def check_memory(self, bytes_per_voxel: int = BYTES_PER_VOXEL, budget: int | None = None) -> None:
-        """Refuse, before allocating, a grid whose computation would exceed the memory budget."""
+    def check_memory(self, bytes_per_voxel: int = BYTES_PER_VOXEL, budget: int | None = None, what: str | None = None,
+                     advice: str = "use a coarser spacing, or raise SDMNN_MAX_BYTES") -> None:
+        """Refuse, before allocating, a grid whose computation would exceed the memory budget; ``what`` (ending in
+        its verb) and ``advice`` say what needs the memory and what to do, where a caller knows better than the grid."""
         budget = memory_budget() if budget is None else budget
         need = self.memory_estimate(bytes_per_voxel)
         if need > budget:
-            raise GridError(
-                f"a grid of {self.shape[0]}x{self.shape[1]}x{self.shape[2]} voxels needs about "
-                f"{_size(need)}, over the budget of {_size(budget)} "
-                "(use a coarser spacing, or raise SDMNN_MAX_BYTES)"
-            )
+            what = what or f"a grid of {self.shape[0]}x{self.shape[1]}x{self.shape[2]} voxels needs"
+            raise GridError(f"{what} about {_size(need)}, over the budget of {_size(budget)} ({advice})")
 
     def to_dict(self) -> dict:
         d = {"shape": list(self.shape), "spacing": list(self.spacing), "origin": list(self.origin)}

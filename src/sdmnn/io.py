@@ -35,12 +35,17 @@ def _path(path) -> Path:
     return Path(path)
 
 
-def _suffix(path: Path, accepted) -> str:
+def _matching_suffix(path: Path, suffixes) -> str | None:
+    """The longest of ``suffixes`` that ``path``'s name ends with (case aside), or None."""
     name = path.name.lower()
-    for s in sorted(accepted, key=len, reverse=True):
-        if name.endswith(s):
-            return s
-    raise FileError(f"{path}: unsupported file type; accepted: {', '.join(accepted)}")
+    return next((s for s in sorted(suffixes, key=len, reverse=True) if name.endswith(s)), None)
+
+
+def _suffix(path: Path, accepted) -> str:
+    suffix = _matching_suffix(path, accepted)
+    if suffix is None:
+        raise FileError(f"{path}: unsupported file type; accepted: {', '.join(accepted)}")
+    return suffix
 
 
 #: Figures (three slices, overlays) are written as PNG only.
@@ -59,7 +64,7 @@ def check_output(path, accepted=None, what: str = "file") -> Path:
         if not there.is_dir():
             raise FileError(f"cannot write the folder {path}: {there} is a file" if there != path else
                             f"cannot write the folder {path}: a file of that name exists")
-        named = next((s for s in sorted(FILE_SUFFIXES, key=len, reverse=True) if path.name.lower().endswith(s)), None)
+        named = _matching_suffix(path, FILE_SUFFIXES)
         if named is not None and not path.is_dir():
             raise FileError(f"cannot write the folder {path}: {named} names a file; this output is a folder")
         return path

@@ -15,7 +15,7 @@ import numpy as np
 
 from .checks import is_integer, is_number
 from .errors import SdmnnError
-from .grid import Grid, GridError, _size, memory_budget
+from .grid import Grid
 from .shapes import get_family
 from .shapes.registry import stored_family
 
@@ -145,11 +145,10 @@ def make_phantom(family, params, *, rotate=(0.0, 0.0, 0.0), translate=(0.0, 0.0,
     sub_spacing = spacing / k
     sub_origin = origin_local - spacing / 2 + sub_spacing / 2
     sub = Grid(tuple(int(n) for n in shape * k), tuple(sub_spacing), tuple(centre + D @ sub_origin), D)
-    need, budget = sub.memory_estimate(), memory_budget()
-    if need > budget:  # before the SDM's own check, which would name the sub-voxels' grid and advise a coarser spacing
-        raise GridError(f"the phantom's {shape[0]}x{shape[1]}x{shape[2]} voxels take their partial volume from "
-                        f"{k[0]}x{k[1]}x{k[2]} sub-voxels each, which need about {_size(need)}, over the budget of "
-                        f"{_size(budget)} (sub-voxels of at most {SUBVOXEL:g} mm: raise SDMNN_MAX_BYTES)")
+    # before the SDM's own check, which would name the sub-voxels' grid and advise a coarser spacing
+    sub.check_memory(what=f"the phantom's {shape[0]}x{shape[1]}x{shape[2]} voxels take their partial volume from "
+                          f"{k[0]}x{k[1]}x{k[2]} sub-voxels each, which need",
+                     advice=f"sub-voxels of at most {SUBVOXEL:g} mm: raise SDMNN_MAX_BYTES")
     inside = (exact_sdm(posed, sub) < 0).astype(np.float32)
     if kind == "ct" and blur > 0:
         from scipy.ndimage import gaussian_filter

@@ -109,9 +109,9 @@ class Predictor:
         self.device = torch.device(device)
         self.threads = threads
         self.net = net.to(self.device).eval()
-        #: ``predict`` runs an SDMNN as an ``InferenceSDMNN`` (the same function within 0.001 mm inside the parameter box, faster), its convolutions in this
-        #: precision ("bfloat16" or "float32"); ``predict_torch`` (the fit's) runs the network as trained, or in float32
-        #: without gradients.
+        #: ``predict`` runs an SDMNN as an ``InferenceSDMNN`` (the same function within 0.001 mm inside the parameter
+        #: box, faster), its convolutions in this precision ("bfloat16" or "float32"); ``predict_torch`` (the fit's)
+        #: runs the network as trained, or in float32 without gradients.
         self.precision = precision
         self._fast = self.net
         if isinstance(self.net, SDMNN):
@@ -254,12 +254,13 @@ def load_model(path=None, family="cochlea", arch: str = "sdmnn", device: str = "
                          f"({(lines[1:] or lines or ['?'])[0]:.300})") from None
     if meta["arch"] == "sdmnn":
         net = net.to(memory_format=torch.channels_last_3d)
+    cpu = torch.device(device).type == "cpu"
+    native = cpu and torch.ops.mkldnn._is_mkldnn_bf16_supported()  # bfloat16 in the CPU's own instructions
     if precision == "auto":
-        native = torch.device(device).type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
         precision = "bfloat16" if native and meta["arch"] == "sdmnn" else "float32"
     elif precision == "bfloat16" and meta["arch"] != "sdmnn":
         raise SdmnnError(f"precision bfloat16 is for the sdmnn architecture, not {meta['arch']}")
-    elif precision == "bfloat16" and torch.device(device).type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    elif precision == "bfloat16" and cpu and not native:
         warnings.warn("precision bfloat16 on a CPU without native bfloat16 (AVX512-BF16 or AMX) is emulated: about 100x "
                       "slower than float32 (which precision auto picks on this CPU)", stacklevel=2)
     return Predictor(net, fam, grid, meta, path, device, threads, precision)

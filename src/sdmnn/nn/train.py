@@ -309,24 +309,21 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
                 _save(out, net, opt, family, grid, mcfg, cfg, state, command, name="last")
                 last_save = time.perf_counter()
     bar.close()
-    if interrupted.asked:  # Ctrl-C: keep what was trained, at a step's end, so that the same command resumes it
-        if rank == 0:
-            _save(out, net, opt, family, grid, mcfg, cfg, state, command, name="last")
-            log.close()
-            print(f"\ninterrupted at step {state['step']}: saved {out}/last.*; rerun the same command to resume", flush=True)
-        if online:
-            online.stop.set()
-        raise KeyboardInterrupt
     metrics = {}
     if rank == 0:
-        metrics = validate(net, val) if val else {}
         _save(out, net, opt, family, grid, mcfg, cfg, state, command, name="last")
-        _save(out, net, None, family, grid, mcfg, cfg, state, command, name="model", accuracy={"validation": metrics})
-        log.write(json.dumps({"step": state["step"], "seconds": round(state["seconds"], 1), "final": True,
-                              **{f"val_{k}": v for k, v in metrics.items()}}) + "\n")
+        if interrupted.asked:  # Ctrl-C: what was trained is kept, at a step's end, for the same command to resume
+            print(f"\ninterrupted at step {state['step']}: saved {out}/last.*; rerun the same command to resume", flush=True)
+        else:
+            metrics = validate(net, val) if val else {}
+            _save(out, net, None, family, grid, mcfg, cfg, state, command, name="model", accuracy={"validation": metrics})
+            log.write(json.dumps({"step": state["step"], "seconds": round(state["seconds"], 1), "final": True,
+                                  **{f"val_{k}": v for k, v in metrics.items()}}) + "\n")
         log.close()
     if online:
         online.stop.set()
+    if interrupted.asked:
+        raise KeyboardInterrupt
     if world > 1:
         torch.distributed.barrier()
     return {"steps": state["step"], "seconds": state["seconds"], **metrics}
