@@ -109,7 +109,8 @@ def run(quick: bool = False) -> str:
     if shipped_model_path() is None:
         return "## SDMNN\n\nNo shipped model: train one (README) and rerun."
     model = load_model(threads=2)  # precision "auto": bfloat16 where the CPU has it natively
-    full = load_model(threads=2, precision="float32")
+    paired = model.precision != "float32"  # float32's figures beside the default's
+    full = load_model(threads=2, precision="float32") if paired else model
     fam, grid = model.family, model.grid
     params = fam.defaults
     mesh = fam.mesh(params)
@@ -118,10 +119,13 @@ def run(quick: bool = False) -> str:
     # each after an exact SDM (settle), not after whichever call precedes it: a prediction right after another ran up
     # to 1.5 ms faster than one right after an exact SDM, which had favoured the default over float32 before
     settle = lambda: sdmnn.exact_sdm(mesh, grid)  # noqa: E731
-    timed = timeit_interleaved({"mesh": lambda: fam.mesh(params), "sdm": lambda: sdmnn.exact_sdm(mesh, grid),
-                                "float32": lambda: full.predict(params), "default": lambda: model.predict(params)},
-                               repeat=20 if quick else 100, warmup=5, settle=settle)
-    (t_mesh, _), (t_sdm, exact), (t1_full, _), (t1, _) = timed.values()
+    calls = {"mesh": lambda: fam.mesh(params), "sdm": lambda: sdmnn.exact_sdm(mesh, grid),
+             "default": lambda: model.predict(params)}
+    if paired:
+        calls["float32"] = lambda: full.predict(params)
+    timed = timeit_interleaved(calls, repeat=20 if quick else 100, warmup=5, settle=settle)
+    (t_mesh, _), (t_sdm, exact), (t1, _) = timed["mesh"], timed["sdm"], timed["default"]
+    t1_full = timed["float32"][0] if paired else t1
     model.threads = 1  # alone: switching torch's thread count between calls would cost both
     t1_one, _ = timeit(lambda: model.predict(params), repeat=20 if quick else 100, warmup=5, settle=settle)
     model.threads = 2
@@ -144,7 +148,7 @@ def run(quick: bool = False) -> str:
     speed = table(["what", "time", "per SDM"], [
         ["params -> mesh (trimesh)", f"{1e3 * t_mesh:.1f} ms", f"{1e3 * t_mesh:.1f} ms"],
         ["mesh -> exact SDM (sdmnn, 2 threads)", f"{1e3 * t_sdm:.0f} ms", f"{1e3 * t_sdm:.0f} ms"],
-        ["SDMNN, batch 1, float32", f"{1e3 * t1_full:.1f} ms", f"{1e3 * t1_full:.1f} ms"],
+        *([["SDMNN, batch 1, float32", f"{1e3 * t1_full:.1f} ms", f"{1e3 * t1_full:.1f} ms"]] if paired else []),
         [f"SDMNN, batch 1, {model.precision} (the default here)", f"{1e3 * t1:.1f} ms", f"{1e3 * t1:.1f} ms"],
         [f"SDMNN, batch 1, {model.precision}, 1 torch thread", f"{1e3 * t1_one:.1f} ms", f"{1e3 * t1_one:.1f} ms"],
         *([f"SDMNN, batch 1, {os.cpu_count()} busy processes competing, " +
@@ -156,8 +160,7 @@ def run(quick: bool = False) -> str:
     ])
     n = 20 if quick else 200
     r = evaluate(model, n=n, seed=1, progress=False)
-    r32 = evaluate(full, n=n, seed=1, progress=False) if model.precision != "float32" else r
-    paired = model.precision != "float32"  # the default's figures, then float32's in brackets
+    r32 = evaluate(full, n=n, seed=1, progress=False) if paired else r  # the default's figures, float32's in brackets
     both = lambda key, fmt, scale=1: tuple(  # noqa: E731
         f"{scale * r[k][key]:{fmt}}" + (f" ({scale * r32[k][key]:{fmt}})" if paired else "") for k in ("mean", "worst"))
     acc = table(["metric", f"mean over cases, {model.precision}" + (" (float32)" if paired else ""), "worst case", "target"], [
@@ -176,14 +179,13 @@ def run(quick: bool = False) -> str:
         f"The shipped cochlea model ({sum(p.numel() for p in model.net.parameters()):,} weights), trained with "
         f"`{training.get('command')}` ({training['steps']} steps, {training['seconds'] / 60:.0f} min on this machine's 2 cores).",
         "",
-        "### Time, in one run (torch and numba on 2 threads; median of repeats after warm-up; the first four rows taken in turn; each batch-1 call timed after an exact SDM of the same shape)",
+        f"### Time, in one run (torch and numba on 2 threads; median of repeats after warm-up; the first {'four' if paired else 'three'} rows taken in turn; each batch-1 call timed after an exact SDM of the same shape)",
         "",
         speed,
         "",
         f"params -> mesh -> exact SDM takes {1e3 * (t_mesh + t_sdm):.0f} ms; SDMNN at batch 1 is "
         f"**{(t_mesh + t_sdm) / t1:.1f}x faster** in {model.precision}"
-        + (f", {(t_mesh + t_sdm) / t1_full:.1f}x in float32" if model.precision != "float32" else
-           f" (the default here: this CPU has no native bfloat16; {(t_mesh + t_sdm) / t1_full:.1f}x in the row above)") +
+        + (f", {(t_mesh + t_sdm) / t1_full:.1f}x in float32" if paired else " (the default here: this CPU has no native bfloat16)") +
         " (issue 19's targets: >= 10x, and <= 5 ms per SDM). Under load, by default, `predict` chooses torch's threads "
         "per call from the calls' own times (`runtime.AdaptiveThreads`): when a call on both cores runs over twice "
         "as slow as the best seen there, the next call tries one thread, and the count not in use is tried again "

@@ -535,3 +535,16 @@ def test_an_interrupted_training_keeps_its_steps_and_the_same_command_resumes(ti
     log = (tmp_path / "run" / "train.jsonl").read_text()
     assert train(cfg, progress=False)["complete"] and "is complete at step 5" in capsys.readouterr().out
     assert (tmp_path / "run" / "train.jsonl").read_text() == log  # a finished run rerun: nothing trained or written
+
+
+def test_a_resume_with_other_training_settings_says_which(tiny_data, tmp_path):
+    base = dict(data=[str(tiny_data)], batch=2, channels=TINY_CHANNELS, hidden=32, out=str(tmp_path / "run"))
+    train(TrainConfig(**base, steps=1, lr=1e-3), progress=False)
+    with pytest.warns(UserWarning, match=r"other training settings than its last run \(lr 0.001 there, 0.0005 here\): "
+                                         r"they apply from step 1 on"):
+        train(TrainConfig(**base, steps=2, lr=5e-4), progress=False)
+    import warnings
+
+    with warnings.catch_warnings():  # a longer run, reported more often, its data named another way: nothing to say
+        warnings.simplefilter("error")
+        train(TrainConfig(**{**base, "data": [os.path.relpath(tiny_data)]}, steps=3, lr=5e-4, eval_every=1), progress=False)

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 import sdmnn
 from sdmnn import ParameterError
+from sdmnn.errors import SdmnnError
 from sdmnn.sdm import winding_number
 from sdmnn.shapes import require_valid
 
@@ -261,7 +262,14 @@ def test_the_check_reports_a_grid_over_the_memory_budget_or_one_that_cannot_be_c
         m = trimesh.creation.icosphere(1, 1.0)
         return trimesh.Trimesh(m.vertices * (np.nan if p["r"] > 1.5 else 1.0), m.faces, process=False)
 
+    import sdmnn.shapes.family as family_module
+
+    computed, real = [], family_module.auto_grid
+    monkeypatch.setattr(family_module, "auto_grid", lambda *a, **k: computed.append(1) or real(*a, **k))
     nan = sdmnn.define_family("nanball", {"r": (1.0, 2.0)}, nan_at_large)
     result = sdmnn.check_family(nan, samples=4)
     assert "no grid can be computed" in result.grid_problem and result.problems and not result.usable
+    with pytest.raises(SdmnnError, match="no grid can be computed"):
+        nan.grid
+    assert len(computed) == 1  # the failure is kept, not computed again for each use
     assert all("non-finite" in why or "NaN" in why for _, why in result.problems)

@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -237,6 +238,10 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
         if differ:
             raise SdmnnError(f"{out} holds a run that differs from this one ({differ}): give the options it was "
                              "started with to resume it, or choose another --out")
+        changed = _changed_training(meta.get("training", {}).get("config", {}), cfg.to_dict())
+        if changed and rank == 0:
+            warnings.warn(f"resuming {out} with other training settings than its last run ({changed}): they apply from "
+                          f"step {meta['state']['step']} on", UserWarning, stacklevel=2)
         net.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("opt.")})
         _load_optimizer(opt, tensors, meta["optimizer"])
         state = meta["state"]
@@ -440,6 +445,25 @@ def _differences(meta: dict, now: dict) -> str:
     (``now``), e.g. "channels [32, 32, 24] there, [32, 32, 16] here"; '' when nothing does."""
     there = {"family": meta.get("family"), "arch": meta.get("arch"), **meta.get("config", {})}
     return "; ".join(f"{k} {there.get(k)} there, {now.get(k)} here" for k in {**there, **now} if there.get(k) != now.get(k))
+
+
+#: Training settings a resumed run may give other values without a word: its length, machine and reporting (and the
+#: network's settings, which ``_differences`` compares in the checkpoint's own terms).
+_RESUME_FREE = {"minutes", "steps", "threads", "device", "eval_every", "online_workers", "out",
+                "family", "arch", "channels", "hidden", "points", "clamp"}
+
+
+def _changed_training(there: dict, now: dict) -> str:
+    """The training settings (data, schedule, loss, ...) of a resumed run that differ from its last run's, e.g.
+    "lr 7e-05 there, 0.0003 here"; '' when none do. Paths are compared resolved."""
+    def same(k, a, b):
+        if k in ("data", "val", "init") and a is not None and b is not None:
+            as_paths = lambda v: [str(Path(p).resolve()) if p != "shipped" else p for p in ([v] if isinstance(v, str) else v)]
+            return as_paths(a) == as_paths(b)
+        return a == b
+
+    keys = [k for k in now if k not in _RESUME_FREE and k in there]
+    return "; ".join(f"{k} {there[k]} there, {now[k]} here" for k in keys if not same(k, there[k], now[k]))
 
 
 def _save(out, net, opt, family, grid, mcfg, cfg, state, command, name, accuracy=None):

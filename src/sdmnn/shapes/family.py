@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..checks import is_number
-from ..errors import FamilyError, GridError, MeshError, ParameterError
+from ..errors import FamilyError, GridError, MeshError, ParameterError, SdmnnError
 from ..grid import Grid
 from .params import Parameter, ParameterSpace
 
@@ -75,10 +75,23 @@ class Family:
         """What ``get_family`` needs to find this family again: its source, or its name."""
         return self.source or self.name
 
-    @cached_property
+    @property
     def grid(self) -> Grid:
         """The family's grid: the one given, or one covering every shape of the box (``auto_grid``)."""
-        return self.given_grid if self.given_grid is not None else auto_grid(self, self.spacing)
+        grid, error = self._grid_or_error
+        if error is not None:
+            raise error
+        return grid
+
+    @cached_property
+    def _grid_or_error(self) -> tuple[Grid | None, Exception | None]:
+        """The grid, or why it cannot be computed: computed once, a failure too (it builds dozens of meshes)."""
+        if self.given_grid is not None:
+            return self.given_grid, None
+        try:
+            return auto_grid(self, self.spacing), None
+        except SdmnnError as e:
+            return None, e
 
     @cached_property
     def mesh_options(self) -> frozenset[str] | None:
