@@ -142,17 +142,17 @@ def test_fit_cli_writes_a_table_json_samples_and_pngs(tmp_path):
 
     truth = {"a": 3.6, "alpha": 0.5, "b": 0.11, "phi": -0.2}
     labels, grid = synthetic_target("cochlea", truth, "labels", tau=0.05, seed=1)
-    sdmnn.save_volume(tmp_path / "target.nii.gz", labels, grid)
-    r = run("fit", "target.nii.gz", "--family", "cochlea", "--observed", "labels", "--forward", "sdmnn", "-o", "res", cwd=tmp_path)
+    sdmnn.save_volume(tmp_path / "target.mha", labels, grid)  # the fit's volumes come back as .mha
+    r = run("fit", "target.mha", "--family", "cochlea", "--observed", "labels", "--forward", "sdmnn", "-o", "res", cwd=tmp_path)
     assert "90 % interval" in r.stdout and "alpha" in r.stdout
     import json
 
     result = json.loads((tmp_path / "res" / "result.json").read_text())
     assert abs(result["map"]["a"] - truth["a"]) < 0.1
     assert np.load(tmp_path / "res" / "samples.npy").shape[1] == 4
-    for name in ("corner.png", "overlay.png", "mesh.stl", "sdm.nii.gz", "labels.nii.gz"):
+    for name in ("corner.png", "overlay.png", "mesh.stl", "sdm.mha", "labels.mha"):
         assert (tmp_path / "res" / name).exists(), name
-    fitted, g = sdmnn.load_volume(tmp_path / "res" / "labels.nii.gz")
+    fitted, g = sdmnn.load_volume(tmp_path / "res" / "labels.mha")
     truth_labels, _ = synthetic_target("cochlea", truth, "labels", tau=0)
     assert g == grid and 2 * np.sum((fitted > 0) & (truth_labels > 0)) / (np.sum(fitted > 0) + np.sum(truth_labels > 0)) > 0.9
 

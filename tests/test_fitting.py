@@ -188,6 +188,13 @@ def test_a_ct_phantom_is_fitted_by_its_intensities(tmp_path):
     assert "overlay.png" in written
     sdm, g = sdmnn.load_volume(tmp_path / "fit" / "sdm.nii.gz")
     assert g == grid and np.allclose(sdm, r.sdm(), atol=1e-5)
+    # again into the same folder, its volumes as NRRD and without an overlay: the earlier fit's leave with it
+    assert r.save(tmp_path / "fit", target="ct", volumes=".nrrd")[2:4] == ["sdm.nrrd", "labels.nrrd"]
+    assert not {"sdm.nii.gz", "labels.nii.gz", "overlay.png"} & {p.name for p in (tmp_path / "fit").iterdir()}
+    sdm, g = sdmnn.load_volume(tmp_path / "fit" / "sdm.nrrd")
+    assert g == grid and np.allclose(sdm, r.sdm(), atol=1e-5)
+    with pytest.raises(sdmnn.errors.FileError, match="as .nii.gz, .nii, .nrrd, .mha, got '.npy'"):
+        r.save(tmp_path / "other", volumes=".npy")
 
 
 @needs_model

@@ -391,7 +391,7 @@ def train(family: str = typer.Argument("cochlea", help="A family: a name, FILE.p
 def evaluate(model: Optional[Path] = typer.Argument(None, help="Model folder (default: the shipped cochlea model)."),
              n: int = typer.Option(200, "--n", help="Number of held-out random parameter vectors."),
              seed: int = typer.Option(1, help="Seed of the held-out design."),
-             json_flag: bool = typer.Option(False, "--json", help="Print the headline figures as one JSON object instead of a table."),
+             json_flag: bool = typer.Option(False, "--json", help="Print the headline figures as one JSON object instead of a table (its worst_case holds each metric's largest value over the cases, each perhaps from another case)."),
              output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write the full result (every case) as JSON."),
              device: str = DeviceOpt, precision: str = PrecisionOpt):
     """Accuracy of a trained model against the exact SDM on held-out parameters, and the time of both."""
@@ -451,12 +451,12 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
         band: Optional[float] = typer.Option(None, help="For SDM targets: use only voxels within this many mm of the surface (> 0)."),
         threads: Optional[int] = typer.Option(None, help="Threads for the network and the exact SDM (default: all cores)."),
         device: str = DeviceOpt,
-        output: Path = typer.Option(Path("fit"), "-o", "--output", help="Folder for result.json, mesh.stl, sdm.nii.gz, labels.nii.gz, overlay.png...")):
+        output: Path = typer.Option(Path("fit"), "-o", "--output", help="Folder for result.json, mesh.stl, sdm and labels volumes (in the image's format: sdm.nrrd for an .nrrd image; NIfTI for .npy), overlay.png...")):
     """Posterior over a family's parameters (and pose) given an image; prints MAP, mean, std and 90 % intervals."""
     import numpy as np
 
     from .fitting import FORWARD_MODELS, OBSERVED_KINDS, POSES, TURNS, fit as run_fit
-    from .io import check_output, load_volume
+    from .io import check_output, load_volume, volume_format_of
 
     observed = _choice(observed, "--observed", OBSERVED_KINDS)
     forward = _choice(forward, "--forward", FORWARD_MODELS)
@@ -501,7 +501,7 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
         console.print("rx, ry, rz (rad, about the world axes) and tx, ty, tz (mm): the pose's posterior about the fitted "
                       "pose below, where they are 0")
         console.print("pose (model -> world, mm):\n" + np.array2string(r.pose, precision=4, suppress_small=True))
-    written = r.save(output, image=volume if observed != "sdm" else None, target=str(target))
+    written = r.save(output, image=volume if observed != "sdm" else None, target=str(target), volumes=volume_format_of(target))
     console.print(f"wrote {output}/: {', '.join(written)}")
 
 

@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from .checks import is_integer, is_number
-from .errors import FitError, FitWarning
+from .errors import FileError, FitError, FitWarning
 from .grid import Grid, sample_sdm
 from .runtime import check_device
 from .shapes import get_family
@@ -65,6 +65,8 @@ FORWARD_MODELS = ("hybrid", "sdmnn", "exact", "deepsdf")
 OBSERVED_KINDS = ("labels", "sdm", "intensity")
 POSES = ("none", "rigid")
 TURNS = ("auto", "near", "all")
+#: Formats of a fit's sdm and labels volumes (``FitResult.save``).
+FIT_VOLUMES = (".nii.gz", ".nii", ".nrrd", ".mha")
 POSE_NAMES = ("rx", "ry", "rz", "tx", "ty", "tz")
 #: Scales of the pose's parameters in the optimisers (radians, mm): steps of one unit move the surface
 #: by about a voxel's fraction alike.
@@ -138,22 +140,26 @@ class FitResult:
 
         return exact_sdm(self.mesh(), grid or self.grid)
 
-    def save(self, folder, image: np.ndarray | None = None, target: str | None = None) -> list[str]:
+    def save(self, folder, image: np.ndarray | None = None, target: str | None = None, volumes: str = ".nii.gz") -> list[str]:
         """Write the fit for a clinician's tools: result.json (parameters, intervals, pose, quality...),
-        mesh.stl (the fitted surface, world mm), sdm.nii.gz and labels.nii.gz (on the image's own grid),
-        samples.npy, corner.png and, given the ``image``, overlay.png (its slices around the shape with the
-        fitted contour). All or none: a failure leaves ``folder`` as it was. Returns the names written."""
-
+        mesh.stl (the fitted surface, world mm), sdm and labels volumes on the image's own grid (``volumes``: their
+        format, .nii.gz, .nii, .nrrd or .mha), samples.npy, corner.png and, given the ``image``, overlay.png (its
+        slices around the shape with the fitted contour). All or none: a failure leaves ``folder`` as it was; an
+        earlier fit's files there that this one does not write (its volumes in another format, its overlay) are
+        removed. Returns the names written."""
         from .io import atomic_folder
 
+        if volumes not in FIT_VOLUMES:
+            raise FileError(f"a fit's volumes are written as {', '.join(FIT_VOLUMES)}, got {volumes!r}")
         with atomic_folder(folder) as tmp:
-            written = self._write(tmp, image, target)
-        stale = Path(folder) / "overlay.png"  # an earlier fit's, into the same folder, with an image
-        if "overlay.png" not in written and stale.is_file():
-            stale.unlink()
+            written = self._write(tmp, image, target, volumes)
+        stale = [f"{name}{suffix}" for name in ("sdm", "labels") for suffix in FIT_VOLUMES] + ["overlay.png"]
+        for name in set(stale) - set(written):
+            if (Path(folder) / name).is_file():
+                (Path(folder) / name).unlink()
         return written
 
-    def _write(self, folder: Path, image: np.ndarray | None, target: str | None) -> list[str]:
+    def _write(self, folder: Path, image: np.ndarray | None, target: str | None, volumes: str) -> list[str]:
         from .io import atomic_path, save_mesh, save_volume, write_json
         from .viz import save_corner, save_slices
 
@@ -161,13 +167,13 @@ class FitResult:
         mesh = self.mesh()
         save_mesh(folder / "mesh.stl", mesh)
         sdm = self.sdm()
-        save_volume(folder / "sdm.nii.gz", sdm, self.grid)
-        save_volume(folder / "labels.nii.gz", (sdm < 0).astype(np.uint8), self.grid)
+        save_volume(folder / f"sdm{volumes}", sdm, self.grid)
+        save_volume(folder / f"labels{volumes}", (sdm < 0).astype(np.uint8), self.grid)
         with atomic_path(folder / "samples.npy") as tmp:
             np.save(tmp, self.samples)
         save_corner(folder / "corner.png", self.samples, self.names,
                     map_point=[self.params.get(n, 0.0) for n in self.names])
-        written = ["result.json", "mesh.stl", "sdm.nii.gz", "labels.nii.gz", "samples.npy", "corner.png"]
+        written = ["result.json", "mesh.stl", f"sdm{volumes}", f"labels{volumes}", "samples.npy", "corner.png"]
         if image is not None:
             lo, hi = _index_box(self.grid, mesh.bounds[0], mesh.bounds[1], 2.0)
             view = crop(self.grid, lo, hi)

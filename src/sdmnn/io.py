@@ -77,6 +77,13 @@ def check_output(path, accepted=None, what: str = "file") -> Path:
     return path
 
 
+def volume_format_of(path) -> str:
+    """The format to write volumes made from the image ``path`` in: its own, the one-file form of a detached header
+    (.nhdr -> .nrrd, .mhd -> .mha), NIfTI (.nii.gz) for .npy."""
+    kind = _suffix(_path(path), VOLUME_SUFFIXES)
+    return {**WRITE_ONLY_ATTACHED, ".npy": ".nii.gz"}.get(kind, kind)
+
+
 def make_folder(path) -> Path:
     """Create the output folder ``path`` (and its parents); one sentence if it cannot be."""
     path = check_output(path, what="folder")

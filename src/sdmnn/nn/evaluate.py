@@ -45,7 +45,8 @@ def evaluate(model, n: int = 200, seed: int = 1, progress: bool = True) -> dict:
 
 def summary(result: dict) -> dict:
     """The headline figures of an ``evaluate`` result under explicit names (``sdmnn evaluate --json``); a figure
-    with nothing to count (no voxel near the surface) is None, so that the JSON stays strict."""
+    with nothing to count (no voxel near the surface) is None, so that the JSON stays strict. ``worst_case`` holds each
+    metric's largest value over the cases, each perhaps from another case (``result["cases"]`` has every case's)."""
     mean, worst = ({k: (v if np.isfinite(v) else None) for k, v in d.items()} for d in (result["mean"], result["worst"]))
     return {
         "family": result["family"], "n": result["n"], "seed": result["seed"],
