@@ -275,11 +275,11 @@ def test_the_fit_help_states_the_searchs_reach_as_the_fit_has_it():
     import typer
 
     from sdmnn.cli import app
-    from sdmnn.fitting import SEARCH_SHIFT_MM, SEARCH_TURNS
+    from sdmnn.fitting import AUTO_ALL_R2, SEARCH_SHIFT_MM, SEARCH_TURNS
 
     params = {p.name: p for p in typer.main.get_command(app).commands["fit"].params}
     assert f"{SEARCH_SHIFT_MM:g} mm of --centre" in params["pose"].help
-    assert f"all ({SEARCH_TURNS} spread" in params["turns"].help
+    assert f"all ({SEARCH_TURNS} spread" in params["turns"].help and f"R^2 is below {AUTO_ALL_R2:g}" in params["turns"].help
 
 
 def test_a_mesh_that_encloses_nothing_gets_an_unsigned_map_and_says_so(tmp_path):

@@ -198,6 +198,25 @@ def test_a_ct_phantom_is_fitted_by_its_intensities(tmp_path):
 
 
 @needs_model
+def test_a_ct_with_the_cochlea_far_from_its_centre_is_searched_whole():
+    """Beyond the search about the image's centre (5 mm), the whole image is searched coarsely for where the shape is,
+    with no hint, through a RAS-style flipped direction."""
+    from sdmnn.fitting import SEARCH_SHIFT_MM
+
+    truth = {"a": 3.2, "alpha": 0.7, "b": 0.14, "phi": 0.1}
+    img, grid, info = make_phantom("cochlea", truth, kind="ct", spacing=(0.4, 0.4, 0.4), margin=6, translate=(14, -11, 8),
+                                   rotate=(0, 20, -15), noise=80.0, seed=2, direction=np.diag([-1.0, -1.0, 1.0]))
+    image_centre = grid.to_world((np.array(grid.shape) - 1) / 2)
+    shape_centre = truth_mesh(info).vertices.mean(0)
+    assert np.linalg.norm(shape_centre - image_centre) > 3 * SEARCH_SHIFT_MM  # there, the search about it found nothing (R^2 0.01)
+    said = []
+    r = fit(img, grid, observed_kind="intensity", forward="sdmnn", pose="rigid", turns="near", progress=said.append)
+    assert any(s.startswith("locating the shape in the whole image") for s in said)
+    d = surface_distances(r.mesh(), truth_mesh(info))
+    assert d.mean() < 0.05 and r.quality["r2"] > 0.6 and "warning" not in r.quality, (d.mean(), r.quality)
+
+
+@needs_model
 def test_a_poor_fit_is_flagged_with_a_warning():
     """A ball is no cochlea: the quality check says so."""
     grid = sdmnn.get_family("cochlea").grid

@@ -78,15 +78,23 @@ MIN_DICE, MIN_R2, NEAR_MM = 0.8, 0.3, 1.0
 #: the model's orientation or SEARCH_TURNS spread over all of them (``fit``'s ``turns``), each at every shift within
 #: SEARCH_SHIFT_MM of the centre (given, or the image's).
 SEARCH_SHIFT_MM, SEARCH_TURNS = 5.0, 360
+#: Without a centre given, an intensity image that reaches beyond that search is first searched whole (``_locate``)
+#: at about LOCATE_MM voxels, with the middle shape of the box, for where the shape is.
+LOCATE_MM = 1.0
 #: The screen of that many rotations runs in two rounds: every rotation with one shape (the middle of the screen's
 #: shapes), then the best SEARCH_KEEP of them with every shape of the screen.
 SEARCH_KEEP = 24
+#: turns="auto" searches all orientations after the near ones where that fit's R^2 is below AUTO_ALL_R2: a warning's
+#: MIN_R2 lets wrong orientations through (R^2 0.48 against 0.82 for the right one, a CT-like phantom turned by
+#: 120 degrees; the study's right ones: 0.54-0.86).
+AUTO_ALL_R2 = 0.6
 #: What an intensity fit whose tissue intensity lies beyond every voxel's is told (``_quality``), and how
 #: ``_standing`` recognises that warning.
 _BEYOND = "beyond the values of the voxels fitted"
 #: What a poor intensity fit is told, with where the search reaches.
 _INTENSITY_HINT = (f"the search of an intensity image reaches {SEARCH_SHIFT_MM:g} mm from its centre (centre, --centre; "
-                   "default the image's centre)")
+                   "default: where a coarse search of the whole image puts the shape, or the centre of an image that "
+                   "search would not leave)")
 
 
 def check_forward(forward: str) -> str:
@@ -851,6 +859,9 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         # 1. where the shape is: a crop of the image, the model's centre and the starting rotations
         centre_model, model_axes, model_radius = _model_frame(fam)
         foreground = {"labels": y_full, "sdm": (y_full < 0).astype(np.float32)}.get(observed_kind)
+        if foreground is None and pose == "rigid" and centre is None:
+            centre = _locate(net, fam, evals, y_full, mask_full, grid, tau, model_radius, centre_model,
+                             _all_turns() if turns == "all" else _near_identity(), (low + high) / 2, say)
         lo, hi, anchor, image_axes = _region(foreground, grid, centre, model_radius)
         if pose == "none":
             at = grid.to_index(centre_model)
@@ -948,8 +959,8 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
                    "correlation_volume": temper},
             quality=quality, grid=grid, log_posterior=-like.nll(d) / temper, covariance=cov,
         )
-        if quality.get("warning") and turns == "auto" and image_axes is None and pose == "rigid":
-            say(f"the fit explains the image poorly: searching all orientations ({SEARCH_TURNS})")
+        if (quality.get("warning") or quality.get("r2", 1.0) < AUTO_ALL_R2) and turns == "auto" and image_axes is None and pose == "rigid":
+            say(f"the fit explains the image poorly (R^2 {quality.get('r2', 0.0):.2f}): searching all orientations ({SEARCH_TURNS})")
             again = {**call, "turns": "all", "model": net, "threads": torch.get_num_threads() if net is not None else threads}
             try:
                 with warnings.catch_warnings():
@@ -1010,6 +1021,30 @@ def _region(foreground, grid: Grid, centre, radius):
     return lo, hi, anchor, _principal_axes(sub.to_world(idx))[1]
 
 
+def _locate(net, fam, evals, image, mask, grid: Grid, tau, radius, centre_model, rotations, shape, say):
+    """Where the shape is about (world mm) in an intensity image that reaches beyond the search about its centre
+    (None for one that does not): ``_shift_screen`` over the whole image, block-averaged to about LOCATE_MM voxels,
+    with ``shape`` at each of ``rotations`` and every shift that keeps the shape's centre in the image."""
+    lo, hi = _index_box(grid, *(grid.to_world((np.array(grid.shape) - 1) / 2) + np.array([[-1], [1]]) * (radius + SEARCH_SHIFT_MM)), 1.0)
+    if np.all(lo <= 0) and np.all(hi >= np.array(grid.shape) - 1):
+        return None
+    k = np.maximum(1, np.round(LOCATE_MM / 2 / np.array(grid.spacing))).astype(int)  # _shift_screen halves it again
+    n = np.array(grid.shape) // k
+    block = lambda v: v[: n[0] * k[0], : n[1] * k[1], : n[2] * k[2]].reshape(n[0], k[0], n[1], k[1], n[2], k[2]).mean((1, 3, 5))  # noqa: E731
+    m = np.ones(grid.shape) if mask is None else mask.astype(np.float64)
+    weight = block(m)
+    y = block(np.asarray(image, np.float64) * m) / np.maximum(weight, 1e-12)
+    coarse = Grid(tuple(int(v) for v in n), tuple(np.array(grid.spacing) * k), tuple(grid.to_world((k - 1) / 2)), grid.direction)
+    obs = _Observation.of("intensity", y, weight, coarse, np.zeros(3, int), n - 1)
+    table = _Network(net, obs, evals) if net is not None else _exact_table(fam, obs, evals)
+    at = coarse.to_world((n - 1) / 2)
+    say(f"locating the shape in the whole image ({len(rotations)} rotations; voxels of "
+        + " x ".join(f"{v:.2g}" for v in 2 * np.array(coarse.spacing)) + " mm)")
+    best = _shift_screen(table, _Likelihood(obs, tau), table.volumes(shape[None]), rotations, at, centre_model, shape[None],
+                         np.inf)[0]
+    return best[1].position
+
+
 def _screen(table: _Network, like: _Likelihood, rotations, position, centre_model, shapes, search_shift: bool,
             max_shift: float = SEARCH_SHIFT_MM, voxels: int = 60000):
     """Score every (rotation, shape) pair at ``position``, or with ``search_shift`` at its best shift within
@@ -1055,7 +1090,7 @@ def _shift_screen(table, like, vols, rotations, position, centre_model, shapes, 
     n, SI, SII = M.sum(), (M * I).sum(), (M * I * I).sum()
     axes = (0, 1, 2)
     F_MI, F_M = np.fft.rfftn(M * I, n2, axes), np.fft.rfftn(M, n2, axes)
-    reach = np.floor(max_shift / np.array(coarse.spacing)).astype(int)
+    reach = np.minimum(max_shift / np.array(coarse.spacing), (n2 - 1) // 2).astype(int)  # shifts differ modulo n2
     shifts = np.stack(np.meshgrid(*(np.arange(-r, r + 1) for r in reach), indexing="ij"), -1).reshape(-1, 3)
     at = tuple((shifts % n2).T)  # circular indices of the shifts
     points = table.points
