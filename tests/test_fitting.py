@@ -189,18 +189,18 @@ def test_a_ct_phantom_is_fitted_by_its_intensities(tmp_path):
     sdm, g = sdmnn.load_volume(tmp_path / "fit" / "sdm.nii.gz")
     assert g == grid and np.allclose(sdm, r.sdm(), atol=1e-5)
     # again into the same folder, its volumes as NRRD and without an overlay: the earlier fit's leave with it
-    assert r.save(tmp_path / "fit", target="ct", volumes=".nrrd")[2:4] == ["sdm.nrrd", "labels.nrrd"]
+    assert r.save(tmp_path / "fit", target="ct", volume_format=".nrrd")[2:4] == ["sdm.nrrd", "labels.nrrd"]
     assert not {"sdm.nii.gz", "labels.nii.gz", "overlay.png"} & {p.name for p in (tmp_path / "fit").iterdir()}
     sdm, g = sdmnn.load_volume(tmp_path / "fit" / "sdm.nrrd")
     assert g == grid and np.allclose(sdm, r.sdm(), atol=1e-5)
-    with pytest.raises(sdmnn.errors.FileError, match="as .nii.gz, .nii, .nrrd, .mha, got '.npy'"):
-        r.save(tmp_path / "other", volumes=".npy")
+    with pytest.raises(sdmnn.errors.FileError, match="as .nii, .nii.gz, .nrrd, .mha, got '.npy'"):
+        r.save(tmp_path / "other", volume_format=".npy")
 
 
 @needs_model
 def test_a_ct_with_the_cochlea_far_from_its_centre_is_searched_whole():
     """Beyond the search about the image's centre (5 mm), the whole image is searched coarsely for where the shape is,
-    with no hint, through a RAS-style flipped direction."""
+    with no hint, through a RAS-style flipped direction, past a large region of air."""
     from sdmnn.fitting import SEARCH_SHIFT_MM
 
     truth = {"a": 3.2, "alpha": 0.7, "b": 0.14, "phi": 0.1}
@@ -209,6 +209,11 @@ def test_a_ct_with_the_cochlea_far_from_its_centre_is_searched_whole():
     image_centre = grid.to_world((np.array(grid.shape) - 1) / 2)
     shape_centre = truth_mesh(info).vertices.mean(0)
     assert np.linalg.norm(shape_centre - image_centre) > 3 * SEARCH_SHIFT_MM  # there, the search about it found nothing (R^2 0.01)
+    # and air (-1000) over the image's far side: the region that differs most from the image, which a fit of the whole
+    # image (not a local one) had taken for the shape
+    world = grid.points().reshape(*grid.shape, 3)
+    air = (world - image_centre) @ (shape_centre - image_centre) < -20.0
+    img = np.where(air, -1000.0 + np.random.default_rng(3).normal(0, 80, img.shape), img)
     said = []
     r = fit(img, grid, observed_kind="intensity", forward="sdmnn", pose="rigid", turns="near", progress=said.append)
     assert any(s.startswith("locating the shape in the whole image") for s in said)

@@ -195,3 +195,13 @@ def test_a_folder_output_is_written_whole_or_not_at_all(tmp_path):
         (tmp / "a.txt").write_text("a")
     assert (tmp_path / "fresh" / "a.txt").read_text() == "a" and sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "new", "old"]
     assert oct((tmp_path / "fresh").stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+
+
+def test_volumes_made_from_an_image_are_written_in_its_format():
+    from sdmnn.io import WRITTEN_VOLUME_FORMATS, volume_format_of
+
+    assert [volume_format_of(f"ct{s}") for s in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".npy")] == [
+        ".nii.gz", ".nii", ".nrrd", ".nrrd", ".mha", ".mha", ".nii.gz"]
+    assert set(WRITTEN_VOLUME_FORMATS) == {".nii.gz", ".nii", ".nrrd", ".mha"}
+    with pytest.raises(FileError, match="unsupported file type"):
+        volume_format_of("ct.dcm")

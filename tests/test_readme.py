@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from sdmnn.io import volume_format_of
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 
@@ -37,8 +39,8 @@ def test_the_readme_shows_commands_and_marks_only_long_jobs_to_skip():
     assert any(c.startswith("sdmnn fit") for c, long in cmds if not long)
 
 
-#: Files that commands write besides their -o / --png targets.
-WITHIN = {"fit": ("result.json", "mesh.stl", "overlay.png", "sdm.nii.gz", "labels.nii.gz"), "runs/tiny": ("model.json",)}
+#: Files that commands write besides their -o / --png targets ({volumes}: in the fitted image's format).
+WITHIN = {"fit": ("result.json", "mesh.stl", "overlay.png", "sdm{volumes}", "labels{volumes}"), "runs/tiny": ("model.json",)}
 
 
 @pytest.mark.parametrize("index", range(len(blocks("sh"))))
@@ -59,7 +61,9 @@ def test_every_readme_command_runs(tmp_path, index):
         for flag, target in zip(args, args[1:]):
             if flag in ("-o", "--output", "--png"):
                 path = tmp_path / target
-                files = [path / f for f in WITHIN.get(target, WITHIN["fit"] if args[0] == "fit" else ())] or [path]
+                volumes = volume_format_of(args[1]) if args[0] == "fit" else ""
+                files = [path / f.format(volumes=volumes)
+                         for f in WITHIN.get(target, WITHIN["fit"] if args[0] == "fit" else ())] or [path]
                 for f in files:
                     assert f.exists() and f.stat().st_size > 0, f"`{command}` did not write {f.relative_to(tmp_path)}"
 

@@ -435,7 +435,7 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
         pose: str = typer.Option("none", metavar="[none|rigid]", help="rigid: fit a rotation and a shift too, at any orientation: anywhere in a label map or an SDM; in an "
                                   "intensity image within 5 mm of --centre, by default of where a coarse search of the "
                                   "whole image puts the shape (near the model's orientation first, then all where that "
-                                  "explains the image poorly). "
+                                  "fit's R^2 is below 0.6). "
                                   "none: the model's frame is the world's."),
         turns: str = typer.Option("auto", metavar="[auto|near|all]",
                                   help="With --observed intensity --pose rigid: the rotations searched: near the model's "
@@ -502,7 +502,7 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
         console.print("rx, ry, rz (rad, about the world axes) and tx, ty, tz (mm): the pose's posterior about the fitted "
                       "pose below, where they are 0")
         console.print("pose (model -> world, mm):\n" + np.array2string(r.pose, precision=4, suppress_small=True))
-    written = r.save(output, image=volume if observed != "sdm" else None, target=str(target), volumes=volume_format_of(target))
+    written = r.save(output, image=volume if observed != "sdm" else None, target=str(target), volume_format=volume_format_of(target))
     console.print(f"wrote {output}/: {', '.join(written)}")
 
 

@@ -21,8 +21,8 @@ h the voxel size: the logistic whose spread matches a surface known only to with
 Pose: a rigid map from the model frame (where the family builds its mesh) to the world, about the model
 shape's centre ``c``: x_world = R (x_model - c) + p. It starts from the image itself (the principal axes of
 a label map or of an SDM's inside; for an intensity image, rotations near the model's orientation, and where that
-fit explains the image poorly 360 spread over all of them, each at every shift within 5 mm of the image's centre or
-of a ``centre`` hint), with a screen of shapes, then is fitted jointly with the
+fit's R^2 is below AUTO_ALL_R2 360 spread over all of them, each at every shift within 5 mm of a ``centre`` hint or
+of where a coarse search of the whole image puts the shape), with a screen of shapes, then is fitted jointly with the
 shape. Its posterior is over small
 rotations about the world axes at the MAP (``rx, ry, rz``, radians) and shifts (``tx, ty, tz``, mm).
 
@@ -65,8 +65,6 @@ FORWARD_MODELS = ("hybrid", "sdmnn", "exact", "deepsdf")
 OBSERVED_KINDS = ("labels", "sdm", "intensity")
 POSES = ("none", "rigid")
 TURNS = ("auto", "near", "all")
-#: Formats of a fit's sdm and labels volumes (``FitResult.save``).
-FIT_VOLUMES = (".nii.gz", ".nii", ".nrrd", ".mha")
 POSE_NAMES = ("rx", "ry", "rz", "tx", "ty", "tz")
 #: Scales of the pose's parameters in the optimisers (radians, mm): steps of one unit move the surface
 #: by about a voxel's fraction alike.
@@ -76,11 +74,13 @@ POSE_SCALE = np.array([0.1, 0.1, 0.1, 1.0, 1.0, 1.0])
 MIN_DICE, MIN_R2, NEAR_MM = 0.8, 0.3, 1.0
 #: Without a label map's or an SDM's inside to start from (an intensity image), the pose's search tries rotations near
 #: the model's orientation or SEARCH_TURNS spread over all of them (``fit``'s ``turns``), each at every shift within
-#: SEARCH_SHIFT_MM of the centre (given, or the image's).
+#: SEARCH_SHIFT_MM of the centre (given, or where ``_locate`` puts the shape).
 SEARCH_SHIFT_MM, SEARCH_TURNS = 5.0, 360
 #: Without a centre given, an intensity image is first searched whole (``_locate``) at about LOCATE_MM voxels, with
 #: the middle shape of the box, for where the shape is; that search then runs about it.
-LOCATE_MM = 1.0
+LOCATE_MM, LOCATE_VOXELS = 1.0, 2_000_000
+#: The rotations that search tries: those near the model's orientation, or (turns "all") LOCATE_TURNS spread over all.
+LOCATE_TURNS = 72
 #: The screen of that many rotations runs in two rounds: every rotation with one shape (the middle of the screen's
 #: shapes), then the best SEARCH_KEEP of them with every shape of the screen.
 SEARCH_KEEP = 24
@@ -91,10 +91,10 @@ AUTO_ALL_R2 = 0.6
 #: What an intensity fit whose tissue intensity lies beyond every voxel's is told (``_quality``), and how
 #: ``_standing`` recognises that warning.
 _BEYOND = "beyond the values of the voxels fitted"
-#: The share of the contrast by which a tissue intensity may lie beyond the voxels' values unflagged: right fits of
-#: thin cochleae in the fit study's CT-like phantoms (noise a tenth of the contrast) had theirs beyond the darkest
-#: voxel by 0.20-0.24 of it; the wrong turn flagged had its 0.60.
-BEYOND_CONTRAST = 0.3
+#: The share of the voxels' range by which a tissue intensity may lie beyond it unflagged: right fits of thin cochleae
+#: in the fit study's CT-like phantoms (noise a tenth of the contrast) had their inside intensity 0.17-0.22 of the
+#: range beyond the darkest voxel; the wrong turn of the tests, 1.1.
+BEYOND_RANGE = 0.3
 #: What a poor intensity fit is told, with where the search reaches.
 _INTENSITY_HINT = (f"the search of an intensity image reaches {SEARCH_SHIFT_MM:g} mm from its centre (centre, --centre; "
                    "default: where a coarse search of the whole image puts the shape)")
@@ -151,26 +151,29 @@ class FitResult:
 
         return exact_sdm(self.mesh(), grid or self.grid)
 
-    def save(self, folder, image: np.ndarray | None = None, target: str | None = None, volumes: str = ".nii.gz") -> list[str]:
+    def save(self, folder, image: np.ndarray | None = None, target: str | None = None,
+             volume_format: str = ".nii.gz") -> list[str]:
         """Write the fit for a clinician's tools: result.json (parameters, intervals, pose, quality...),
-        mesh.stl (the fitted surface, world mm), sdm and labels volumes on the image's own grid (``volumes``: their
-        format, .nii.gz, .nii, .nrrd or .mha), samples.npy, corner.png and, given the ``image``, overlay.png (its
-        slices around the shape with the fitted contour). All or none: a failure leaves ``folder`` as it was; an
-        earlier fit's files there that this one does not write (its volumes in another format, its overlay) are
-        removed. Returns the names written."""
-        from .io import atomic_folder
+        mesh.stl (the fitted surface, world mm), sdm and labels volumes on the image's own grid (in ``volume_format``:
+        one of ``io.WRITTEN_VOLUME_FORMATS``), samples.npy, corner.png and, given the ``image``, overlay.png (its
+        slices around the shape with the fitted contour). All or none: a failure leaves ``folder`` as it was. Into
+        an earlier fit's folder (one holding a result.json), that fit's files this one does not write (its volumes
+        in another format, its overlay) are removed. Returns the names written."""
+        from .io import WRITTEN_VOLUME_FORMATS, atomic_folder
 
-        if volumes not in FIT_VOLUMES:
-            raise FileError(f"a fit's volumes are written as {', '.join(FIT_VOLUMES)}, got {volumes!r}")
+        if volume_format not in WRITTEN_VOLUME_FORMATS:
+            raise FileError(f"a fit's volumes are written as {', '.join(WRITTEN_VOLUME_FORMATS)}, got {volume_format!r}")
+        earlier = (Path(folder) / "result.json").is_file()
         with atomic_folder(folder) as tmp:
-            written = self._write(tmp, image, target, volumes)
-        stale = [f"{name}{suffix}" for name in ("sdm", "labels") for suffix in FIT_VOLUMES] + ["overlay.png"]
-        for name in set(stale) - set(written):
-            if (Path(folder) / name).is_file():
-                (Path(folder) / name).unlink()
+            written = self._write(tmp, image, target, volume_format)
+        if earlier:
+            stale = [f"{name}{suffix}" for name in ("sdm", "labels") for suffix in WRITTEN_VOLUME_FORMATS] + ["overlay.png"]
+            for name in set(stale) - set(written):
+                if (Path(folder) / name).is_file():
+                    (Path(folder) / name).unlink()
         return written
 
-    def _write(self, folder: Path, image: np.ndarray | None, target: str | None, volumes: str) -> list[str]:
+    def _write(self, folder: Path, image: np.ndarray | None, target: str | None, volume_format: str) -> list[str]:
         from .io import atomic_path, save_mesh, save_volume, write_json
         from .viz import save_corner, save_slices
 
@@ -178,13 +181,13 @@ class FitResult:
         mesh = self.mesh()
         save_mesh(folder / "mesh.stl", mesh)
         sdm = self.sdm()
-        save_volume(folder / f"sdm{volumes}", sdm, self.grid)
-        save_volume(folder / f"labels{volumes}", (sdm < 0).astype(np.uint8), self.grid)
+        save_volume(folder / f"sdm{volume_format}", sdm, self.grid)
+        save_volume(folder / f"labels{volume_format}", (sdm < 0).astype(np.uint8), self.grid)
         with atomic_path(folder / "samples.npy") as tmp:
             np.save(tmp, self.samples)
         save_corner(folder / "corner.png", self.samples, self.names,
                     map_point=[self.params.get(n, 0.0) for n in self.names])
-        written = ["result.json", "mesh.stl", f"sdm{volumes}", f"labels{volumes}", "samples.npy", "corner.png"]
+        written = ["result.json", "mesh.stl", f"sdm{volume_format}", f"labels{volume_format}", "samples.npy", "corner.png"]
         if image is not None:
             lo, hi = _index_box(self.grid, mesh.bounds[0], mesh.bounds[1], 2.0)
             view = crop(self.grid, lo, hi)
@@ -791,7 +794,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
     turns : {"auto", "near", "all"}
         The rotations the pose's search tries in an intensity image (a label map's or an SDM's come from its
         inside's axes): "near" the model's orientation (within about 30 degrees), "all" of them (SEARCH_TURNS spread
-        evenly), or "auto": near, then all where that fit explains the image poorly (the better of the two is kept).
+        evenly), or "auto": near, then all where that fit's R^2 is below AUTO_ALL_R2 (the better of the two is kept).
     """
     call = dict(locals())  # the arguments, for the search over all rotations of turns="auto"
     t0 = time.perf_counter()
@@ -863,8 +866,10 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         centre_model, model_axes, model_radius = _model_frame(fam)
         foreground = {"labels": y_full, "sdm": (y_full < 0).astype(np.float32)}.get(observed_kind)
         if foreground is None and pose == "rigid" and centre is None:
+            if mask_full is not None and mask_full.sum() < 8:
+                raise FitError("the mask leaves fewer than 8 voxels of the image to fit")
             centre = _locate(net, fam, evals, y_full, mask_full, grid, tau, centre_model,
-                             _all_turns() if turns == "all" else _near_identity(), (low + high) / 2, say)
+                             _all_turns(LOCATE_TURNS) if turns == "all" else _near_identity(), (low + high) / 2, say)
         lo, hi, anchor, image_axes = _region(foreground, grid, centre, model_radius)
         if pose == "none":
             at = grid.to_index(centre_model)
@@ -962,7 +967,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
                    "correlation_volume": temper},
             quality=quality, grid=grid, log_posterior=-like.nll(d) / temper, covariance=cov,
         )
-        if (quality.get("warning") or quality.get("r2", 1.0) < AUTO_ALL_R2) and turns == "auto" and image_axes is None and pose == "rigid":
+        if (quality.get("warning") or not quality.get("r2", 1.0) >= AUTO_ALL_R2) and turns == "auto" and image_axes is None and pose == "rigid":
             say(f"the fit explains the image poorly (R^2 {quality.get('r2', 0.0):.2f}): searching all orientations ({SEARCH_TURNS})")
             again = {**call, "turns": "all", "model": net, "threads": torch.get_num_threads() if net is not None else threads}
             try:
@@ -1025,26 +1030,77 @@ def _region(foreground, grid: Grid, centre, radius):
 
 
 def _locate(net, fam, evals, image, mask, grid: Grid, tau, centre_model, rotations, shape, say):
-    """Where the shape is about (world mm) in an intensity image: ``_shift_screen`` over the whole image,
-    block-averaged to about LOCATE_MM voxels, with ``shape`` at each of ``rotations`` and every (circular) shift."""
-    # block means of k voxels a side (_shift_screen halves the result again)
-    k = np.clip(np.round(LOCATE_MM / 2 / np.array(grid.spacing)), 1, grid.shape).astype(int)
-    n = np.array(grid.shape) // k
+    """Where the shape is about (world mm) in an intensity image, with no hint: the placement of ``shape``, at each of
+    ``rotations``, whose share of the inside best explains the image within a box about it that holds it at any
+    turn: the largest R^2 of a local fit I = alpha + beta p, for every shift at once by FFT (sums of I, I^2 and the
+    template over that box), on the image block-averaged to about LOCATE_MM voxels (at most LOCATE_VOXELS of them).
+    Local, not the fit of the whole image: that finds the region whose mean differs most from the image's (air
+    outside the head), this one the region shaped like the model, whatever lies elsewhere."""
+    from scipy.special import ndtr
+
+    # the image in blocks of k voxels a side
+    full = np.array(grid.shape)
+    k = np.clip(np.round(LOCATE_MM / np.array(grid.spacing)), 1, full).astype(int)
+    if np.prod(full // k) > LOCATE_VOXELS:
+        k = np.minimum(np.ceil(k * (np.prod(full // k) / LOCATE_VOXELS) ** (1 / 3)), full).astype(int)
+    n = full // k
     block = lambda v: v[: n[0] * k[0], : n[1] * k[1], : n[2] * k[2]].reshape(n[0], k[0], n[1], k[1], n[2], k[2]).mean((1, 3, 5))  # noqa: E731
     if mask is None:
-        weight, y = np.ones(n), block(np.asarray(image, np.float32))
+        M, I = np.ones(n), block(np.asarray(image, np.float32)).astype(np.float64)
     else:
-        weight = block(mask.astype(np.float32))
-        y = block(np.where(mask, np.asarray(image, np.float32), 0)) / np.maximum(weight, 1e-12)
+        M = block(mask.astype(np.float32)).astype(np.float64)
+        I = block(np.where(mask, np.asarray(image, np.float32), 0)).astype(np.float64) / np.maximum(M, 1e-12)
     coarse = Grid(tuple(int(v) for v in n), tuple(np.array(grid.spacing) * k), tuple(grid.to_world((k - 1) / 2)), grid.direction)
-    obs = _Observation.of("intensity", y, weight, coarse, np.zeros(3, int), n - 1)
-    table = _Network(net, obs, evals) if net is not None else _exact_table(fam, obs, evals)
-    at = coarse.to_world((n - 1) / 2)
+    # the box: the model's grid at any turn, about the image's centre; the FFTs padded by it, so that nothing wraps
+    reach = np.linalg.norm(np.array(fam.grid.shape) * np.array(fam.grid.spacing)) / 2
+    m = 2 * np.ceil(reach / np.array(coarse.spacing)).astype(int) + 1
+    at = np.round((n - 1) / 2).astype(int)
+    first = at - m // 2  # the box's first voxel, unshifted
+    size = tuple(int(v) for v in n + m)
+    axes = (0, 1, 2)
+    F = lambda v: np.fft.rfftn(v, size, axes)  # noqa: E731
+    corr = lambda Ft, Fa: np.fft.irfftn(np.conj(Ft) * Fa, size, axes)  # noqa: E731  # c(u) = sum_x t(x) a(x + u)
+    F_M, F_MI, F_MII = F(M), F(M * I), F(M * I * I)
+    F_W = F(np.ones(m))
+    count, S_I, S_II = corr(F_W, F_M), corr(F_W, F_MI), corr(F_W, F_MII)
+    # shifts u (the box's first voxel) that keep its centre in the image
+    u = np.stack(np.meshgrid(*(np.arange(-(mi // 2), ni - mi // 2) for ni, mi in zip(n, m)), indexing="ij"), -1).reshape(-1, 3)
+    idx = tuple((u % np.array(size)).T)
+    count, S_I, S_II = count[idx], S_I[idx], S_II[idx]
+    var_I = count * S_II - S_I**2
+    usable = (count >= 0.5 * np.prod(m)) & (var_I > 1e-9 * np.maximum(count * S_II, 1e-300))
+    box_points = coarse.to_world(np.stack(np.meshgrid(*(np.arange(f, f + mi) for f, mi in zip(first, m)), indexing="ij"), -1).reshape(-1, 3))
+    table = (_Network(net, _Points(box_points), evals) if net is not None
+             else _Network(ExactVolumes(fam, fam.grid), _Points(box_points), evals))
+    vols = table.volumes(shape[None])
+    h = float(np.prod(coarse.spacing)) ** (1 / 3)
+    spread = math.sqrt(h**2 / 12 + (tau or 0.0) ** 2)
     say(f"locating the shape in the whole image ({len(rotations)} rotations; voxels of "
-        + " x ".join(f"{v:.2g}" for v in 2 * np.array(coarse.spacing)) + " mm)")
-    best = _shift_screen(table, _Likelihood(obs, tau), table.volumes(shape[None]), rotations, at, centre_model, shape[None],
-                         np.inf)[0]
-    return best[1].position
+        + " x ".join(f"{v:.2g}" for v in coarse.spacing) + " mm)")
+    best = (-np.inf, None)
+    for R in rotations:
+        pose = Pose(R, coarse.to_world(at), centre_model)
+        P = ndtr(-table.sample(vols, [pose])[0] / spread).reshape(m)
+        F_P, F_PP = F(P), F(P * P)
+        S_p, S_pp, S_pI = (corr(F_P, F_M)[idx], corr(F_PP, F_M)[idx], corr(F_P, F_MI)[idx])
+        var_p = count * S_pp - S_p**2
+        ok = usable & (var_p > 1e-9 * np.maximum(count * S_pp, 1e-300))
+        if not ok.any():
+            continue
+        r2 = np.where(ok, (count * S_pI - S_p * S_I) ** 2 / np.where(ok, var_p * var_I, 1.0), -np.inf)
+        j = int(np.argmax(r2))
+        if r2[j] > best[0]:
+            best = (float(r2[j]), coarse.to_world(at + u[j] - first))
+    if best[1] is None:  # no placement with the shape and its box in the image
+        return None
+    return best[1]
+
+
+@dataclass
+class _Points:
+    """World points (N, 3) where a ``_Network`` samples SDMs, in an ``_Observation``'s place."""
+
+    points: np.ndarray
 
 
 def _screen(table: _Network, like: _Likelihood, rotations, position, centre_model, shapes, search_shift: bool,
@@ -1092,7 +1148,7 @@ def _shift_screen(table, like, vols, rotations, position, centre_model, shapes, 
     n, SI, SII = M.sum(), (M * I).sum(), (M * I * I).sum()
     axes = (0, 1, 2)
     F_MI, F_M = np.fft.rfftn(M * I, n2, axes), np.fft.rfftn(M, n2, axes)
-    reach = np.minimum(max_shift / np.array(coarse.spacing), (n2 - 1) // 2).astype(int)  # shifts differ modulo n2
+    reach = np.floor(max_shift / np.array(coarse.spacing)).astype(int)
     shifts = np.stack(np.meshgrid(*(np.arange(-r, r + 1) for r in reach), indexing="ij"), -1).reshape(-1, 3)
     at = tuple((shifts % n2).T)  # circular indices of the shifts
     points = table.points
@@ -1257,10 +1313,10 @@ def _quality(like: _Likelihood, d, obs: _Observation) -> dict:
         q["dice"] = float(2 * np.sum(fitted & bright & m) / max(np.sum(fitted & m) + np.sum(bright & m), 1))
         # a tissue intensity beyond every voxel's: the fitted surface separates no two tissues of the image, the
         # intensities only extrapolated from its partial-volume voxels (a shape found at the wrong place or turn)
-        # (beyond by more than 2 sigma, a tenth of the range and BEYOND_CONTRAST of the tissues' contrast: a noise-free
-        # image's pure voxels are its extremes, but a thin shape has no voxel wholly inside)
+        # (beyond by more than 2 sigma and BEYOND_RANGE of the voxels' range: a noise-free image's pure voxels are its
+        # extremes, but a thin shape has no voxel wholly inside)
         lowest, highest = float(y[m].min()), float(y[m].max())
-        slack = max(2 * sigma, 0.1 * (highest - lowest), BEYOND_CONTRAST * abs(a - b))
+        slack = max(2 * sigma, BEYOND_RANGE * (highest - lowest))
         beyond = [f"{name} intensity ({v:.4g})" for name, v in (("inside", a), ("outside", b))
                   if not lowest - slack <= v <= highest + slack]
         if beyond:

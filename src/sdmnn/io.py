@@ -25,6 +25,8 @@ from .grid import Grid
 #: Volume files read; all but the detached headers (.nhdr, .mhd) are also written.
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".npy")
 WRITE_ONLY_ATTACHED = {".nhdr": ".nrrd", ".mhd": ".mha"}
+#: Volumes written as one file that medical imaging tools read (what ``volume_format_of`` picks from).
+WRITTEN_VOLUME_FORMATS = tuple(s for s in VOLUME_SUFFIXES if s not in WRITE_ONLY_ATTACHED and s != ".npy")
 MESH_SUFFIXES = (".stl", ".ply", ".obj", ".off", ".glb")
 
 

@@ -447,9 +447,10 @@ def _differences(meta: dict, now: dict) -> str:
     return "; ".join(f"{k} {there.get(k)} there, {now.get(k)} here" for k in {**there, **now} if there.get(k) != now.get(k))
 
 
-#: Training settings a resumed run may give other values without a word: its length, machine and reporting (and the
-#: network's settings, which ``_differences`` compares in the checkpoint's own terms).
-_RESUME_FREE = {"minutes", "steps", "threads", "device", "eval_every", "online_workers", "out",
+#: Training settings a resumed run may give other values without a word: its length, machine and reporting, the
+#: weights it started from (a resumed run starts from its own), and the network's settings (which ``_differences``
+#: compares in the checkpoint's own terms).
+_RESUME_FREE = {"minutes", "steps", "threads", "device", "eval_every", "online_workers", "out", "init",
                 "family", "arch", "channels", "hidden", "points", "clamp"}
 
 
@@ -457,8 +458,8 @@ def _changed_training(there: dict, now: dict) -> str:
     """The training settings (data, schedule, loss, ...) of a resumed run that differ from its last run's, e.g.
     "lr 7e-05 there, 0.0003 here"; '' when none do. Paths are compared resolved."""
     def same(k, a, b):
-        if k in ("data", "val", "init") and a is not None and b is not None:
-            as_paths = lambda v: [str(Path(p).resolve()) if p != "shipped" else p for p in ([v] if isinstance(v, str) else v)]
+        if k in ("data", "val") and a is not None and b is not None:
+            as_paths = lambda v: [str(Path(p).resolve()) for p in ([v] if isinstance(v, str) else v)]
             return as_paths(a) == as_paths(b)
         return a == b
 
