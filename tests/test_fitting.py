@@ -222,6 +222,17 @@ def test_a_ct_with_the_cochlea_far_from_its_centre_is_searched_whole():
 
 
 @needs_model
+def test_a_thin_image_far_longer_than_the_cochlea_is_searched_whole_too():
+    """An image thinner than the box the search scores each placement in (here about 13 x 10 mm across, 95 mm long):
+    its placements are compared by what of the box lies in the image, not refused for holding less than half of it."""
+    truth = {"a": 3.5, "alpha": 0.6, "b": 0.12, "phi": 0.2}
+    img, grid, info = make_phantom("cochlea", truth, kind="ct", translate=(40, 0, 0), spacing=(0.3, 0.3, 0.6), seed=1)
+    assert grid.shape[0] > 6 * max(grid.shape[1:])
+    r = fit(img, grid, observed_kind="intensity", forward="sdmnn", pose="rigid", turns="near")
+    assert surface_distances(r.mesh(), truth_mesh(info)).mean() < 0.05 and abs(r.pose[0, 3] - 40) < 0.5, r.pose
+
+
+@needs_model
 def test_a_poor_fit_is_flagged_with_a_warning():
     """A ball is no cochlea: the quality check says so."""
     grid = sdmnn.get_family("cochlea").grid

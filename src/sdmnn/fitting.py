@@ -1068,7 +1068,9 @@ def _locate(net, fam, evals, image, mask, grid: Grid, tau, centre_model, rotatio
     idx = tuple((u % np.array(size)).T)
     count, S_I, S_II = count[idx], S_I[idx], S_II[idx]
     var_I = count * S_II - S_I**2
-    usable = (count >= 0.5 * np.prod(m)) & (var_I > 1e-9 * np.maximum(count * S_II, 1e-300))
+    # placements whose box holds at least half the voxels the best placed one does (an image thinner than the box
+    # holds a box's worth nowhere)
+    usable = (count >= 0.5 * count.max()) & (var_I > 1e-9 * np.maximum(count * S_II, 1e-300))
     box_points = coarse.to_world(np.stack(np.meshgrid(*(np.arange(f, f + mi) for f, mi in zip(first, m)), indexing="ij"), -1).reshape(-1, 3))
     table = (_Network(net, _Points(box_points), evals) if net is not None
              else _Network(ExactVolumes(fam, fam.grid), _Points(box_points), evals))
