@@ -818,7 +818,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         raise FitError(f"turns must be one of {', '.join(TURNS)}, got {turns!r}")
     if turns != "auto" and (observed_kind != "intensity" or pose != "rigid"):
         raise FitError(f"turns (--turns) applies to an intensity image fitted with pose rigid (a label map's or an SDM's "
-                       f"search turns the model to its inside's axes); got observed_kind {observed_kind}, pose {pose}")
+                       f"search turns the model to its inside's axes); got observed_kind {observed_kind} (--observed), pose {pose} (--pose)")
     if progress is not None and not callable(progress):
         raise FitError(f"progress is a function of one text, got {type(progress).__name__}")
     if centre is not None:
