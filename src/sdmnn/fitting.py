@@ -1044,12 +1044,11 @@ def _locate(net, fam, evals, image, mask, grid: Grid, tau, centre_model, rotatio
     if np.prod(full // k) > LOCATE_VOXELS:
         k = np.minimum(np.ceil(k * (np.prod(full // k) / LOCATE_VOXELS) ** (1 / 3)), full).astype(int)
     n = full // k
-    block = lambda v: v[: n[0] * k[0], : n[1] * k[1], : n[2] * k[2]].reshape(n[0], k[0], n[1], k[1], n[2], k[2]).mean((1, 3, 5))  # noqa: E731
     if mask is None:
-        M, I = np.ones(n), block(np.asarray(image, np.float32)).astype(np.float64)
+        M, I = np.ones(n), _block_mean(np.asarray(image, np.float32), k).astype(np.float64)
     else:
-        M = block(mask.astype(np.float32)).astype(np.float64)
-        I = block(np.where(mask, np.asarray(image, np.float32), 0)).astype(np.float64) / np.maximum(M, 1e-12)
+        M = _block_mean(mask.astype(np.float32), k).astype(np.float64)
+        I = _block_mean(np.where(mask, np.asarray(image, np.float32), 0), k).astype(np.float64) / np.maximum(M, 1e-12)
     coarse = Grid(tuple(int(v) for v in n), tuple(np.array(grid.spacing) * k), tuple(grid.to_world((k - 1) / 2)), grid.direction)
     # the box: the model's grid at any turn, about the image's centre; the FFTs padded by it, so that nothing wraps
     reach = np.linalg.norm(np.array(fam.grid.shape) * np.array(fam.grid.spacing)) / 2
@@ -1072,8 +1071,7 @@ def _locate(net, fam, evals, image, mask, grid: Grid, tau, centre_model, rotatio
     # holds a box's worth nowhere)
     usable = (count >= 0.5 * count.max()) & (var_I > 1e-9 * np.maximum(count * S_II, 1e-300))
     box_points = coarse.to_world(np.stack(np.meshgrid(*(np.arange(f, f + mi) for f, mi in zip(first, m)), indexing="ij"), -1).reshape(-1, 3))
-    table = (_Network(net, _Points(box_points), evals) if net is not None
-             else _Network(ExactVolumes(fam, fam.grid), _Points(box_points), evals))
+    table = _Network(net, _Points(box_points), evals) if net is not None else _exact_table(fam, _Points(box_points), evals)
     vols = table.volumes(shape[None])
     h = float(np.prod(coarse.spacing)) ** (1 / 3)
     spread = math.sqrt(h**2 / 12 + (tau or 0.0) ** 2)
@@ -1096,6 +1094,12 @@ def _locate(net, fam, evals, image, mask, grid: Grid, tau, centre_model, rotatio
     if best[1] is None:  # no placement with the shape and its box in the image
         return None
     return best[1]
+
+
+def _block_mean(v, k) -> np.ndarray:
+    """The means of ``v`` (3-D) over blocks of k[0] x k[1] x k[2] voxels; voxels beyond the last whole block dropped."""
+    n = np.array(v.shape) // np.asarray(k)
+    return v[: n[0] * k[0], : n[1] * k[1], : n[2] * k[2]].reshape(n[0], k[0], n[1], k[1], n[2], k[2]).mean((1, 3, 5))
 
 
 @dataclass
@@ -1142,7 +1146,7 @@ def _shift_screen(table, like, vols, rotations, position, centre_model, shapes, 
         n2, factor = np.array(g.shape), 1
     else:
         factor = 2
-    half = lambda v: v[: 2 * n2[0], : 2 * n2[1], : 2 * n2[2]].reshape(n2[0], 2, n2[1], 2, n2[2], 2).mean((1, 3, 5)) if factor == 2 else v  # noqa: E731
+    half = lambda v: _block_mean(v, (factor,) * 3)  # noqa: E731
     coarse = Grid(tuple(int(n) for n in n2), tuple(np.array(g.spacing) * factor),
                   tuple(g.to_world(np.full(3, (factor - 1) / 2))), g.direction)
     I, M = half(image), half(mask)

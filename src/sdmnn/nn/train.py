@@ -440,11 +440,17 @@ class _Interrupt:
         return False
 
 
+def _listed(there: dict, now: dict, keys, same=lambda k, a, b: a == b) -> str:
+    """Those of ``keys`` whose values differ (by ``same``) between a checkpoint (``there``) and this run (``now``),
+    e.g. "channels [32, 32, 24] there, [32, 32, 16] here"; '' when none do."""
+    return "; ".join(f"{k} {there.get(k)} there, {now.get(k)} here" for k in keys if not same(k, there.get(k), now.get(k)))
+
+
 def _differences(meta: dict, now: dict) -> str:
     """What differs between a checkpoint's ``meta`` and this run's family, architecture and network settings
-    (``now``), e.g. "channels [32, 32, 24] there, [32, 32, 16] here"; '' when nothing does."""
+    (``now``); '' when nothing does."""
     there = {"family": meta.get("family"), "arch": meta.get("arch"), **meta.get("config", {})}
-    return "; ".join(f"{k} {there.get(k)} there, {now.get(k)} here" for k in {**there, **now} if there.get(k) != now.get(k))
+    return _listed(there, now, {**there, **now})
 
 
 #: Training settings a resumed run may give other values without a word: its length, machine and reporting, the
@@ -463,8 +469,7 @@ def _changed_training(there: dict, now: dict) -> str:
             return as_paths(a) == as_paths(b)
         return a == b
 
-    keys = [k for k in now if k not in _RESUME_FREE and k in there]
-    return "; ".join(f"{k} {there[k]} there, {now[k]} here" for k in keys if not same(k, there[k], now[k]))
+    return _listed(there, now, [k for k in now if k not in _RESUME_FREE and k in there], same)
 
 
 def _save(out, net, opt, family, grid, mcfg, cfg, state, command, name, accuracy=None):
