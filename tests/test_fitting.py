@@ -386,3 +386,29 @@ def test_the_corner_plot_of_a_one_parameter_family_is_written(tmp_path):
 
     save_corner(tmp_path / "corner.png", np.random.default_rng(0).normal(size=(200, 1)), ["r"], map_point=[0.1])
     assert (tmp_path / "corner.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_levenberg_marquardt_reaches_the_optimum_after_a_phase_with_a_wrong_jacobian():
+    """The hybrid's polish: a first phase with an approximate Jacobian (the network's) stops where the residual is
+    orthogonal to its columns, on a rejected step; the second, exact phase must still step from there to the least-
+    squares optimum (it had inherited the first's damping at its ceiling and stopped at once, 3 % of phi's range short
+    on label maps)."""
+    from sdmnn.fitting import Pose, _levenberg_marquardt, _Likelihood, _Observation
+
+    rng = np.random.default_rng(1)
+    grid = Grid((6, 5, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    A, c = rng.normal(size=(grid.size, 3)), rng.normal(size=grid.size)
+    truth = np.array([0.3, 0.6, 0.45])
+    y = A @ truth + c + 0.5 * rng.normal(size=grid.size)
+    obs = _Observation.of("sdm", y.reshape(grid.shape), None, grid, (0, 0, 0), np.array(grid.shape) - 1)
+    like = _Likelihood(obs, 0.1)
+    low, high = np.zeros(3), np.ones(3)
+    forward = lambda v, pose: A @ v + c  # noqa: E731
+    wrong = A + rng.normal(size=A.shape)  # another span: a biased network's columns
+    pose = Pose(np.eye(3), np.zeros(3), np.zeros(3))
+    optimum = np.linalg.lstsq(A, y - c, rcond=None)[0]
+    first, *_ = _levenberg_marquardt(forward, [(lambda *a: wrong, 50)], like, np.full(3, 0.5), pose, low, high, 200, False)
+    assert np.abs(first - optimum).max() > 0.02  # the wrong Jacobian alone stops short
+    both, *_ = _levenberg_marquardt(forward, [(lambda *a: wrong, 50), (lambda *a: A, 10)], like, np.full(3, 0.5), pose,
+                                    low, high, 200, False)
+    assert np.allclose(both, optimum, atol=1e-6)

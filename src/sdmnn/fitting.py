@@ -1240,8 +1240,9 @@ def _levenberg_marquardt(forward, phases, like: _Likelihood, vector, pose: Pose,
                          estimate: bool = True):
     """Levenberg-Marquardt on the likelihood of ``forward(vector, pose)`` in (unit-box shape, rotation /
     POSE_SCALE, shift / POSE_SCALE), with the Gauss-Newton (Fisher) matrix; ``phases`` lists (jacobian,
-    steps): e.g. the network's shape Jacobian first (cheap; with the exact forward model its fixed point is
-    the exact optimum whatever the network's bias), then the exact one for the last steps. ``budget`` bounds
+    steps): e.g. the network's shape Jacobian first (cheap, but where the exact residual is orthogonal to the
+    network's columns it stops short of the exact optimum, by 3 % of phi's range in a flat valley), then the
+    exact one, whose fixed point is the exact optimum. ``budget`` bounds
     the trial evaluations of ``forward``; ``estimate``: re-estimate the noise scale after each step.
     Returns (vector, pose, forward there, the Jacobian there)."""
     span = high - low
@@ -1251,8 +1252,9 @@ def _levenberg_marquardt(forward, phases, like: _Likelihood, vector, pose: Pose,
     if estimate:
         like.estimate(d)
     f = like.nll(d)
-    lam, J, jacobian = 1e-3, None, phases[-1][0]
+    J, jacobian = None, phases[-1][0]
     for jacobian, steps in phases:
+        lam = 1e-3  # afresh: a phase that ended on a rejected step left it at its ceiling, where the next would not step
         for _ in range(steps):
             if budget < 1:
                 break
