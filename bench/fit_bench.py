@@ -20,6 +20,7 @@ from common import table
 RESULTS = Path("docs/fit_study.json")
 LABELS, CT = "labels, 0.3 mm", "CT, 0.25 x 0.25 x 0.5 mm"
 FAR = "CT, the cochlea 10-20 mm off-centre"
+KNOWN = "labels, 0.3 mm, pose known"
 
 
 def cases(n):
@@ -72,6 +73,14 @@ def far_phantoms(n, first):
                                                     direction=np.diag([-1.0, -1.0, 1.0]) if i % 2 else None, seed=first + i))
 
 
+def known_phantoms(n, first):
+    """(case, target, truth vector, image, grid, truth) for label maps of the first n study shapes at the model's own
+    pose (0.3 mm, partial volume), fitted with the pose known (``pose="none"``): no pose search or pose error, so the
+    forward models' MAPs differ by their own shape bias and the optimiser's stopping alone."""
+    for i, truth in enumerate(cases(n)):
+        yield (first + i, KNOWN, truth, *make_phantom("cochlea", truth, spacing=(0.3, 0.3, 0.3)))
+
+
 def _off(a, b, span) -> float:
     """The largest difference between two parameter vectors, as a fraction of each parameter's range."""
     return float((np.abs(np.asarray(a) - np.asarray(b)) / span).max())
@@ -96,16 +105,17 @@ def run(quick: bool = False) -> str:
     n_labels, n_ct = (2, 2) if quick else (15, 15)
     forwards = ["hybrid", "sdmnn"] if quick else ["hybrid", "sdmnn", "exact"]
     records = []
-    far = far_phantoms(2 if quick else 6, n_labels + n_ct)
-    for case, target, truth, image, grid, info in [*phantoms(n_labels, n_ct), *far]:
+    n_far = 2 if quick else 6
+    far, known = far_phantoms(n_far, n_labels + n_ct), known_phantoms(n_labels, n_labels + n_ct + n_far)
+    for case, target, truth, image, grid, info in [*phantoms(n_labels, n_ct), *far, *known]:
         true_mesh = truth_mesh(info)
-        kind = "labels" if target == LABELS else "intensity"
+        kind = "intensity" if target in (CT, FAR) else "labels"
         for fw in forwards if target != FAR else ["hybrid"]:
-            r = fit(image, grid, observed_kind=kind, forward=fw, pose="rigid", model=model, seed=0)
+            r = fit(image, grid, observed_kind=kind, forward=fw, pose="none" if target == KNOWN else "rigid", model=model, seed=0)
             d = surface_distances(r.mesh(), true_mesh)
             omega, shift = pose_error(r, info)
             iv = r.interval(0.9)
-            pose_truth = np.concatenate([omega, shift])  # the truth in the posterior's pose coordinates
+            pose_truth = np.concatenate([omega, shift]) if target != KNOWN else np.zeros(0)  # in the posterior's pose coordinates
             records.append({
                 "case": case, "target": target, "forward": fw, "truth": list(map(float, truth)),
                 "map": [r.params[k] for k in fam.names], "interval": [list(iv[k]) for k in r.names],
@@ -119,7 +129,7 @@ def run(quick: bool = False) -> str:
             print(f"[fit] case {case} {target} {fw}: {r.seconds:.1f} s, MSSD {d.mean():.4f} mm, "
                   f"rotation {records[-1]['rotation_error_deg']:.2f} deg, shift {records[-1]['shift_error_mm']:.3f} mm", flush=True)
     RESULTS.write_text(json.dumps(records, indent=1))  # kept should the check below fail
-    records += lookup_check(records, fam, model, n_labels, n_ct)
+    records += lookup_check(records, fam, model, n_labels, n_ct, n_far)
     RESULTS.write_text(json.dumps(records, indent=1))
     return summarise(records, fam)
 
@@ -139,16 +149,18 @@ class ExactOnGrid(ExactVolumes):
         return getattr(self._model, name)
 
 
-def lookup_check(records, fam, model, n_labels, n_ct):
+def lookup_check(records, fam, model, n_labels, n_ct, n_far):
     """Where the network-only MAP is over 1 % of a range from the hybrid's, the same fit with the exact SDM on the
     network's grid in the network's place: what the lookup alone moves (records with forward "exact-on-grid")."""
     span = fam.space.high - fam.space.low
     maps = {(r["case"], r["forward"]): np.array(r["map"]) for r in records}
     off = {c for (c, fw), m in maps.items() if fw == "sdmnn" and (c, "hybrid") in maps and _off(m, maps[(c, "hybrid")], span) > 0.01}
     out = []
-    for case, target, truth, image, grid, info in phantoms(n_labels, n_ct, only=off):
-        kind = "labels" if target == LABELS else "intensity"
-        r = fit(image, grid, observed_kind=kind, forward="sdmnn", pose="rigid", model=ExactOnGrid(model), seed=0)
+    known = (p for p in known_phantoms(n_labels, n_labels + n_ct + n_far) if p[0] in off)
+    for case, target, truth, image, grid, info in [*phantoms(n_labels, n_ct, only=off), *known]:
+        kind = "intensity" if target == CT else "labels"
+        r = fit(image, grid, observed_kind=kind, forward="sdmnn", pose="none" if target == KNOWN else "rigid",
+                model=ExactOnGrid(model), seed=0)
         out.append({"case": case, "target": target, "forward": "exact-on-grid", "truth": list(map(float, truth)),
                     "map": [r.params[k] for k in fam.names], "seconds": r.seconds})
         print(f"[fit] case {case} {target} exact-on-grid: {r.seconds:.1f} s", flush=True)
@@ -168,26 +180,28 @@ def summarise(records, fam):
     lookup = {r["case"]: r for r in records if r["forward"] == "exact-on-grid"}
     records = [r for r in records if r["forward"] != "exact-on-grid"]
     rows_surface, rows_err, rows_cov = [], [], []
-    for target in (LABELS, CT, FAR):
+    for target in (LABELS, CT, FAR, KNOWN):
         for fw in dict.fromkeys(r["forward"] for r in records if r["target"] == target):
             rs = [r for r in records if r["target"] == target and r["forward"] == fw]
             m = np.array([r["mssd_mm"] for r in rs])
             p = np.array([r["p95_mm"] for r in rs])
             secs = np.array([r["seconds"] for r in rs])
             rows_surface.append([target, fw, len(rs), f"{m.mean():.4f} / {m.max():.4f}", f"{p.mean():.4f} / {p.max():.4f}",
-                                 f"{np.median([r['rotation_error_deg'] for r in rs]):.2f} / {max(r['rotation_error_deg'] for r in rs):.2f}",
-                                 f"{np.median([r['shift_error_mm'] for r in rs]):.3f} / {max(r['shift_error_mm'] for r in rs):.3f}",
+                                 *([f"{np.median([r['rotation_error_deg'] for r in rs]):.2f} / {max(r['rotation_error_deg'] for r in rs):.2f}",
+                                    f"{np.median([r['shift_error_mm'] for r in rs]):.3f} / {max(r['shift_error_mm'] for r in rs):.3f}"]
+                                   if target != KNOWN else ["-", "-"]),
                                  f"{np.median(secs):.1f} / {secs.max():.1f}"])
             err = np.array([np.abs(np.array(r["map"]) - r["truth"]) / span for r in rs])
             rows_err.append([target, fw, *[f"{100 * err[:, j].mean():.2f} / {100 * err[:, j].max():.2f}" for j in range(len(names))]])
             shape_in = np.array([[lo <= t <= hi for t, (lo, hi) in zip(r["truth"], r["interval"][:len(names)])] for r in rs])
             pose_in = np.array([[lo <= t <= hi for t, (lo, hi) in zip(r["pose_truth"], r["interval"][len(names):])] for r in rs])
-            rows_cov.append([target, fw, _binomial(int(shape_in.sum()), shape_in.size), _binomial(int(pose_in.sum()), pose_in.size),
+            rows_cov.append([target, fw, _binomial(int(shape_in.sum()), shape_in.size),
+                             _binomial(int(pose_in.sum()), pose_in.size) if pose_in.size else "-",
                              " ".join(f"{n} {int(shape_in[:, j].sum())}/{len(rs)}" for j, n in enumerate(names))])
     # the network's own bias: its MAP against the hybrid's (whose fixed point is the exact optimum) on the same image
     rows_bias = []
     pairs = {(r["case"], r["forward"]): r for r in records}  # case numbers run on across the two kinds of image
-    for target in (LABELS, CT):
+    for target in (LABELS, CT, KNOWN):
         # the exact fit against the hybrid: both end on the exact likelihood (each on a crop around its own result, from
         # its own start), so their difference is what that likelihood and the optimiser's stopping leave open, the
         # yardstick for the network's
@@ -202,13 +216,14 @@ def summarise(records, fam):
         if len(width):
             rows_bias.append([target, "half the hybrid's 90 % interval (median / max)", len(width),
                               *[f"{100 * np.median(width[:, j]):.2f} / {100 * width[:, j].max():.2f}" for j in range(len(names))], "-"])
-    rows_lookup = [[case, r["target"].split(",")[0], *[
+    rows_lookup = [[case, {LABELS: "labels", CT: "CT", KNOWN: "labels, pose known"}[r["target"]], *[
         f"{100 * (pairs[(case, 'sdmnn')]['map'][j] - pairs[(case, 'hybrid')]['map'][j]) / span[j]:+.2f} / "
         f"{100 * (r['map'][j] - pairs[(case, 'hybrid')]['map'][j]) / span[j]:+.2f}" for j in range(len(names))]]
         for case, r in sorted(lookup.items())]
     lookup_off = sum(_off(r["map"], pairs[(c, "hybrid")]["map"], span) > 0.01 for c, r in lookup.items())
     every = [r for r in records]
     far = [r for r in records if r["target"] == FAR]
+    known = {r["case"] for r in records if r["target"] == KNOWN}
     far_text = (f"**{FAR}**: as the CT images, but the cochlea shifted 10-20 mm in a random direction (its centre "
                 f"{min(r['off_centre_mm'] for r in far):.1f}-{max(r['off_centre_mm'] for r in far):.1f} mm from the image's centre; "
                 f"images of up to {max(int(np.prod(r['image_shape'])) for r in far) / 1e6:.1f} million voxels), beyond the "
@@ -229,6 +244,9 @@ def summarise(records, fam):
         f"image is fitted with each forward model of the run (fits: how many). Results per fit: `{RESULTS}`.",
         "",
         far_text,
+        "",
+        f"**{KNOWN}**: the first {len(known)} label maps' shapes at the model's own pose, fitted with `pose=\"none\"` (no pose",
+        "search or pose error): the forward models' MAPs differ by their shape bias and the optimiser's stopping alone.",
         "",
         "### Surface, pose and time (mean / max over cases; rotation, shift and seconds: median / max)",
         "",
