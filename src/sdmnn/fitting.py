@@ -21,7 +21,7 @@ h the voxel size: the logistic whose spread matches a surface known only to with
 Pose: a rigid map from the model frame (where the family builds its mesh) to the world, about the model
 shape's centre ``c``: x_world = R (x_model - c) + p. It starts from the image itself (the principal axes of
 a label map or of an SDM's inside; for an intensity image, rotations near the model's orientation, and where that
-fit's R^2 is below AUTO_ALL_R2 360 spread over all of them, each at every shift within 5 mm of a ``centre`` hint or
+fit's R^2 is below AUTO_ALL_R2 and its residuals more than noise, 360 spread over all of them, each at every shift within 5 mm of a ``centre`` hint or
 of where a coarse search of the whole image puts the shape), with a screen of shapes, then is fitted jointly with the
 shape. Its posterior is over small
 rotations about the world axes at the MAP (``rx, ry, rz``, radians) and shifts (``tx, ty, tz``, mm).
@@ -84,10 +84,15 @@ LOCATE_TURNS = 72
 #: The screen of that many rotations runs in two rounds: every rotation with one shape (the middle of the screen's
 #: shapes), then the best SEARCH_KEEP of them with every shape of the screen.
 SEARCH_KEEP = 24
-#: turns="auto" searches all orientations after the near ones where that fit's R^2 is below AUTO_ALL_R2: a warning's
-#: MIN_R2 lets wrong orientations through (R^2 0.48 against 0.82 for the right one, a CT-like phantom turned by
-#: 120 degrees; the study's right ones: 0.54-0.86).
-AUTO_ALL_R2 = 0.6
+#: turns="auto" searches all orientations after the near ones where that fit's R^2 is below AUTO_ALL_R2 (a warning's
+#: MIN_R2 lets wrong orientations through: R^2 0.48 against 0.82 for the right one, a CT-like phantom turned by
+#: 120 degrees), unless its residuals look like the image's noise alone: correlated over at most NOISE_VOLUME voxels
+#: and their sigma at most NOISE_RATIO times the image's own noise (``_image_noise``). A noisy image fitted right has
+#: a low R^2 too (0.54 and 0.59 in the fit study, where the second search doubled the time); on 19 CT-like phantoms
+#: fitted right the residuals' correlation volume was 1.6-2.7 voxels and their sigma 0.97-1.01 times the noise, on
+#: 5 turned more than 70 degrees and fitted 169-180 degrees off with R^2 0.37-0.59, 14-105 voxels and 1.04-1.28 times
+#: (``python bench/turns_probe.py``).
+AUTO_ALL_R2, NOISE_VOLUME, NOISE_RATIO = 0.6, 4.0, 1.02
 #: What an intensity fit whose tissue intensity lies beyond every voxel's is told (``_quality``), and how
 #: ``_standing`` recognises that warning.
 _BEYOND = "beyond the values of the voxels fitted"
@@ -625,6 +630,25 @@ def _appearance(p, y, m):
     return b + slope, b, sigma
 
 
+def _image_noise(obs: _Observation) -> float:
+    """The image's own noise (standard deviation) in the fit's crop, from differences of neighbouring voxels: their
+    median absolute deviation, the least over the three axes (a difference across the shape's surface is an outlier
+    there; noise correlated between voxels reads low, which makes a fit's residuals look larger than noise)."""
+    y, used = obs.y.reshape(obs.grid.shape), obs.mask.reshape(obs.grid.shape) > 0
+    best = math.inf
+    for axis in range(3):
+        both = np.take(used, range(1, y.shape[axis]), axis) & np.take(used, range(y.shape[axis] - 1), axis)
+        diff = np.diff(y, axis=axis)[both]
+        if diff.size >= 10:
+            best = min(best, 1.4826 * float(np.median(np.abs(diff - np.median(diff)))) / math.sqrt(2))
+    return best
+
+
+def _noise_alone(quality: dict, temper: float) -> bool:
+    """Whether an intensity fit's residuals look like the image's noise alone (see NOISE_VOLUME)."""
+    return temper <= NOISE_VOLUME and quality.get("sigma_over_image_noise", math.inf) <= NOISE_RATIO
+
+
 def correlation_volume(residuals: np.ndarray, shape, max_lag: int = 6) -> float:
     """The number of voxels per independent residual: the sum of the residuals' autocorrelation over the
     lags (up to ``max_lag`` voxels along each axis) where it is significantly positive (above twice the
@@ -794,7 +818,8 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
     turns : {"auto", "near", "all"}
         The rotations the pose's search tries in an intensity image (a label map's or an SDM's come from its
         inside's axes): "near" the model's orientation (within about 30 degrees), "all" of them (SEARCH_TURNS spread
-        evenly), or "auto": near, then all where that fit's R^2 is below AUTO_ALL_R2 (the better of the two is kept).
+        evenly), or "auto": near, then all where that fit's R^2 is below AUTO_ALL_R2 and its residuals are more than
+        the image's noise (NOISE_VOLUME; the better of the two is kept).
     """
     call = dict(locals())  # the arguments, for the search over all rotations of turns="auto"
     t0 = time.perf_counter()
@@ -967,8 +992,10 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
                    "correlation_volume": temper},
             quality=quality, grid=grid, log_posterior=-like.nll(d) / temper, covariance=cov,
         )
-        if (quality.get("warning") or not quality.get("r2", 1.0) >= AUTO_ALL_R2) and turns == "auto" and image_axes is None and pose == "rigid":
-            say(f"the fit explains the image poorly (R^2 {quality.get('r2', 0.0):.2f}): searching all orientations ({SEARCH_TURNS})")
+        poor = quality.get("warning") or not (quality.get("r2", 1.0) >= AUTO_ALL_R2 or _noise_alone(quality, temper))
+        if poor and turns == "auto" and image_axes is None and pose == "rigid":
+            say(f"the fit explains the image poorly (R^2 {quality.get('r2', 0.0):.2f}, its residuals more than the image's "
+                f"noise): searching all orientations ({SEARCH_TURNS})")
             again = {**call, "turns": "all", "model": net, "threads": torch.get_num_threads() if net is not None else threads}
             try:
                 with warnings.catch_warnings():
@@ -1317,6 +1344,7 @@ def _quality(like: _Likelihood, d, obs: _Observation) -> dict:
         near = m & (np.abs(at_voxels) <= NEAR_MM)  # where the shape explains the image; far voxels hold only noise
         q["r2"] = float(1 - np.sum(r[near] ** 2) / max(np.sum((y[near] - y[near].mean()) ** 2), 1e-12))
         q["contrast_to_noise"] = float(abs(a - b) / sigma)
+        q["sigma_over_image_noise"] = float(sigma / max(_image_noise(obs), 1e-12 * (abs(a) + abs(b) + 1)))
         bright = np.abs(y - a) < np.abs(y - b)
         q["dice"] = float(2 * np.sum(fitted & bright & m) / max(np.sum(fitted & m) + np.sum(bright & m), 1))
         # a tissue intensity beyond every voxel's: the fitted surface separates no two tissues of the image, the
