@@ -630,10 +630,11 @@ def _appearance(p, y, m):
     return b + slope, b, sigma
 
 
-def _image_noise(obs: _Observation) -> float:
+def _image_noise(obs: _Observation) -> float | None:
     """The image's own noise (standard deviation) in the fit's crop, from differences of neighbouring voxels: their
     median absolute deviation, the least over the three axes (a difference across the shape's surface is an outlier
-    there; noise correlated between voxels reads low, which makes a fit's residuals look larger than noise)."""
+    there; noise correlated between voxels reads low, which makes a fit's residuals look larger than noise). None
+    where the crop has too few pairs of voxels."""
     y, used = obs.y.reshape(obs.grid.shape), obs.mask.reshape(obs.grid.shape) > 0
     best = math.inf
     for axis in range(3):
@@ -641,7 +642,7 @@ def _image_noise(obs: _Observation) -> float:
         diff = np.diff(y, axis=axis)[both]
         if diff.size >= 10:
             best = min(best, 1.4826 * float(np.median(np.abs(diff - np.median(diff)))) / math.sqrt(2))
-    return best
+    return best if math.isfinite(best) else None
 
 
 def _noise_alone(quality: dict, temper: float) -> bool:
@@ -1344,7 +1345,9 @@ def _quality(like: _Likelihood, d, obs: _Observation) -> dict:
         near = m & (np.abs(at_voxels) <= NEAR_MM)  # where the shape explains the image; far voxels hold only noise
         q["r2"] = float(1 - np.sum(r[near] ** 2) / max(np.sum((y[near] - y[near].mean()) ** 2), 1e-12))
         q["contrast_to_noise"] = float(abs(a - b) / sigma)
-        q["sigma_over_image_noise"] = float(sigma / max(_image_noise(obs), 1e-12 * (abs(a) + abs(b) + 1)))
+        noise = _image_noise(obs)
+        if noise is not None:  # (without it, no fit's residuals count as noise alone)
+            q["sigma_over_image_noise"] = float(sigma / max(noise, 1e-12 * (abs(a) + abs(b) + 1)))
         bright = np.abs(y - a) < np.abs(y - b)
         q["dice"] = float(2 * np.sum(fitted & bright & m) / max(np.sum(fitted & m) + np.sum(bright & m), 1))
         # a tissue intensity beyond every voxel's: the fitted surface separates no two tissues of the image, the
