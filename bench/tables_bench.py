@@ -13,7 +13,7 @@ from sdmnn.nn import shipped_model_path
 from sdmnn.nn.metrics import sdm_errors
 
 from common import table, timeit
-from fit_bench import RESULTS
+from fit_bench import LABELS, RESULTS
 from sdm_bench import cube_grid, peers
 
 SCALING = Path("docs/scaling.png")
@@ -97,7 +97,7 @@ def _fit_times() -> tuple[dict, dict]:
     records = json.loads(RESULTS.read_text())
     out, counts = {}, {}
     for fw, key in (("exact", "exact"), ("sdmnn", "SDMNN"), ("hybrid", "hybrid")):
-        secs = [r["seconds"] for r in records if r["forward"] == fw and r["target"].startswith("labels")]
+        secs = [r["seconds"] for r in records if r["forward"] == fw and r["target"] == LABELS]
         if secs:
             out[key], counts[fw] = f"{np.median(secs):.1f} s ({fw})", len(secs)
     return out, counts
