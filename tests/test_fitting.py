@@ -390,10 +390,9 @@ def test_the_corner_plot_of_a_one_parameter_family_is_written(tmp_path):
 
 def test_levenberg_marquardt_reaches_the_optimum_after_a_phase_with_a_wrong_jacobian():
     """The hybrid's polish: a first phase with an approximate Jacobian (the network's) stops where the residual is
-    orthogonal to its columns, on a rejected step; the second, exact phase must still step from there to the least-
-    squares optimum (it had inherited the first's damping at its ceiling and stopped at once, 3 % of phi's range short
-    on label maps)."""
-    from sdmnn.fitting import Pose, _levenberg_marquardt, _Likelihood, _Observation
+    orthogonal to its columns; the second, exact phase must still step from there to the least-squares optimum (it
+    had inherited the first's damping at its ceiling and stopped at once, 3 % of phi's range short on label maps)."""
+    from sdmnn.fitting import LM_HANDOVER_TRIES, LM_STOP_NATS, Pose, _levenberg_marquardt, _Likelihood, _Observation
 
     rng = np.random.default_rng(1)
     grid = Grid((6, 5, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
@@ -411,7 +410,14 @@ def test_levenberg_marquardt_reaches_the_optimum_after_a_phase_with_a_wrong_jaco
     assert np.abs(first - optimum).max() > 0.02  # the wrong Jacobian alone stops short
     both, *_ = _levenberg_marquardt(forward, [(lambda *a: wrong, 50), (lambda *a: A, 10)], like, np.full(3, 0.5), pose,
                                     low, high, 200, False)
-    assert np.allclose(both, optimum, atol=1e-6)
+    assert like.nll(forward(both, pose)) - like.nll(forward(optimum, pose)) < LM_STOP_NATS  # where it stops, by design
+    assert np.abs(both - optimum).max() < 1e-3
+    # a first phase whose steps all go uphill hands over after LM_HANDOVER_TRIES trials (each an exact SDM in a fit)
+    calls = []
+    counted = lambda v, pose: calls.append(1) or forward(v, pose)  # noqa: E731
+    uphill, *_ = _levenberg_marquardt(counted, [(lambda *a: -A, 50), (lambda *a: A, 0)], like, np.full(3, 0.5), pose,
+                                      low, high, 200, False)
+    assert len(calls) == 1 + LM_HANDOVER_TRIES and np.array_equal(uphill, np.full(3, 0.5))
 
 
 @pytest.mark.parametrize("noise", [20.0, 100.0, 300.0])

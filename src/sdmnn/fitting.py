@@ -93,6 +93,11 @@ SEARCH_KEEP = 24
 #: 5 turned more than 70 degrees and fitted 169-180 degrees off with R^2 0.37-0.59, 14-105 voxels and 1.04-1.28 times
 #: (``python bench/turns_probe.py``).
 AUTO_ALL_R2, NOISE_VOLUME, NOISE_RATIO = 0.6, 4.0, 1.02
+#: Levenberg-Marquardt (``_levenberg_marquardt``) ends a phase where the Gauss-Newton step predicts a gain under
+#: LM_STOP_NATS (the negative log-likelihood's units; along the flattest direction of a label map's fit, phi, about
+#: 0.1 % of its range), and a phase before the last hands over after LM_HANDOVER_TRIES rejected steps in a row: each
+#: trial is an exact SDM, and damping climbed from 1e-9 to 1e8 in up to 17 of them before either.
+LM_STOP_NATS, LM_HANDOVER_TRIES = 1e-4, 3
 #: What an intensity fit whose tissue intensity lies beyond every voxel's is told (``_quality``), and how
 #: ``_standing`` recognises that warning.
 _BEYOND = "beyond the values of the voxels fitted"
@@ -1281,15 +1286,19 @@ def _levenberg_marquardt(forward, phases, like: _Likelihood, vector, pose: Pose,
         like.estimate(d)
     f = like.nll(d)
     J, jacobian = None, phases[-1][0]
-    for jacobian, steps in phases:
+    for phase, (jacobian, steps) in enumerate(phases):
         lam = 1e-3  # afresh: a phase that ended on a rejected step left it at its ceiling, where the next would not step
+        last = phase == len(phases) - 1
         for _ in range(steps):
             if budget < 1:
                 break
             J = jacobian(vector, pose, d, low, high, free_pose)
             g, H = like.gauss_newton(d, J)
-            accepted = False
-            while budget >= 1 and lam < 1e8:
+            if 0.5 * g @ np.linalg.lstsq(H, g, rcond=None)[0] < LM_STOP_NATS:  # no step along J could gain more
+                break
+            accepted, tries = False, 0
+            while budget >= 1 and lam < 1e8 and (last or tries < LM_HANDOVER_TRIES):
+                tries += 1
                 step = -np.linalg.solve(H + lam * np.diag(np.diag(H) + 1e-12), g)
                 v_new = low + np.clip((vector - low) / span + step[:k_shape], 0, 1) * span
                 p_new = pose.moved(step[k_shape:] * POSE_SCALE) if free_pose else pose
