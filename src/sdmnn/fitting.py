@@ -1000,8 +1000,9 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         )
         poor = quality.get("warning") or not (quality.get("r2", 1.0) >= AUTO_ALL_R2 or _noise_alone(quality, temper))
         if poor and turns == "auto" and image_axes is None and pose == "rigid":
-            say(f"the fit explains the image poorly (R^2 {quality.get('r2', 0.0):.2f}, its residuals more than the image's "
-                f"noise): searching all orientations ({SEARCH_TURNS})")
+            why = "a warning" if quality.get("warning") else "its residuals more than the image's noise"
+            say(f"the fit explains the image poorly (R^2 {quality.get('r2', 0.0):.2f}, {why}): searching all orientations "
+                f"({SEARCH_TURNS})")
             again = {**call, "turns": "all", "model": net, "threads": torch.get_num_threads() if net is not None else threads}
             try:
                 with warnings.catch_warnings():
