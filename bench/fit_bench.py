@@ -73,12 +73,19 @@ def far_phantoms(n, first):
                                                     direction=np.diag([-1.0, -1.0, 1.0]) if i % 2 else None, seed=first + i))
 
 
-def known_phantoms(n, first):
+def known_phantoms(n, first, only=None):
     """(case, target, truth vector, image, grid, truth) for label maps of the first n study shapes at the model's own
     pose (0.3 mm, partial volume), fitted with the pose known (``pose="none"``): no pose search or pose error, so the
-    forward models' MAPs differ by their own shape bias and the optimiser's stopping alone."""
+    forward models' MAPs differ by their own shape bias and the optimiser's stopping alone (or for the cases in
+    ``only``)."""
     for i, truth in enumerate(cases(n)):
-        yield (first + i, KNOWN, truth, *make_phantom("cochlea", truth, spacing=(0.3, 0.3, 0.3)))
+        if only is None or first + i in only:
+            yield (first + i, KNOWN, truth, *make_phantom("cochlea", truth, spacing=(0.3, 0.3, 0.3)))
+
+
+def fitted_as(target) -> dict:
+    """What the study tells ``fit`` of an image of ``target``: observed_kind and pose."""
+    return {"observed_kind": "intensity" if target in (CT, FAR) else "labels", "pose": "none" if target == KNOWN else "rigid"}
 
 
 def _off(a, b, span) -> float:
@@ -109,9 +116,8 @@ def run(quick: bool = False) -> str:
     far, known = far_phantoms(n_far, n_labels + n_ct), known_phantoms(n_labels, n_labels + n_ct + n_far)
     for case, target, truth, image, grid, info in [*phantoms(n_labels, n_ct), *far, *known]:
         true_mesh = truth_mesh(info)
-        kind = "intensity" if target in (CT, FAR) else "labels"
         for fw in forwards if target != FAR else ["hybrid"]:
-            r = fit(image, grid, observed_kind=kind, forward=fw, pose="none" if target == KNOWN else "rigid", model=model, seed=0)
+            r = fit(image, grid, forward=fw, model=model, seed=0, **fitted_as(target))
             d = surface_distances(r.mesh(), true_mesh)
             omega, shift = pose_error(r, info)
             iv = r.interval(0.9)
@@ -156,11 +162,9 @@ def lookup_check(records, fam, model, n_labels, n_ct, n_far):
     maps = {(r["case"], r["forward"]): np.array(r["map"]) for r in records}
     off = {c for (c, fw), m in maps.items() if fw == "sdmnn" and (c, "hybrid") in maps and _off(m, maps[(c, "hybrid")], span) > 0.01}
     out = []
-    known = (p for p in known_phantoms(n_labels, n_labels + n_ct + n_far) if p[0] in off)
+    known = known_phantoms(n_labels, n_labels + n_ct + n_far, only=off)
     for case, target, truth, image, grid, info in [*phantoms(n_labels, n_ct, only=off), *known]:
-        kind = "intensity" if target == CT else "labels"
-        r = fit(image, grid, observed_kind=kind, forward="sdmnn", pose="none" if target == KNOWN else "rigid",
-                model=ExactOnGrid(model), seed=0)
+        r = fit(image, grid, forward="sdmnn", model=ExactOnGrid(model), seed=0, **fitted_as(target))
         out.append({"case": case, "target": target, "forward": "exact-on-grid", "truth": list(map(float, truth)),
                     "map": [r.params[k] for k in fam.names], "seconds": r.seconds})
         print(f"[fit] case {case} {target} exact-on-grid: {r.seconds:.1f} s", flush=True)

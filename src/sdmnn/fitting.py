@@ -650,9 +650,11 @@ def _image_noise(obs: _Observation) -> float | None:
     return best if math.isfinite(best) else None
 
 
-def _noise_alone(quality: dict, temper: float) -> bool:
-    """Whether an intensity fit's residuals look like the image's noise alone (see NOISE_VOLUME)."""
-    return temper <= NOISE_VOLUME and quality.get("sigma_over_image_noise", math.inf) <= NOISE_RATIO
+def _explains_poorly(quality: dict, temper: float) -> bool:
+    """Whether a fit near the model's orientation calls for the search over all of them (turns "auto"): a warning,
+    or an R^2 below AUTO_ALL_R2 with residuals that are more than the image's noise alone (see NOISE_VOLUME)."""
+    noise_alone = temper <= NOISE_VOLUME and quality.get("sigma_over_image_noise", math.inf) <= NOISE_RATIO
+    return bool(quality.get("warning")) or not (quality.get("r2", 1.0) >= AUTO_ALL_R2 or noise_alone)
 
 
 def correlation_volume(residuals: np.ndarray, shape, max_lag: int = 6) -> float:
@@ -998,8 +1000,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
                    "correlation_volume": temper},
             quality=quality, grid=grid, log_posterior=-like.nll(d) / temper, covariance=cov,
         )
-        poor = quality.get("warning") or not (quality.get("r2", 1.0) >= AUTO_ALL_R2 or _noise_alone(quality, temper))
-        if poor and turns == "auto" and image_axes is None and pose == "rigid":
+        if _explains_poorly(quality, temper) and turns == "auto" and image_axes is None and pose == "rigid":
             why = "a warning" if quality.get("warning") else "its residuals more than the image's noise"
             say(f"the fit explains the image poorly (R^2 {quality.get('r2', 0.0):.2f}, {why}): searching all orientations "
                 f"({SEARCH_TURNS})")
