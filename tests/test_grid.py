@@ -108,3 +108,20 @@ def test_sample_sdm_beyond_the_grid_adds_the_distance_to_its_border():
     index = np.array([[2.3, 3.1, 4.7], [8.0, 3.0, 4.0], [-3.0, 2.5, 1.0]])
     got = sample_sdm(torch.from_numpy(volume[None]), torch.from_numpy(index[None]), spacing)[0].numpy()
     assert np.allclose(got, [2.3 * 0.5, 5 * 0.5 + 3 * 0.5, 0 + 3 * 0.5])  # linear inside; border plus distance beyond
+
+
+@pytest.mark.parametrize("corrected", [True, False])
+def test_sample_sdm_reads_one_set_of_points_for_all_volumes_as_it_reads_one_set_each(corrected):
+    torch = pytest.importorskip("torch")
+    from sdmnn.grid import sample_sdm
+
+    spacing = (0.3, 0.2, 0.5)
+    grid = Grid(shape=(7, 9, 5), spacing=spacing, origin=(-1.0, -0.8, -1.0))
+    p = grid.points().reshape(*grid.shape, 3)
+    volumes = torch.from_numpy(np.stack([np.hypot(p[..., 1], p[..., 2]) - r for r in (0.3, 0.5, 0.7)]))
+    index = torch.from_numpy(np.random.default_rng(2).uniform(-2, np.array(grid.shape) + 1, (1, 400, 3)))
+    shared = sample_sdm(volumes, index, spacing, corrected)
+    each = sample_sdm(volumes, index.expand(3, -1, -1), spacing, corrected)
+    assert shared.shape == (3, 400)
+    assert torch.allclose(shared, each, atol=1e-12)
+    assert not torch.allclose(shared[0], shared[1])  # each volume its own values

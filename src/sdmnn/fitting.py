@@ -713,16 +713,18 @@ class _Exact:
             e[i] = h if u[i] + h <= 1 else -h
             cols.append((self(low + (u + e) * span, pose) - d) / e[i])
         J = np.stack(cols, 1)
-        return np.concatenate([J, self.pose_jacobian(d, pose) * POSE_SCALE], 1) if free_pose else J
+        return np.concatenate([J, _pose_jacobian(d, self.obs, pose) * POSE_SCALE], 1) if free_pose else J
 
-    def pose_jacobian(self, d, pose: Pose) -> np.ndarray:
-        """d SDM / d (rotation, shift) at the voxels, (N, 6), from the SDM's gradient: moving the shape by
-        a small rigid motion moves its distance field along with it."""
-        g = self.obs.model_grid
-        grad_index = np.stack(np.gradient(d.reshape(g.shape), *g.spacing), -1).reshape(-1, 3)
-        grad = grad_index @ np.array(g.direction).T  # world gradient
-        arm = self.obs.points - pose.position
-        return np.concatenate([-np.cross(arm, grad), -grad], 1)
+
+def _pose_jacobian(d, obs: _Observation, pose: Pose) -> np.ndarray:
+    """d SDM / d (rotation, shift) at the observed points, (N, 6), from the gradient of the SDM ``d`` there
+    (central differences on ``obs.model_grid``): moving the shape by a small rigid motion moves its distance field
+    along with it. Any forward model's (one array, no further SDM)."""
+    g = obs.model_grid
+    grad_index = np.stack(np.gradient(d.reshape(g.shape), *g.spacing), -1).reshape(-1, 3)
+    grad = grad_index @ np.array(g.direction).T  # world gradient
+    arm = obs.points - pose.position
+    return np.concatenate([-np.cross(arm, grad), -grad], 1)
 
 
 class _Network:
@@ -749,6 +751,8 @@ class _Network:
         the border value plus the distance to it)."""
         torch = self.torch
         pts = self.points[::every]
+        if all(p is poses[0] for p in poses):  # one pose: its points, read once for all volumes
+            poses = poses[:1]
         R = torch.tensor(np.stack([p.R for p in poses]), dtype=torch.float32)
         P = torch.tensor(np.stack([p.position for p in poses]), dtype=torch.float32)
         with torch.no_grad():
@@ -763,7 +767,8 @@ class _Network:
     def jacobian(self, vector, pose: Pose, d, low, high, free_pose: bool, h: float = 5e-3) -> np.ndarray:
         """d SDM / d (unit-box shape, rotation / POSE_SCALE, shift / POSE_SCALE), (N, k): the shape's columns
         by forward differences of d + 1 network SDMs in one batch (steps of ``h`` of each range, inward at
-        the box's edges), the pose's by central differences of the SDM at ``vector``, resampled."""
+        the box's edges), the pose's from the gradient of the SDM at ``vector`` (``_pose_jacobian``, as the exact
+        model's)."""
         span = high - low
         u = (np.asarray(vector) - low) / span
         k = len(u)
@@ -771,14 +776,7 @@ class _Network:
         vols = self.volumes(np.concatenate([np.asarray(vector)[None], low + (u + steps) * span]))
         samples = self.sample(vols, [pose] * (k + 1))
         J = ((samples[1:] - samples[0]) / np.diag(steps)[:, None]).T
-        if not free_pose:
-            return J
-        moves = np.concatenate([np.eye(6), -np.eye(6)]) * h
-        # plain trilinear (one channel, not four): its slope errors, (1/2 - t) h f'' across each cell, average out
-        # over the voxels; the values the fixed point matches are the corrected ones
-        d_pose = self.sample(vols[:1].expand(12, *vols.shape[1:]), [pose.moved(e * POSE_SCALE) for e in moves],
-                             corrected=False)
-        return np.concatenate([J, ((d_pose[:6] - d_pose[6:]) / (2 * h)).T], 1)
+        return np.concatenate([J, _pose_jacobian(samples[0], self.obs, pose) * POSE_SCALE], 1) if free_pose else J
 
 
 # ---------------------------------------------------------------------------------------------
@@ -951,7 +949,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
 
             def hybrid_jacobian(vector, pose, d, low, high, free_pose):  # the network's shape columns, the exact pose's
                 J = nnet.jacobian(vector, pose, None, low, high, False)
-                return np.concatenate([J, exact.pose_jacobian(d, pose) * POSE_SCALE], 1) if free_pose else J
+                return np.concatenate([J, _pose_jacobian(d, obs, pose) * POSE_SCALE], 1) if free_pose else J
 
             vector, best_pose, d, J = _levenberg_marquardt(exact, [(hybrid_jacobian, 50), (exact.jacobian, 10)], like, vector,
                                                            best_pose, low, high, max_exact, free_pose)

@@ -254,8 +254,9 @@ def sample_sdm(volumes, index, spacing, corrected: bool = True):
     ----------
     volumes : (B, nx, ny, nz) torch tensor
         SDMs (mm) on a grid of ``spacing``, at least 3 voxels along each axis.
-    index : (B, N, 3) torch tensor
-        Points in voxel coordinates (i, j, k) of that grid, one set per volume; any values.
+    index : (B, N, 3) or (1, N, 3) torch tensor
+        Points in voxel coordinates (i, j, k) of that grid, one set per volume or one for all (read as channels of
+        one lookup: the points' cells and weights found once); any values.
     spacing : (3,) mm
     corrected : bool
         False: plain trilinear (one channel instead of four; enough where the bias is alike in all that is compared).
@@ -268,8 +269,10 @@ def sample_sdm(volumes, index, spacing, corrected: bool = True):
 
     if not corrected:
         at, _, beyond = _lookup_points(volumes.shape[1:], index, spacing)
-        return F.grid_sample(volumes[:, None].to(index.dtype), at, mode="bilinear", padding_mode="border",
-                             align_corners=True)[:, 0, 0, 0] + beyond
+        shared = index.shape[0] == 1  # the volumes as channels of one lookup
+        vals = F.grid_sample((volumes[None] if shared else volumes[:, None]).to(index.dtype), at, mode="bilinear",
+                             padding_mode="border", align_corners=True)[:, :, 0, 0]
+        return (vals[0] if shared else vals[:, 0]) + beyond
     return sample_channels(sdm_channels(volumes), index, spacing)
 
 
@@ -291,8 +294,13 @@ def sample_channels(channels, index, spacing):
     """``sample_sdm`` (corrected) from ``sdm_channels(volumes)``: (B, N) of ``index``'s dtype."""
     import torch.nn.functional as F
 
+    B = channels.shape[0]
     at, t, beyond = _lookup_points(channels.shape[2:], index, spacing)
-    vals = F.grid_sample(channels.to(index.dtype), at, mode="bilinear", padding_mode="border", align_corners=True)[:, :, 0, 0]
+    if index.shape[0] == 1 and B > 1:  # one set of points: the volumes' channels read in one lookup
+        vals = F.grid_sample(channels.reshape(1, 4 * B, *channels.shape[2:]).to(index.dtype), at, mode="bilinear",
+                             padding_mode="border", align_corners=True)[0, :, 0, 0].reshape(B, 4, -1)
+    else:
+        vals = F.grid_sample(channels.to(index.dtype), at, mode="bilinear", padding_mode="border", align_corners=True)[:, :, 0, 0]
     return vals[:, 0] - 0.5 * (t * (1 - t) * vals[:, 1:].transpose(1, 2)).sum(-1) + beyond
 
 
