@@ -55,7 +55,7 @@ import numpy as np
 
 from .checks import is_integer, is_number
 from .errors import FileError, FitError, FitWarning
-from .grid import Grid, sample_sdm
+from .grid import Grid, sample_gradient, sample_sdm
 from .runtime import check_device
 from .shapes import get_family
 
@@ -713,18 +713,21 @@ class _Exact:
             e[i] = h if u[i] + h <= 1 else -h
             cols.append((self(low + (u + e) * span, pose) - d) / e[i])
         J = np.stack(cols, 1)
-        return np.concatenate([J, _pose_jacobian(d, self.obs, pose) * POSE_SCALE], 1) if free_pose else J
+        return np.concatenate([J, self.pose_jacobian(d, pose)], 1) if free_pose else J
+
+    def pose_jacobian(self, d, pose: Pose) -> np.ndarray:
+        """``_pose_jacobian`` from the gradient of the SDM ``d`` at the observed points by central differences on
+        them (``obs.model_grid``: the voxels, or an intensity image's sub-voxels)."""
+        g = self.obs.model_grid
+        grad_index = np.stack(np.gradient(d.reshape(g.shape), *g.spacing), -1).reshape(-1, 3)
+        return _pose_jacobian(grad_index @ np.array(g.direction).T, self.obs.points, pose)
 
 
-def _pose_jacobian(d, obs: _Observation, pose: Pose) -> np.ndarray:
-    """d SDM / d (rotation, shift) at the observed points, (N, 6), from the gradient of the SDM ``d`` there
-    (central differences on ``obs.model_grid``): moving the shape by a small rigid motion moves its distance field
-    along with it. Any forward model's (one array, no further SDM)."""
-    g = obs.model_grid
-    grad_index = np.stack(np.gradient(d.reshape(g.shape), *g.spacing), -1).reshape(-1, 3)
-    grad = grad_index @ np.array(g.direction).T  # world gradient
-    arm = obs.points - pose.position
-    return np.concatenate([-np.cross(arm, grad), -grad], 1)
+def _pose_jacobian(grad, points, pose: Pose) -> np.ndarray:
+    """d SDM / d (rotation / POSE_SCALE, shift / POSE_SCALE) at ``points`` (N, 3, world mm), (N, 6), from the SDM's
+    world gradient there (N, 3): moving the shape by a small rigid motion moves its distance field along with it."""
+    arm = points - pose.position
+    return np.concatenate([-np.cross(arm, grad), -grad], 1) * POSE_SCALE
 
 
 class _Network:
@@ -747,18 +750,31 @@ class _Network:
 
     def sample(self, volumes, poses, every: int = 1, corrected: bool = True) -> np.ndarray:
         """SDMs (B, nx, ny, nz) at every ``every``-th observed voxel mapped into the model frame by ``poses``
-        (one each): (B, N), by ``sample_sdm`` (trilinear, ``corrected`` to second order; beyond the model grid,
-        the border value plus the distance to it)."""
+        (one each; one Pose object repeated: its points found once and all volumes read in one lookup): (B, N), by
+        ``sample_sdm`` (trilinear, ``corrected`` to second order; beyond the model grid, the border value plus the
+        distance to it)."""
+        with self.torch.no_grad():
+            return sample_sdm(volumes, self._index(poses, every), self.spacing, corrected).double().numpy()
+
+    def _index(self, poses, every: int = 1):
+        """Every ``every``-th observed point mapped into the model frame by each of ``poses``, in voxels of the model
+        grid: (B, N, 3), or (1, N, 3) where ``poses`` repeats one Pose object."""
         torch = self.torch
-        pts = self.points[::every]
-        if all(p is poses[0] for p in poses):  # one pose: its points, read once for all volumes
+        if all(p is poses[0] for p in poses):
             poses = poses[:1]
         R = torch.tensor(np.stack([p.R for p in poses]), dtype=torch.float32)
         P = torch.tensor(np.stack([p.position for p in poses]), dtype=torch.float32)
-        with torch.no_grad():
-            x = torch.einsum("bji,bnj->bni", R, pts[None] - P[:, None, :])  # R^T (x - p): model frame
-            x = x + torch.tensor(poses[0].centre, dtype=torch.float32) - self.origin  # mm from the first voxel
-            return sample_sdm(volumes, x / self.spacing, self.spacing, corrected).double().numpy()
+        x = torch.einsum("bji,bnj->bni", R, self.points[::every][None] - P[:, None, :])  # R^T (x - p): model frame
+        x = x + torch.tensor(poses[0].centre, dtype=torch.float32) - self.origin  # mm from the first voxel
+        return x / self.spacing
+
+    def pose_jacobian(self, volume, pose: Pose) -> np.ndarray:
+        """``_pose_jacobian`` from the gradient of an SDM (1, nx, ny, nz) on the model grid, read at the observed points
+        (``sample_gradient``: the model grid's central differences, whatever the image's voxels) and turned into the
+        world frame."""
+        with self.torch.no_grad():
+            grad_model = sample_gradient(volume, self._index([pose]), self.spacing)[0].double().numpy()
+        return _pose_jacobian(grad_model @ pose.R.T, self.obs.points, pose)
 
     def __call__(self, vector, pose: Pose) -> np.ndarray:
         """The network's SDM at the observed voxels, (N,)."""
@@ -767,8 +783,7 @@ class _Network:
     def jacobian(self, vector, pose: Pose, d, low, high, free_pose: bool, h: float = 5e-3) -> np.ndarray:
         """d SDM / d (unit-box shape, rotation / POSE_SCALE, shift / POSE_SCALE), (N, k): the shape's columns
         by forward differences of d + 1 network SDMs in one batch (steps of ``h`` of each range, inward at
-        the box's edges), the pose's from the gradient of the SDM at ``vector`` (``_pose_jacobian``, as the exact
-        model's)."""
+        the box's edges), the pose's from the gradient of the SDM at ``vector`` (``pose_jacobian``)."""
         span = high - low
         u = (np.asarray(vector) - low) / span
         k = len(u)
@@ -776,7 +791,7 @@ class _Network:
         vols = self.volumes(np.concatenate([np.asarray(vector)[None], low + (u + steps) * span]))
         samples = self.sample(vols, [pose] * (k + 1))
         J = ((samples[1:] - samples[0]) / np.diag(steps)[:, None]).T
-        return np.concatenate([J, _pose_jacobian(samples[0], self.obs, pose) * POSE_SCALE], 1) if free_pose else J
+        return np.concatenate([J, self.pose_jacobian(vols[:1], pose)], 1) if free_pose else J
 
 
 # ---------------------------------------------------------------------------------------------
@@ -949,7 +964,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
 
             def hybrid_jacobian(vector, pose, d, low, high, free_pose):  # the network's shape columns, the exact pose's
                 J = nnet.jacobian(vector, pose, None, low, high, False)
-                return np.concatenate([J, _pose_jacobian(d, obs, pose) * POSE_SCALE], 1) if free_pose else J
+                return np.concatenate([J, exact.pose_jacobian(d, pose)], 1) if free_pose else J
 
             vector, best_pose, d, J = _levenberg_marquardt(exact, [(hybrid_jacobian, 50), (exact.jacobian, 10)], like, vector,
                                                            best_pose, low, high, max_exact, free_pose)

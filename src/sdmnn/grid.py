@@ -265,14 +265,9 @@ def sample_sdm(volumes, index, spacing, corrected: bool = True):
     -------
     (B, N) torch tensor of ``index``'s dtype, on its device, mm; differentiable in ``volumes`` and ``index``.
     """
-    import torch.nn.functional as F
-
     if not corrected:
         at, _, beyond = _lookup_points(volumes.shape[1:], index, spacing)
-        shared = index.shape[0] == 1  # the volumes as channels of one lookup
-        vals = F.grid_sample((volumes[None] if shared else volumes[:, None]).to(index.dtype), at, mode="bilinear",
-                             padding_mode="border", align_corners=True)[:, :, 0, 0]
-        return (vals[0] if shared else vals[:, 0]) + beyond
+        return _read(volumes[:, None], at)[:, 0] + beyond
     return sample_channels(sdm_channels(volumes), index, spacing)
 
 
@@ -291,23 +286,40 @@ def sdm_channels(volumes):
 
 
 def sample_channels(channels, index, spacing):
-    """``sample_sdm`` (corrected) from ``sdm_channels(volumes)``: (B, N) of ``index``'s dtype."""
+    """``sample_sdm`` (corrected) from ``sdm_channels(volumes)``, at ``index`` (B or 1, N, 3): (B, N) of its dtype."""
+    at, t, beyond = _lookup_points(channels.shape[2:], index, spacing)
+    vals = _read(channels, at)
+    return vals[:, 0] - 0.5 * (t * (1 - t) * vals[:, 1:].transpose(1, 2)).sum(-1) + beyond
+
+
+def sample_gradient(volumes, index, spacing):
+    """The spatial gradient of SDMs (B, nx, ny, nz) on a grid of ``spacing`` at points ``index`` (B or 1, N, 3, voxel
+    coordinates): (B, N, 3) along the grid's axes, mm per mm, of ``index``'s dtype. Central differences (one-sided on
+    the faces) read trilinearly, clamped to the grid: smooth where the SDM is, whatever the spacing of the points."""
+    import torch
+
+    grads = torch.gradient(volumes, spacing=[float(h) for h in spacing], dim=[1, 2, 3])
+    at, _, _ = _lookup_points(volumes.shape[1:], index, spacing)
+    return _read(torch.stack(grads, 1), at).transpose(1, 2)
+
+
+def _read(channels, at):
+    """``grid_sample`` of volumes' channels (B, C, nx, ny, nz) at ``_lookup_points``' ``at`` (B or 1 sets of points):
+    (B, C, N). With one set of points for all volumes, all their channels are read in one lookup (the points' cells
+    and weights found once)."""
     import torch.nn.functional as F
 
-    B = channels.shape[0]
-    at, t, beyond = _lookup_points(channels.shape[2:], index, spacing)
-    if index.shape[0] == 1 and B > 1:  # one set of points: the volumes' channels read in one lookup
-        vals = F.grid_sample(channels.reshape(1, 4 * B, *channels.shape[2:]).to(index.dtype), at, mode="bilinear",
-                             padding_mode="border", align_corners=True)[0, :, 0, 0].reshape(B, 4, -1)
-    else:
-        vals = F.grid_sample(channels.to(index.dtype), at, mode="bilinear", padding_mode="border", align_corners=True)[:, :, 0, 0]
-    return vals[:, 0] - 0.5 * (t * (1 - t) * vals[:, 1:].transpose(1, 2)).sum(-1) + beyond
+    B, C = channels.shape[:2]
+    if at.shape[0] == 1:
+        channels = channels.reshape(1, B * C, *channels.shape[2:])
+    vals = F.grid_sample(channels.to(at.dtype), at, mode="bilinear", padding_mode="border", align_corners=True)
+    return vals[:, :, 0, 0].reshape(B, C, -1)
 
 
 def _lookup_points(shape, index, spacing):
     """Points ``index`` (B, N, 3) clamped to a grid of ``shape``: where ``grid_sample`` reads them ((B, 1, 1, N, 3)
     in [-1, 1] over the voxels, (k, j, i) last), their fractions of their cells (B, N, 3) and their distances (mm)
-    to the grid (B, N)."""
+    to the grid (B, N); B may be 1 for points shared by all volumes."""
     import torch
 
     top = index.new_tensor(shape) - 1
