@@ -1174,12 +1174,18 @@ def _screen(table: _Network, like: _Likelihood, rotations, position, centre_mode
     vols = table.volumes(shapes)
     every = max(1, int(round(len(like.obs.y) / voxels)))
     out = []
-    for R in rotations:
-        pose = Pose(R, np.asarray(position, float), centre_model)
-        # plain trilinear: a ranking of candidates whose interpolation bias is alike
-        scores = like.nll(table.sample(vols, [pose] * len(shapes), every, corrected=False), every=every)
-        i = int(np.argmin(scores))
-        out.append((float(scores[i]), pose, shapes[i]))
+    points = table.points
+    if like.obs.sub != (1, 1, 1):  # scored at the voxels' centres, as on any subset of the voxels, not their sub-voxels
+        table.points = table.torch.tensor(like.obs.grid.points(), dtype=table.torch.float32)
+    try:
+        for R in rotations:
+            pose = Pose(R, np.asarray(position, float), centre_model)
+            # plain trilinear: a ranking of candidates whose interpolation bias is alike
+            scores = like.nll(table.sample(vols, [pose] * len(shapes), every, corrected=False), every=every)
+            i = int(np.argmin(scores))
+            out.append((float(scores[i]), pose, shapes[i]))
+    finally:
+        table.points = points
     return sorted(out, key=lambda t: t[0])
 
 
