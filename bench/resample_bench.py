@@ -120,7 +120,8 @@ def run(quick: bool = False) -> str:
         table(["SDM", "sampling", "mean signed error (mm)", "mean error (mm)", "max error, mean / worst (mm)",
                "wrong sign %, mean / worst"], rows),
         "",
-        "Time to sample 5 SDMs at 50,000 points each (one Jacobian of the network-only fit), one thread, median:",
+        "Time to sample 5 SDMs at 50,000 points each (the size of one Jacobian of the network-only fit, which reads them",
+        "at one set of points), one thread, median:",
         "",
         table(["sampling", "ms"], time_rows),
     ])

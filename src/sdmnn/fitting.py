@@ -749,7 +749,7 @@ class _Network:
         return self.net.predict_torch(torch.as_tensor(np.asarray(vectors), dtype=torch.float32), differentiable=False).cpu()
 
     def sample(self, volumes, poses, every: int = 1, corrected: bool = True) -> np.ndarray:
-        """SDMs (B, nx, ny, nz) at every ``every``-th observed voxel mapped into the model frame by ``poses``
+        """SDMs (B, nx, ny, nz) at every ``every``-th observed point mapped into the model frame by ``poses``
         (one each; one Pose object repeated: its points found once and all volumes read in one lookup): (B, N), by
         ``sample_sdm`` (trilinear, ``corrected`` to second order; beyond the model grid, the border value plus the
         distance to it)."""
@@ -770,8 +770,8 @@ class _Network:
 
     def pose_jacobian(self, volume, pose: Pose) -> np.ndarray:
         """``_pose_jacobian`` from the gradient of an SDM (1, nx, ny, nz) on the model grid, read at the observed points
-        (``sample_gradient``: the model grid's central differences, whatever the image's voxels) and turned into the
-        world frame."""
+        (``sample_gradient``: the model grid's central differences, whatever the image's voxels; beyond the model grid,
+        its border's) and turned into the world frame."""
         with self.torch.no_grad():
             grad_model = sample_gradient(volume, self._index([pose]), self.spacing)[0].double().numpy()
         return _pose_jacobian(grad_model @ pose.R.T, self.obs.points, pose)
@@ -781,9 +781,9 @@ class _Network:
         return self.sample(self.volumes(np.asarray(vector)[None]), [pose])[0]
 
     def jacobian(self, vector, pose: Pose, d, low, high, free_pose: bool, h: float = 5e-3) -> np.ndarray:
-        """d SDM / d (unit-box shape, rotation / POSE_SCALE, shift / POSE_SCALE), (N, k): the shape's columns
-        by forward differences of d + 1 network SDMs in one batch (steps of ``h`` of each range, inward at
-        the box's edges), the pose's from the gradient of the SDM at ``vector`` (``pose_jacobian``)."""
+        """d SDM / d (unit-box shape, rotation / POSE_SCALE, shift / POSE_SCALE): the shape's columns by forward
+        differences of one network SDM per shape parameter and one at ``vector``, in one batch (steps of ``h`` of each
+        range, inward at the box's edges), the pose's from the gradient of the SDM at ``vector`` (``pose_jacobian``)."""
         span = high - low
         u = (np.asarray(vector) - low) / span
         k = len(u)

@@ -295,7 +295,8 @@ def sample_channels(channels, index, spacing):
 def sample_gradient(volumes, index, spacing):
     """The spatial gradient of SDMs (B, nx, ny, nz) on a grid of ``spacing`` at points ``index`` (B or 1, N, 3, voxel
     coordinates): (B, N, 3) along the grid's axes, mm per mm, of ``index``'s dtype. Central differences (one-sided on
-    the faces) read trilinearly, clamped to the grid: smooth where the SDM is, whatever the spacing of the points."""
+    the faces) read trilinearly: continuous, whatever the spacing of the points. Beyond the grid, the border's gradient
+    (not that of ``sample_sdm``'s border value plus the distance to the border)."""
     import torch
 
     grads = torch.gradient(volumes, spacing=[float(h) for h in spacing], dim=[1, 2, 3])
