@@ -35,3 +35,10 @@ def table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def twice_as_fine(grid):
+    """A grid of half ``grid``'s spacing over the same extent (its voxels and the points halfway between them)."""
+    from sdmnn import Grid
+
+    return Grid(tuple(2 * n - 1 for n in grid.shape), tuple(s / 2 for s in grid.spacing), grid.origin, grid.direction)

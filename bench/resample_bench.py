@@ -12,7 +12,7 @@ from sdmnn.grid import Grid, sample_sdm
 from sdmnn.nn import shipped_model_path
 from sdmnn.sdm import exact_sdm
 
-from common import table, timeit_interleaved
+from common import table, timeit_interleaved, twice_as_fine
 
 
 CORRECTED = "trilinear, corrected (sample_sdm)"
@@ -34,7 +34,7 @@ def _least_squares_field(volume, mesh, g: Grid):
     output, however trained) can be read as in this lookup: the error left is the grid's, not the values'."""
     import torch
 
-    fine = Grid(tuple(2 * n - 1 for n in g.shape), tuple(s / 2 for s in g.spacing), g.origin, g.direction)
+    fine = twice_as_fine(g)
     d = exact_sdm(mesh, fine).astype(np.float64).ravel()
     near = np.abs(d) < 0.4
     index = torch.from_numpy(np.indices(fine.shape).reshape(3, -1).T[near] / 2.0)[None]

@@ -48,6 +48,7 @@ import math
 import time
 import warnings
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -756,6 +757,18 @@ class _Network:
         with self.torch.no_grad():
             return sample_sdm(volumes, self._index(poses, every), self.spacing, corrected).double().numpy()
 
+    @contextmanager
+    def reading_at(self, points):
+        """Within: the observed points are ``points`` (N, 3, world mm; None: as they are) instead of the observation's
+        (a screen's voxel centres, or a coarser grid's); restored on leaving."""
+        before = self.points
+        if points is not None:
+            self.points = self.torch.tensor(points, dtype=self.torch.float32)
+        try:
+            yield self
+        finally:
+            self.points = before
+
     def _index(self, poses, every: int = 1):
         """Every ``every``-th observed point mapped into the model frame by each of ``poses``, in voxels of the model
         grid: (B, N, 3), or (1, N, 3) where ``poses`` repeats one Pose object."""
@@ -1174,18 +1187,14 @@ def _screen(table: _Network, like: _Likelihood, rotations, position, centre_mode
     vols = table.volumes(shapes)
     every = max(1, int(round(len(like.obs.y) / voxels)))
     out = []
-    points = table.points
-    if like.obs.sub != (1, 1, 1):  # scored at the voxels' centres, as on any subset of the voxels, not their sub-voxels
-        table.points = table.torch.tensor(like.obs.grid.points(), dtype=table.torch.float32)
-    try:
+    # scored at the voxels' centres, as on any subset of the voxels, not at their sub-voxels
+    with table.reading_at(like.obs.grid.points() if like.obs.sub != (1, 1, 1) else None):
         for R in rotations:
             pose = Pose(R, np.asarray(position, float), centre_model)
             # plain trilinear: a ranking of candidates whose interpolation bias is alike
             scores = like.nll(table.sample(vols, [pose] * len(shapes), every, corrected=False), every=every)
             i = int(np.argmin(scores))
             out.append((float(scores[i]), pose, shapes[i]))
-    finally:
-        table.points = points
     return sorted(out, key=lambda t: t[0])
 
 
@@ -1211,10 +1220,8 @@ def _shift_screen(table, like, vols, rotations, position, centre_model, shapes, 
     reach = np.floor(max_shift / np.array(coarse.spacing)).astype(int)
     shifts = np.stack(np.meshgrid(*(np.arange(-r, r + 1) for r in reach), indexing="ij"), -1).reshape(-1, 3)
     at = tuple((shifts % n2).T)  # circular indices of the shifts
-    points = table.points
-    table.points = table.torch.tensor(coarse.points(), dtype=table.torch.float32)
     out = []
-    try:
+    with table.reading_at(coarse.points()):
         for R in rotations:
             pose = Pose(R, centre + (np.asarray(position) - centre), centre_model)
             template = like.blended(table.sample(vols, [pose] * len(shapes), corrected=False)).reshape(len(shapes), *n2)
@@ -1232,8 +1239,6 @@ def _shift_screen(table, like, vols, rotations, position, centre_model, shapes, 
                     shift = coarse.to_world(shifts[k]) - coarse.to_world(np.zeros(3))
                     best = (score, Pose(R, np.asarray(position, float) + shift, centre_model), shapes[s])
             out.append(best)
-    finally:
-        table.points = points
     return sorted(out, key=lambda t: t[0])
 
 
