@@ -129,8 +129,12 @@ def test_downloads_are_the_current_mesh_and_sdm(cochlea_scene, tmp_path):
         (tmp_path / "sdm.nii.gz").write_bytes(r.content)
         volume, grid = sdmnn.load_volume(tmp_path / "sdm.nii.gz")
         assert grid == fam.grid
-        truth = sdmnn.exact_sdm(fam.mesh(params), fam.grid) if forward == "exact" else sdmnn.load_model().predict(params)
-        np.testing.assert_allclose(volume, truth, atol=1e-4)
+        model = sdmnn.load_model()
+        truth = sdmnn.exact_sdm(fam.mesh(params), fam.grid) if forward == "exact" else model.predict(params)
+        # bfloat16's sums depend on the thread count, which the viewer's torch thread chooses for itself (docs/design.md,
+        # Precision: up to 0.004 mm); another shape's SDM differs by tenths of a mm
+        bf16 = forward == "sdmnn" and model.precision == "bfloat16"
+        np.testing.assert_allclose(volume, truth, atol=0.01 if bf16 else 1e-4)
     assert c.get("/api/download/sdm.nii.gz", params={"state": "{"}).status_code == 400
 
 
