@@ -497,7 +497,22 @@ def test_the_exact_models_pose_jacobian_is_that_of_moving_the_shape_on_thick_sli
                    for e in np.eye(6)], 1)
     near = np.abs(d) < 0.3
     assert near.sum() > 200
-    assert np.median(np.abs(J - fd)[near]) < 0.05 * np.abs(fd[near]).mean()  # 0.019 measured; over the slices 0.11
+    assert np.median(np.abs(J - fd)[near]) < 0.05 * np.abs(fd[near]).mean()  # 0.025 measured; over the slices 0.11
+
+
+def test_a_label_map_of_thick_slices_is_fitted_at_its_pose():
+    """On 1 mm slices the exact fit's pose steps follow the exact SDM's gradient across the slices (thick_slices_probe's
+    case 2): with central differences over the slices it had ended 16 degrees off, missing a's, alpha's and phi's
+    intervals (5 degrees off with the shifted grids)."""
+    from scipy.spatial.transform import Rotation
+
+    truth = {"a": 2.59009884, "alpha": 1.02257802, "b": 0.09255243, "phi": -0.40893938}
+    img, grid, info = make_phantom("cochlea", truth, rotate=(2.88066673, -24.59406143, -1.18837706),
+                                   translate=(0.3533787, -0.87839457, 0.11119223), spacing=(0.3, 0.3, 1.0))
+    r = fit(img, grid, observed_kind="labels", forward="exact", pose="rigid")
+    turn = Rotation.from_matrix(np.array(info["pose"])[:3, :3] @ r.pose[:3, :3].T).magnitude()
+    iv = r.interval(0.9)
+    assert np.degrees(turn) < 10 and iv["a"][0] <= truth["a"] <= iv["a"][1] and iv["phi"][0] <= truth["phi"] <= iv["phi"][1]
 
 
 def test_an_intensity_image_of_thick_slices_is_fitted_with_the_pose_known():

@@ -33,7 +33,8 @@ Forward models (the SDM at the voxels, for given shape and pose):
   thin tubes; beyond the model grid, the border value plus the distance to it, a sound upper bound of the
   distance there);
 * ``hybrid`` (the default): the network's search, then Levenberg-Marquardt on the exact likelihood, first
-  with the network's shape Jacobian (one exact SDM a step), then with the exact one by finite differences.
+  with the network's shape Jacobian (one exact SDM a step; two more per thick axis, ``THICK_AXIS``, with the pose
+  free), then with the exact one by finite differences.
 
 Posterior: a Gaussian at the MAP. Residuals of real images are spatially correlated (blur, partial volume,
 the mesh's own discretisation), so the Laplace approximation (Gauss-Newton Hessian) has its log-likelihood
@@ -73,7 +74,8 @@ POSE_SCALE = np.array([0.1, 0.1, 0.1, 1.0, 1.0, 1.0])
 #: The exact model's pose Jacobian differentiates its SDM along a grid axis over two SDMs of the grid shifted by half the
 #: finest spacing where that axis's spacing is over THICK_AXIS times the finest, not over the neighbouring voxels: on
 #: label maps of 0.3 x 0.3 x 1.0 mm (``python bench/thick_slices_probe.py 0.3,0.3,1.0 rigid 12``) 45 of 48 intervals
-#: covered the truth, against 41 of 48 with the 2 mm central differences.
+#: covered the truth, against 41 of 48 with the 2 mm central differences; at 0.3 x 0.3 x 0.6 mm 46 of 48 against 48, one
+#: fit of 12 reaching another optimum (docs/discussion.md, thick slices).
 THICK_AXIS = 1.5
 #: Quality below which a fit is said to explain the image poorly: the Dice of the labels, and the share of the
 #: intensities' variance within NEAR_MM of the fitted surface that the fit explains.
@@ -1263,13 +1265,13 @@ def _shift_screen(table, like, vols, rotations, position, centre_model, shapes, 
 
 
 def _best_of(nnet: _Network, like: _Likelihood, picks, low, high, free_pose):
-    """Levenberg-Marquardt with the network from each pick, each from the same noise scale and re-estimating it at each
-    step (a scale held at its start, 0.5 h, is wider than the tubes on thick slices, where the starts then drifted to
-    the box's edges and a turned one won); the best (vector, Pose) by its likelihood at its own scale (and
-    appearance), which ``like`` keeps."""
-    best, start = None, like.scale
+    """Levenberg-Marquardt with the network from each pick, the noise scale (label softness, blur or sigma, unless
+    given) estimated afresh at each step, as in the polish (held at its start, 0.5 h, it was wider than the tubes on
+    label maps of thick slices, where the starts drifted to the box's edges and a turned one won); the best (vector,
+    Pose) by its likelihood at its own scale, which ``like`` keeps with that start's appearance (the polish's crop
+    margin reads the scale)."""
+    best = None
     for _, pose, vector in picks:
-        like.scale = start
         vector, pose, d, _ = _levenberg_marquardt(nnet, [(nnet.jacobian, 8)], like, vector, pose, low, high,
                                                   budget=16, free_pose=free_pose)
         f = like.nll(d)
