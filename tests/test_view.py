@@ -119,6 +119,7 @@ def test_downloads_are_the_current_mesh_and_sdm(cochlea_scene, tmp_path):
     fam = sdmnn.get_family("cochlea")
     params = {**fam.defaults, "b": 0.2}
     c = client(cochlea_scene)
+    model = sdmnn.load_model()
     for forward in ("exact", "sdmnn"):
         state = json.dumps({"params": params, "forward": forward})
         r = c.get("/api/download/mesh.stl", params={"state": state})
@@ -129,7 +130,6 @@ def test_downloads_are_the_current_mesh_and_sdm(cochlea_scene, tmp_path):
         (tmp_path / "sdm.nii.gz").write_bytes(r.content)
         volume, grid = sdmnn.load_volume(tmp_path / "sdm.nii.gz")
         assert grid == fam.grid
-        model = sdmnn.load_model()
         truth = sdmnn.exact_sdm(fam.mesh(params), fam.grid) if forward == "exact" else model.predict(params)
         # bfloat16's sums depend on the thread count, which the viewer's torch thread chooses for itself (docs/design.md,
         # Precision: up to 0.004 mm); another shape's SDM differs by tenths of a mm
