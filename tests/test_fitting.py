@@ -448,20 +448,28 @@ def test_a_noisy_ct_fitted_right_does_not_search_all_orientations_again():
     assert surface_distances(r.mesh(), truth_mesh(info)).mean() < 0.03
 
 
-def test_a_learned_models_pose_jacobian_is_that_of_moving_the_shape_on_thick_slices():
-    """A learned model's pose columns come from the gradient of its SDM on the model grid (0.2 mm), read at the
-    voxels: on a label map of 1 mm slices, where central differences over the voxels span 2 mm across tubes a few
-    tenths of a millimetre thick, they are what moving the shape by small rigid motions gives (finite differences of
-    the SDM resampled at them). The exact SDM on the model grid stands in for the network."""
-    from sdmnn.fitting import POSE_SCALE, Pose, _exact_table, _Observation, rotation
+def _on_thick_slices():
+    """(family, TRUTH's vector, an observation of 0.3 x 0.3 x 1.0 mm voxels about the shape, a pose near it): the pose
+    Jacobians' tests."""
+    from sdmnn.fitting import Pose, _Observation, rotation
 
     fam = sdmnn.get_family("cochlea")
     v = fam.space.vector(TRUTH)
     centre = fam.mesh(v).vertices.mean(0)
     grid = Grid((40, 40, 12), (0.3, 0.3, 1.0), tuple(centre - 6 + np.array([0.15, 0.15, 0.5])))
     obs = _Observation.of("labels", np.zeros(grid.shape, np.float32), None, grid, (0, 0, 0), np.array(grid.shape) - 1)
+    return fam, v, obs, Pose(rotation([0.2, -0.1, 0.3]), centre + [0.1, 0.2, -0.1], centre)
+
+
+def test_a_learned_models_pose_jacobian_is_that_of_moving_the_shape_on_thick_slices():
+    """A learned model's pose columns come from the gradient of its SDM on the model grid (0.2 mm), read at the
+    voxels: on a label map of 1 mm slices, where central differences over the voxels span 2 mm across tubes a few
+    tenths of a millimetre thick, they are what moving the shape by small rigid motions gives (finite differences of
+    the SDM resampled at them). The exact SDM on the model grid stands in for the network."""
+    from sdmnn.fitting import POSE_SCALE, Pose, _exact_table
+
+    fam, v, obs, pose = _on_thick_slices()
     table = _exact_table(fam, obs, {"exact": 0})
-    pose = Pose(rotation([0.2, -0.1, 0.3]), centre + [0.1, 0.2, -0.1], centre)
     vols = table.volumes(v[None])
     d = table.sample(vols, [pose])[0]
     J = table.pose_jacobian(vols, pose)
@@ -479,16 +487,11 @@ def test_the_exact_models_pose_jacobian_is_that_of_moving_the_shape_on_thick_sli
     """Along an axis of 1 mm slices the exact model's pose columns differentiate its SDM over grids shifted by half the
     finest spacing, not over the neighbouring slices 2 mm apart: they are what moving the shape by small rigid motions
     gives (central differences of the exact SDM of the moved mesh)."""
-    from sdmnn.fitting import POSE_SCALE, Pose, _Exact, _Observation, rotation
+    from sdmnn.fitting import POSE_SCALE, _Exact
 
-    fam = sdmnn.get_family("cochlea")
-    v = fam.space.vector(TRUTH)
-    centre = fam.mesh(v).vertices.mean(0)
-    grid = Grid((40, 40, 12), (0.3, 0.3, 1.0), tuple(centre - 6 + np.array([0.15, 0.15, 0.5])))
-    obs = _Observation.of("labels", np.zeros(grid.shape, np.float32), None, grid, (0, 0, 0), np.array(grid.shape) - 1)
+    fam, v, obs, pose = _on_thick_slices()
     evals = {"exact": 0}
     exact = _Exact(fam, obs, evals)
-    pose = Pose(rotation([0.2, -0.1, 0.3]), centre + [0.1, 0.2, -0.1], centre)
     d = exact(v, pose)
     J = exact.pose_jacobian(v, pose, d)
     assert evals["exact"] == 3  # the SDM, then the grid shifted each way along the thick axis alone

@@ -740,7 +740,7 @@ class _Exact:
         thick = [axis for axis in range(3) if g.spacing[axis] > THICK_AXIS * min(g.spacing)]
         posed = self._posed(vector, pose) if thick else None
         for axis in thick:
-            plus, minus = (self._sdm(posed, Grid(g.shape, g.spacing, tuple(np.array(g.origin) + s * step * direction[:, axis]),
+            plus, minus = (self._sdm(posed, Grid(g.shape, g.spacing, tuple(g.to_world(np.eye(3)[axis] * s * step / g.spacing[axis])),
                                                  g.direction)) for s in (1, -1))
             grad_index[:, axis] = (plus - minus) / (2 * step)
         return _pose_jacobian(grad_index @ direction.T, self.obs.points, pose)
