@@ -530,9 +530,10 @@ def test_an_intensity_image_of_thick_slices_is_fitted_with_the_pose_known():
 
 
 def test_the_screens_second_round_scores_more_shapes_at_its_best_rotations():
-    """The screen of a label map scores more shapes at its best SCREEN_AGAIN_ROTATIONS rotations: where the first round's shapes are all far from the image's own, the pick is the second round's shape
-    that is the image's, at the rotation that fits; the rotations beyond the best keep their first round's pick, and
-    each rotation's score is the better of its two rounds."""
+    """The screen of a label map scores more shapes at its best SCREEN_AGAIN_ROTATIONS rotations: where the first
+    round's shapes are all far from the image's own, the pick is the second round's shape that is the image's, at the
+    rotation that fits; each of the best rotations scores the better of its first round and a screen of the more
+    shapes alone, and the others keep their first round's pick."""
     from sdmnn.fitting import SCREEN_AGAIN_ROTATIONS, _exact_table, _Likelihood, _Observation, _screen, rotation
 
     fam = sdmnn.get_family("cochlea")
@@ -550,12 +551,13 @@ def test_the_screens_second_round_scores_more_shapes_at_its_best_rotations():
     first = _screen(table, like, rotations, centre, centre, far, False)
     both = _screen(table, like, rotations, centre, centre, far, False, more_shapes=more)
     assert len(both) == len(rotations) > SCREEN_AGAIN_ROTATIONS
+    assert [t[0] for t in both] == sorted(t[0] for t in both)
     assert np.allclose(both[0][1].R, np.eye(3)) and np.array_equal(both[0][2], v)
-    again = {id(p.R) for _, p, _ in first[:SCREEN_AGAIN_ROTATIONS]}
-    for score, pose, shape in first:
-        (score2, _, shape2), = [t for t in both if t[1].R is pose.R]
-        if id(pose.R) in again:
-            assert score2 <= score
+    for rank, (score, pose, shape) in enumerate(first):
+        (score2, _, shape2), = [t for t in both if np.array_equal(t[1].R, pose.R)]
+        if rank < SCREEN_AGAIN_ROTATIONS:
+            alone = _screen(table, like, [pose.R], centre, centre, more, False)[0][0]
+            assert score2 == min(score, alone)
         else:
             assert score2 == score and np.array_equal(shape2, shape)
 
@@ -564,7 +566,7 @@ def test_the_screens_second_round_scores_more_shapes_at_its_best_rotations():
 def test_a_hybrid_fit_of_a_thin_flat_cochlea_on_thick_slices_ends_at_its_pose():
     """thick_slices_probe's case 7 on 1 mm slices, a thin flat cochlea: a start turned 175 degrees had won the
     network's starts, its exact negative log-likelihood above the truth's; with the screen's second round the hybrid
-    fit ends within 2 degrees (the exact fit, whose screen has no second round, still ends turned)."""
+    fit ends within 5 degrees (1.4 measured; the exact fit, whose screen has no second round, still ends turned)."""
     from scipy.spatial.transform import Rotation
 
     truth = {"a": 3.66709025, "alpha": 0.16056927, "b": 0.07587045, "phi": -0.30521379}
@@ -572,4 +574,4 @@ def test_a_hybrid_fit_of_a_thin_flat_cochlea_on_thick_slices_ends_at_its_pose():
                                    translate=(0.90204596, -0.20114948, 0.87288412), spacing=(0.3, 0.3, 1.0))
     r = fit(img, grid, observed_kind="labels", forward="hybrid", pose="rigid", model=sdmnn.load_model())
     turn = Rotation.from_matrix(np.array(info["pose"])[:3, :3] @ r.pose[:3, :3].T).magnitude()
-    assert np.degrees(turn) < 10
+    assert np.degrees(turn) < 5

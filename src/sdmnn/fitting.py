@@ -94,11 +94,10 @@ LOCATE_TURNS = 72
 SEARCH_KEEP = 24
 #: The network's screen of a label map or an SDM (no shift search) runs a second round: the best SCREEN_AGAIN_ROTATIONS
 #: rotations of the first with SCREEN_AGAIN_SHAPES more shapes (the Sobol sequence's next points), each rotation's best
-#: of both rounds kept. On label maps of 0.3 x 0.3 x 1.0 mm slices (``python bench/thick_slices_probe.py 0.3,0.3,1.0
-#: rigid 12 hybrid``) a start turned 175 degrees had won 1 hybrid fit of 12 with the first round alone, none with both.
-#: The exact screen has none: with 8 more exact SDMs it found that case too, but its fit polishes the best pick alone,
-#: and from the second round's picks the exact fits of isotropic label maps took a median of 6.3 s against 4.4 s
-#: (docs/discussion.md, thick slices).
+#: of both rounds kept: on label maps of 1 mm slices a start turned half round had won the first round alone
+#: (``python bench/thick_slices_probe.py 0.3,0.3,1.0 rigid 12 hybrid``). The exact screen has none: its fit polishes its
+#: best pick alone, and from a second round's picks it took longer on isotropic label maps (docs/discussion.md, thick
+#: slices).
 SCREEN_AGAIN_ROTATIONS, SCREEN_AGAIN_SHAPES = 3, 24
 #: turns="auto" searches all orientations after the near ones where that fit's R^2 is below AUTO_ALL_R2 (a warning's
 #: MIN_R2 lets wrong orientations through: R^2 0.48 against 0.82 for the right one, a CT-like phantom turned by
@@ -978,9 +977,8 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         like = _Likelihood(obs, tau if observed_kind != "sdm" else sigma)
 
         # 2. the search: a screen of rotations, shifts and shapes, then a joint local optimisation
-        shapes = _sobol(n_shapes, low, high, seed)
+        shapes, more = _sobol((n_shapes, SCREEN_AGAIN_SHAPES), low, high, seed)  # more: the sequence's next points
         if net is not None:
-            more = _sobol(n_shapes + SCREEN_AGAIN_SHAPES, low, high, seed)[n_shapes:]  # the sequence's next points
             say(f"searching {len(rotations)} rotations x {n_shapes} shapes" + (" x shifts" if search_shift else "")
                 + " with the network")
             picks = _screen(_Network(net, obs, evals), like, rotations, position, centre_model, shapes, search_shift,
@@ -1488,10 +1486,13 @@ def _block_sums(rows, shape, side) -> np.ndarray:
     return summed
 
 
-def _sobol(n, low, high, seed):
+def _sobol(counts, low, high, seed) -> list[np.ndarray]:
+    """Consecutive runs of ``counts`` points of one scrambled Sobol sequence in the box [low, high] (one engine: a
+    count that is a power of 2 keeps its balance, and only the first is checked for it)."""
     from scipy.stats import qmc
 
-    return low + qmc.Sobol(len(low), scramble=True, seed=seed).random(n) * (high - low)
+    engine = qmc.Sobol(len(low), scramble=True, seed=seed)
+    return [low + engine.random(n) * (high - low) for n in counts]
 
 
 def _posterior_covariance(H, scores, shape, temper):
