@@ -35,6 +35,8 @@ def test_mesh_sdm_show_end_to_end(tmp_path):
     assert "warning" not in r.stderr  # the STL's shared vertices are joined again: watertight
     m, g = sdmnn.load_volume(tmp_path / "m.npy")
     assert g.spacing == (0.25, 0.25, 0.25) and m.min() < 0
+    r = run("sdm", "--mesh", "c.stl", "--spacing", "0.2,0.2,0.4", "-o", "a.nii.gz", cwd=tmp_path)
+    assert "voxels of 0.2x0.2x0.4 mm" in r.stdout and sdmnn.load_volume(tmp_path / "a.nii.gz")[1].spacing == (0.2, 0.2, 0.4)
     run("show", "c.nii.gz", "-o", "s.png", cwd=tmp_path)
     for f in ("c.png", "s.png"):
         assert (tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -51,10 +53,12 @@ def test_mesh_sdm_show_end_to_end(tmp_path):
     (["sdm", "--mesh", "nan.obj", "-o", "x.nii.gz"], "nan.obj: the mesh has NaN or infinite vertex coordinates"),
     (["sdm", "--mesh", "box.stl", "-p", "a=3", "-o", "x.nii.gz"], "-p sets a family's parameters; a --mesh has none"),
     (["dataset", "make", "cochlea", "--design", "grid:2", "-o", "x.nii.gz"], "x.nii.gz: .nii.gz names a file"),
-    (["sdm", "--mesh", "box.stl", "--spacing", "0", "-o", "x.nii.gz"], "spacing"),
-    (["sdm", "--mesh", "box.stl", "--spacing", "-1", "-o", "x.nii.gz"], "spacing"),
+    (["sdm", "--mesh", "box.stl", "--spacing", "0", "-o", "x.nii.gz"], "--spacing takes sizes in mm > 0, got 0,0,0"),
+    (["sdm", "--mesh", "box.stl", "--spacing", "-1,1,1", "-o", "x.nii.gz"], "--spacing takes sizes in mm > 0, got -1,1,1"),
+    (["sdm", "--mesh", "box.stl", "--spacing", "0.2,0.2", "-o", "x.nii.gz"], "--spacing takes 3 comma-separated numbers (or one)"),
+    (["sdm", "--mesh", "box.stl", "--margin", "-1", "-o", "x.nii.gz"], "--margin takes a number of mm >= 0"),
     (["sdm", "--mesh", "box.stl", "--spacing", "0.0005", "-o", "x.nii.gz"], "over the budget"),
-    (["sdm", "cochlea", "-o", "x.txt"], "unsupported file type"),
+    (["sdm", "cochlea", "-o", "x.txt"], "unsupported file type; accepted: .nii, .nii.gz, .nrrd, .mha, .npy"),
     (["sdm", "cochlea", "-o", "nofolder/x.nii.gz"], "does not exist"),
     (["show", "garbage.nii.gz", "-o", "x.png"], "cannot be read"),
     # outputs are checked before any work: nothing is written when one of them cannot be
@@ -173,7 +177,12 @@ def test_fit_cli_writes_a_table_json_samples_and_pngs(tmp_path):
     (["fit", "missing.nrrd", "-o", "res"], "no such file"),
     (["fit", "seg.txt", "-o", "res"], "unsupported file type"),
     (["phantom", "cochlea", "--kind", "mri", "-o", "p.nii.gz"], "--kind must be one of labels, ct"),
-    (["phantom", "cochlea", "--spacing", "0,0.3,0.3", "-o", "p.nii.gz"], "spacing must be three numbers > 0"),
+    (["phantom", "cochlea", "--spacing", "0,0.3,0.3", "-o", "p.nii.gz"], "--spacing takes sizes in mm > 0, got 0,0.3,0.3"),
+    (["phantom", "cochlea", "--kind", "ct", "--noise", "-5", "-o", "p.nii.gz"], "--noise takes a number >= 0, got -5"),
+    # the truth's file is checked with the image's, before the work: no image is left without its truth
+    (["phantom", "cochlea", "-o", "q.nii.gz"], "cannot write q.truth.json: it is a folder"),
+    (["fit", "seg.nii.gz", "--observed", "sdm", "-o", "res"], "seg.nii.gz: the observed SDM has no zero crossing "
+     "(no voxel inside or none outside); it holds whole numbers >= 0, as a label map does"),
     (["phantom", "cochlea", "--rotate", "x", "-o", "p.nii.gz"], "--rotate takes 3 comma-separated numbers"),
     (["phantom", "cochlea", "--noise", "50", "-o", "p.nii.gz"], "a labels phantom has neither"),
     (["dataset", "make", "cochlea", "--design", "grid:2", "-o", "seg.nii.gz"], "cannot write the folder seg.nii.gz"),
@@ -183,17 +192,19 @@ def test_bad_fit_and_phantom_options_are_one_sentence_and_exit_2(tmp_path, args,
     y = (sdmnn.exact_sdm(fam.mesh(fam.defaults), fam.grid) < 0).astype(np.uint8)
     sdmnn.save_volume(tmp_path / "seg.nii.gz", y, fam.grid)
     sdmnn.save_volume(tmp_path / "small.nii.gz", np.ones((3, 3, 3), np.uint8), sdmnn.Grid((3, 3, 3), (1, 1, 1)))
+    (tmp_path / "q.truth.json").mkdir()
     r = run(*args, cwd=tmp_path, ok=False)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert message in " ".join(r.stderr.split()), r.stderr
-    assert "Traceback" not in r.stderr and not (tmp_path / "res").exists() and not (tmp_path / "p.nii.gz").exists()
+    assert "Traceback" not in r.stderr and not (tmp_path / "res").exists()
+    assert not (tmp_path / "p.nii.gz").exists() and not (tmp_path / "q.nii.gz").exists()
 
 
 def test_fit_cli_refuses_an_empty_label_map(tmp_path):
     fam = sdmnn.get_family("cochlea")
     sdmnn.save_volume(tmp_path / "empty.nii.gz", np.zeros(fam.grid.shape, np.uint8), fam.grid)
     r = run("fit", "empty.nii.gz", "--forward", "exact", "-o", "res", cwd=tmp_path, ok=False)
-    assert r.returncode == 2 and "all zeros" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "empty.nii.gz: the label map is all zeros" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "res").exists()
 
 

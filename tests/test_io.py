@@ -32,6 +32,21 @@ def test_volume_round_trip_keeps_values_and_every_voxels_world_position(tmp_path
     assert np.allclose(g2.points(), g.points(), atol=1e-5)
 
 
+@pytest.mark.parametrize("suffix", [".NII.GZ", ".NII", ".NRRD", ".MHA", ".NPY", ".Nrrd"])
+def test_upper_case_suffixes_are_written_and_read_in_their_format(tmp_path, suffix):
+    g = GRIDS["oblique with a flip"]
+    v = np.random.default_rng(1).normal(size=g.shape).astype(np.float32)
+    save_volume(tmp_path / f"v{suffix}", v, g)
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == (["v.NPY", "v.json"] if suffix == ".NPY" else [f"v{suffix}"])  # no stray temporaries
+    v2, g2 = load_volume(tmp_path / f"v{suffix}")
+    assert np.array_equal(v, v2) and g2 == g
+    if suffix != ".NPY":  # the one format: the header's own magic, whatever the name says
+        lower = tmp_path / f"w{suffix.lower()}"
+        (tmp_path / f"v{suffix}").rename(lower)
+        assert np.array_equal(load_volume(lower)[0], v)
+
+
 @pytest.mark.parametrize("name", GRIDS)
 def test_nifti_stores_the_lps_grid_as_ras(tmp_path, name):
     """nibabel, an independent reader, finds every voxel at the RAS image of its LPS position."""

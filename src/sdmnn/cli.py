@@ -161,7 +161,7 @@ def sdm(family: Optional[str] = typer.Argument(None, help="A family (name, FILE.
         method: str = typer.Option("auto", metavar="[auto|scan|bvh]",
                                    help="How the exact SDM is computed: scan, bvh, or auto (the scan on clean meshes)."),
         model: Optional[Path] = typer.Option(None, help="Model folder for --forward sdmnn/deepsdf (default: the shipped one)."),
-        spacing: Optional[float] = typer.Option(None, help="Voxel size in mm, for --mesh (default 0.2)."),
+        spacing: Optional[str] = typer.Option(None, help="Voxel size in mm, for --mesh: S, or SX,SY,SZ (default 0.2)."),
         margin: Optional[float] = typer.Option(None, help="Margin around the mesh's bounding box in mm, for --mesh (default 2)."),
         device: str = DeviceOpt, precision: str = PrecisionOpt):
     """Compute a signed distance map (mm, negative inside) on the family grid, or around any mesh."""
@@ -190,6 +190,10 @@ def sdm(family: Optional[str] = typer.Argument(None, help="A family (name, FILE.
     check_output(output, VOLUME_SUFFIXES)
     if png:
         check_output(png, IMAGE_SUFFIXES)
+    if spacing is not None:
+        spacing = _positive(_numbers(spacing, "--spacing", 3, allow_one=True), "--spacing")
+    if margin is not None and not margin >= 0:
+        raise SdmnnError(f"--margin takes a number of mm >= 0, got {margin:g}")
     t0 = time.perf_counter()
     if mesh_file is not None:
         m = load_mesh(mesh_file)
@@ -233,7 +237,7 @@ def sdm(family: Optional[str] = typer.Argument(None, help="A family (name, FILE.
         from .viz import save_slices
 
         save_slices(png, volume, grid, title=what)
-    console.print(f"wrote {output}: {grid.shape[0]}x{grid.shape[1]}x{grid.shape[2]} voxels of {grid.spacing[0]:g} mm, "
+    console.print(f"wrote {output}: {grid.shape[0]}x{grid.shape[1]}x{grid.shape[2]} voxels of {_mm(grid.spacing)} mm, "
                   f"SDM in [{volume.min():.3f}, {volume.max():.3f}] mm, {seconds:.3f} s ({forward})")
 
 
@@ -453,11 +457,11 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
         band: Optional[float] = typer.Option(None, help="For SDM targets: use only voxels within this many mm of the surface (> 0)."),
         threads: Optional[int] = typer.Option(None, help="Threads for the network and the exact SDM (default: all cores)."),
         device: str = DeviceOpt,
-        output: Path = typer.Option(Path("fit"), "-o", "--output", help="Folder for result.json, mesh.stl, sdm and labels volumes (in the image's format: sdm.nrrd for an .nrrd image; NIfTI for .npy), overlay.png...")):
+        output: Path = typer.Option(Path("fit"), "-o", "--output", help="Folder for result.json, mesh.stl, sdm and labels volumes (in the image's format: sdm.nrrd for an .nrrd image; NIfTI for .npy), and for a label map or an intensity image overlay.png...")):
     """Posterior over a family's parameters (and pose) given an image; prints MAP, mean, std and 90 % intervals."""
     import numpy as np
 
-    from .fitting import FORWARD_MODELS, OBSERVED_KINDS, POSES, TURNS, fit as run_fit
+    from .fitting import FORWARD_MODELS, OBSERVED_KINDS, POSES, TURNS, check_observed, fit as run_fit
     from .io import check_output, load_volume, volume_format_of
 
     observed = _choice(observed, "--observed", OBSERVED_KINDS)
@@ -476,6 +480,10 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
         torch.set_num_threads(threads)
         set_threads(threads)
     volume, grid = load_volume(target)
+    try:
+        check_observed(volume, observed, label)
+    except SdmnnError as e:
+        raise SdmnnError(f"{target}: {e}") from None
     mask_volume = None
     if mask is not None:
         mask_volume, mask_grid = load_volume(mask)
@@ -527,20 +535,27 @@ def phantom(family: str = FamilyArg,
     if kind != "ct" and (noise is not None or blur is not None):
         raise SdmnnError(f"--noise and --blur make a --kind ct image; a {kind} phantom has neither")
     check_output(output, VOLUME_SUFFIXES)
-    fam = get_family(family)
-    params = parse_params(fam, param)
-    sp = _numbers(spacing, "--spacing", 3, allow_one=True)
-    image, grid, truth = make_phantom(fam, params, rotate=_numbers(rotate, "--rotate", 3), translate=_numbers(translate, "--translate", 3),
-                                      spacing=sp, kind=kind, seed=seed,
-                                      **{k: v for k, v in (("noise", noise), ("blur", blur)) if v is not None})
-    save_volume(output, image, grid)
     name = output.name
     for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".npy"):
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
-    truth_path = output.with_name(name + ".truth.json")
-    write_json(truth_path, truth)
-    console.print(f"wrote {output} ({grid.shape[0]}x{grid.shape[1]}x{grid.shape[2]} voxels of {sp} mm) and {truth_path}")
+    truth_path = check_output(output.with_name(name + ".truth.json"))
+    fam = get_family(family)
+    params = parse_params(fam, param)
+    sp = _positive(_numbers(spacing, "--spacing", 3, allow_one=True), "--spacing")
+    for option, value in (("--noise", noise), ("--blur", blur)):
+        if value is not None and not value >= 0:
+            raise SdmnnError(f"{option} takes a number >= 0, got {value:g}")
+    image, grid, truth = make_phantom(fam, params, rotate=_numbers(rotate, "--rotate", 3), translate=_numbers(translate, "--translate", 3),
+                                      spacing=sp, kind=kind, seed=seed,
+                                      **{k: v for k, v in (("noise", noise), ("blur", blur)) if v is not None})
+    save_volume(output, image, grid)
+    try:
+        write_json(truth_path, truth)
+    except BaseException:
+        output.unlink()  # an image without its truth is no phantom
+        raise
+    console.print(f"wrote {output} ({grid.shape[0]}x{grid.shape[1]}x{grid.shape[2]} voxels of {_mm(sp)} mm) and {truth_path}")
 
 
 @app.command()
@@ -556,6 +571,18 @@ def view(family: Optional[str] = typer.Option(None, help="A family: a name, FILE
     scene = load_scene(family, model=model, image=image, fit=fit_dir)
     serve(scene, port=port, open_browser=not no_browser,
           on_start=lambda url: console.print(f"sdmnn view: {url} (Ctrl+C stops it)", highlight=False))
+
+
+def _positive(values: tuple, option: str) -> tuple:
+    """``values`` (from ``_numbers``) if all are > 0, else one sentence naming ``option``."""
+    if not all(v > 0 for v in values):
+        raise SdmnnError(f"{option} takes sizes in mm > 0, got {','.join(f'{v:g}' for v in values)}")
+    return values
+
+
+def _mm(spacing) -> str:
+    """A voxel size for a message: "0.3" for cubic voxels, "0.3x0.3x1" otherwise."""
+    return f"{spacing[0]:g}" if len(set(spacing)) == 1 else "x".join(f"{v:g}" for v in spacing)
 
 
 def _numbers(text: str, option: str, count: int, allow_one: bool = False) -> tuple:

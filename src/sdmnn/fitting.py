@@ -280,10 +280,13 @@ def check_observed(observed: np.ndarray, kind: str, label: int | None = None) ->
         if y.all() or not y.any():
             raise FitError("the label map is all " + ("ones" if y.all() else "zeros") + ": there is no shape boundary to fit"
                            + (" (an SDM or an intensity image? choose observed_kind / --observed sdm or intensity; a "
-                              "multi-label map: --label)" if y.all() else ""))
+                              "multi-label map: --label)" if y.all() else " (an empty segmentation)"))
         return y.astype(np.float32)
     if kind == "sdm" and not (observed.min() < 0 < observed.max()):
-        raise FitError("the observed SDM has no zero crossing (no voxel inside or none outside)")
+        labels = observed.min() >= 0 and np.array_equal(observed, np.round(observed))
+        raise FitError("the observed SDM has no zero crossing (no voxel inside or none outside)"
+                       + ("; it holds whole numbers >= 0, as a label map does: fit it as one (observed_kind labels, "
+                          "--observed labels)" if labels else "; an SDM is negative inside the shape and positive outside"))
     if kind == "intensity" and not observed.max() > observed.min():
         raise FitError("the observed image is constant: there is no contrast to fit")
     return observed.astype(np.float32)

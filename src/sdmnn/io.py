@@ -98,7 +98,9 @@ def make_folder(path) -> Path:
 
 def _written_suffix(path: Path, accepted) -> str:
     """``_suffix`` of a file to write: the detached headers (.nhdr, .mhd) are read, never written."""
-    kind = _suffix(path, accepted)
+    kind = _matching_suffix(path, accepted)
+    if kind is None:  # the accepted list names only what can be written
+        _suffix(path, [s for s in accepted if s not in WRITE_ONLY_ATTACHED])
     if kind in WRITE_ONLY_ATTACHED:
         raise FileError(f"{path}: {kind} files keep their data in a second file; write {WRITE_ONLY_ATTACHED[kind]} instead")
     return kind
@@ -106,14 +108,16 @@ def _written_suffix(path: Path, accepted) -> str:
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside ``path`` with the same suffix; rename it onto ``path`` on success.
+    """Yield a temporary path beside ``path`` with the same suffix in lower case (the writers pick the format by
+    it and know only lower-case suffixes: ITK wrote NAME.MHA's data to a .mhd and a .zraw, numpy added .npy to
+    NAME.NPY); rename it onto ``path`` on success.
 
     A failure leaves no partial file behind.
     """
     path = _path(path)
     if not path.parent.exists():
         raise FileError(f"cannot write {path}: the folder {path.parent} does not exist")
-    suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".nii.gz") else path.suffix
+    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix.lower()
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
     except OSError as e:
@@ -230,6 +234,7 @@ def load_volume(path) -> tuple[np.ndarray, Grid]:
             with _for_itk(path, kind) as itk_path:
                 image = sitk.ImageFileReader()  # the header first: geometry, dimension, voxel type
                 image.SetFileName(str(itk_path))
+                image.SetImageIO(_ITK_IO[kind])  # by our suffix, case aside: ITK's own pick missed NAME.MHA
                 image.ReadImageInformation()
                 if image.GetDimension() != 3 or image.GetNumberOfComponents() != 1:
                     raise FileError(f"{path}: expected a 3-D volume of scalars, got a {image.GetDimension()}-D image with "
@@ -245,6 +250,11 @@ def load_volume(path) -> tuple[np.ndarray, Grid]:
     except Exception as e:  # SimpleITK, numpy and json each raise their own kinds on a damaged file
         raise FileError(f"{path}: cannot be read as a volume ({_first_line(e)})") from None
     return volume, grid
+
+
+#: The ITK reader of each volume suffix but .npy.
+_ITK_IO = {".nii": "NiftiImageIO", ".nii.gz": "NiftiImageIO", ".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO",
+           ".mha": "MetaImageIO", ".mhd": "MetaImageIO"}
 
 
 @contextlib.contextmanager
