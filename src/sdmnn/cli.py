@@ -511,7 +511,8 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
         console.print("rx, ry, rz (rad, about the world axes) and tx, ty, tz (mm): the pose's posterior about the fitted "
                       "pose below, where they are 0")
         console.print("pose (model -> world, mm):\n" + np.array2string(r.pose, precision=4, suppress_small=True))
-    written = r.save(output, image=volume if observed != "sdm" else None, target=str(target), volume_format=volume_format_of(target))
+    with err.status(f"writing {output}/ (the fitted surface's SDM on the image's {'x'.join(map(str, grid.shape))} voxels)"):
+        written = r.save(output, image=volume if observed != "sdm" else None, target=str(target), volume_format=volume_format_of(target))
     console.print(f"wrote {output}/: {', '.join(written)}")
 
 
