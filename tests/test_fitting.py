@@ -307,6 +307,24 @@ def test_a_good_fit_gives_no_warning():
     assert r.quality["dice"] > 0.9
 
 
+def test_a_shape_the_image_cuts_off_is_fitted_and_said_to_be_cut():
+    """A label map missing the first 4 slices of the shape along x: the fit still finds the shape (the model completes
+    it) and warns that part of its surface lies outside the image; the whole map gives no such warning."""
+    from sdmnn.fitting import crop
+
+    img, grid, truth = make_phantom("cochlea", TRUTH, spacing=(0.4, 0.4, 0.4))
+    cut = int(np.argwhere(img)[:, 0].min()) + 4
+    part = crop(grid, (cut, 0, 0), np.array(grid.shape) - 1)
+    with pytest.warns(FitWarning, match=r"^\d+% of the fitted surface lies outside the image: the image cuts the shape off"):
+        r = fit(img[cut:], part, observed_kind="labels", forward="exact", pose="none")
+    assert 0.01 < r.quality["surface_outside_image"] < 0.5
+    assert np.mean(surface_distances(r.mesh(), truth_mesh(truth))) < 0.1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FitWarning)
+        whole = fit(img, grid, observed_kind="labels", forward="exact", pose="none")
+    assert whole.quality["surface_outside_image"] == 0
+
+
 def test_sdmnn_fit_stays_the_function_after_its_module_is_imported():
     import importlib
 

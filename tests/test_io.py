@@ -220,3 +220,15 @@ def test_volumes_made_from_an_image_are_written_in_its_format():
     assert set(WRITTEN_VOLUME_FORMATS) == {".nii.gz", ".nii", ".nrrd", ".mha"}
     with pytest.raises(FileError, match="unsupported file type"):
         volume_format_of("ct.dcm")
+
+
+def test_an_stl_says_its_frame_in_its_header_and_reads_back(tmp_path):
+    import trimesh
+
+    from sdmnn.io import load_mesh, save_mesh
+
+    box = trimesh.creation.box(extents=(1, 2, 3))
+    save_mesh(tmp_path / "box.stl", box)
+    assert (tmp_path / "box.stl").read_bytes()[:9] == b"SPACE=LPS"  # 3D Slicer's mark of the frame
+    back = load_mesh(tmp_path / "box.stl")
+    assert back.is_watertight and np.isclose(back.volume, 6.0)

@@ -77,6 +77,8 @@ POSE_SCALE = np.array([0.1, 0.1, 0.1, 1.0, 1.0, 1.0])
 #: covered the truth, against 41 of 48 with the 2 mm central differences; at 0.3 x 0.3 x 0.6 mm 46 of 48 against 48, one
 #: fit of 12 reaching another optimum (docs/discussion.md, thick slices).
 THICK_AXIS = 1.5
+#: A fit warns where more than this share of its surface lies outside the image (a shape the image cuts off).
+OUTSIDE_WARNING = 0.01
 #: Quality below which a fit is said to explain the image poorly: the Dice of the labels, and the share of the
 #: intensities' variance within NEAR_MM of the fitted surface that the fit explains.
 MIN_DICE, MIN_R2, NEAR_MM = 0.8, 0.3, 1.0
@@ -218,7 +220,7 @@ class FitResult:
             view = crop(self.grid, lo, hi)
             lo = np.clip(lo, 0, np.array(self.grid.shape) - 1)
             sl = tuple(slice(a, a + n) for a, n in zip(lo, view.shape))
-            shown = {"labels": "label (1 inside the shape)", "intensity": "image intensity"}.get(self.observed_kind)
+            shown = {"labels": "label map value", "intensity": "image intensity"}.get(self.observed_kind)
             save_slices(folder / "overlay.png", np.asarray(image, np.float32)[sl], view, others={"fitted surface": sdm[sl]},
                         title=f"{target or 'image'}: the fitted {self.family} ({self.forward})", image_label=shown,
                         offset=tuple(int(a) for a in lo))
@@ -1075,8 +1077,12 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
                     result, quality = wide, wide.quality
                 result.evaluations = {k: evals[k] + wide.evaluations[k] for k in evals}  # both searches
             result.seconds = time.perf_counter() - t0
+        quality["surface_outside_image"] = _outside(result.mesh(), grid)
         if quality.get("warning"):
             warnings.warn(quality["warning"], FitWarning, stacklevel=2)
+        if quality["surface_outside_image"] > OUTSIDE_WARNING:
+            warnings.warn(f"{quality['surface_outside_image']:.0%} of the fitted surface lies outside the image: the image "
+                          "cuts the shape off, and there the fitted shape is the model's, not the image's", FitWarning, stacklevel=2)
         return result
     finally:
         if net is not None:
@@ -1403,6 +1409,13 @@ def _standing(quality: dict) -> tuple:
     return bool(warning), _BEYOND in warning, -quality.get("r2", 0.0)
 
 
+def _outside(mesh, grid: Grid) -> float:
+    """The share of ``mesh``'s area (world mm) outside the image's box (its voxels' outer faces)."""
+    index = grid.to_index(mesh.triangles_center)
+    out = np.any((index < -0.5) | (index > np.array(grid.shape) - 0.5), axis=1)
+    return float(mesh.area_faces[out].sum() / max(mesh.area, 1e-12))
+
+
 def _quality(like: _Likelihood, d, obs: _Observation) -> dict:
     """How well the fit explains the image, and a warning when it explains it poorly."""
     y, m, at_voxels = obs.y, obs.mask > 0, obs.coarse(d)
@@ -1431,7 +1444,8 @@ def _quality(like: _Likelihood, d, obs: _Observation) -> dict:
         if noise is not None:  # (without it, no fit's residuals count as noise alone)
             q["sigma_over_image_noise"] = float(sigma / max(noise, 1e-12 * (abs(a) + abs(b) + 1)))
         bright = np.abs(y - a) < np.abs(y - b)
-        q["dice"] = float(2 * np.sum(fitted & bright & m) / max(np.sum(fitted & m) + np.sum(bright & m), 1))
+        # not a Dice against a segmentation: partial volume and noise keep it low for right fits of thin shapes
+        q["dice_nearer_tissue"] = float(2 * np.sum(fitted & bright & m) / max(np.sum(fitted & m) + np.sum(bright & m), 1))
         # a tissue intensity beyond every voxel's: the fitted surface separates no two tissues of the image, the
         # intensities only extrapolated from its partial-volume voxels (a shape found at the wrong place or turn)
         # (beyond by more than 2 sigma and BEYOND_RANGE of the voxels' range: a noise-free image's pure voxels are its

@@ -334,11 +334,16 @@ def check_mesh(mesh) -> None:
 
 
 def save_mesh(path, mesh) -> Path:
+    """Write ``mesh`` (world mm, LPS) by its suffix; a binary STL says its frame in its header (SPACE=LPS, as 3D
+    Slicer writes and reads it)."""
     path = _path(path)
-    _suffix(path, MESH_SUFFIXES)
+    kind = _suffix(path, MESH_SUFFIXES)
     check_mesh(mesh)
     with atomic_path(path) as tmp:
         mesh.export(tmp)
+        if kind == ".stl":
+            with open(tmp, "r+b") as f:
+                f.write(b"SPACE=LPS".ljust(80, b" "))
     return path
 
 
