@@ -325,6 +325,25 @@ def test_a_shape_the_image_cuts_off_is_fitted_and_said_to_be_cut():
     assert whole.quality["surface_outside_image"] == 0
 
 
+def test_a_label_map_of_two_separate_shapes_is_refused_naming_where_they_are():
+    """Both ears in one segmentation: no one shape explains them, and the fit between them would end nowhere (Dice 0).
+    One sentence gives each structure's centre, to fit one at a time with centre=."""
+    img, grid, truth = make_phantom("cochlea", TRUTH, spacing=(0.5, 0.5, 0.5))
+    n = np.array(img.shape)
+    both = np.zeros((2 * n[0] + 100, n[1], n[2]), np.uint8)  # the second 50 mm further along x
+    both[: n[0]], both[-n[0]:] = img, img
+    far = np.array(grid.origin) + grid.direction @ ((both.shape[0] - n[0]) * np.array([0.5, 0, 0]))
+    centres = r"\[(-?[\d.]+), (-?[\d.]+), (-?[\d.]+)\]"
+    with pytest.raises(FitError, match=rf"^the image holds 2 separate structures .* about {centres}, {centres} mm") as e:
+        fit(both, Grid(both.shape, grid.spacing, grid.origin, grid.direction), observed_kind="labels", forward="exact",
+            pose="rigid")
+    import re
+
+    found = np.array(re.search(rf"{centres}, {centres}", str(e.value)).groups(), float).reshape(2, 3)
+    mesh_centre = np.asarray(truth["centre_mm"])
+    assert np.allclose(found[0], mesh_centre, atol=1.5) and np.allclose(found[1], mesh_centre + far - np.array(grid.origin), atol=1.5)
+
+
 def test_sdmnn_fit_stays_the_function_after_its_module_is_imported():
     import importlib
 

@@ -1101,6 +1101,32 @@ def _model_frame(fam):
     return centre, axes, radius
 
 
+def _one_structure(foreground, idx, grid: Grid, radius) -> None:
+    """Refuse a foreground of separate structures (a segmentation of both ears, say), which no one shape explains:
+    its connected parts of at least a tenth of the largest's voxels, joined where their centres lie within the model's
+    extent (twice ``radius``, mm; a thin shape's label map can break into pieces), must form one group."""
+    from scipy import ndimage
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    lo, hi = idx.min(0), idx.max(0) + 1
+    parts, n = ndimage.label(foreground[tuple(slice(a, b) for a, b in zip(lo, hi))] > 0.5, structure=np.ones((3, 3, 3)))
+    if n < 2:
+        return
+    counts = np.bincount(parts.ravel())[1:]
+    big = np.flatnonzero(counts >= 0.1 * counts.max()) + 1
+    if len(big) < 2:
+        return
+    centres = grid.to_world(np.array(ndimage.center_of_mass(parts > 0, parts, big)) + lo)
+    groups = fcluster(linkage(centres, "single"), t=2 * radius, criterion="distance")
+    if groups.max() < 2:
+        return
+    weights = counts[big - 1]
+    where = [np.average(centres[groups == k], axis=0, weights=weights[groups == k]) for k in range(1, groups.max() + 1)]
+    raise FitError(f"the image holds {len(where)} separate structures more than {2 * radius:.0f} mm apart (the model's extent), "
+                   f"about {', '.join(str(np.round(w, 1).tolist()) for w in where)} mm (world): no one shape explains them; "
+                   "fit one at a time, giving its centre (centre=, --centre X,Y,Z)")
+
+
 def _region(foreground, grid: Grid, centre, radius):
     """The crop to search in (index box), the anchor point (world) and the image's principal axes (or None).
 
@@ -1109,6 +1135,7 @@ def _region(foreground, grid: Grid, centre, radius):
     the image's centre."""
     if foreground is not None and centre is None:
         idx = np.argwhere(foreground > 0.5)
+        _one_structure(foreground, idx, grid, radius)
         anchor, axes = _principal_axes(grid.to_world(idx))
         pad = np.ceil(2.0 / np.array(grid.spacing)).astype(int) + 2
         return idx.min(0) - pad, idx.max(0) + pad, anchor, axes
