@@ -53,7 +53,7 @@ def test_mesh_sdm_show_end_to_end(tmp_path):
     (["sdm", "--mesh", "nan.obj", "-o", "x.nii.gz"], "nan.obj: the mesh has NaN or infinite vertex coordinates"),
     (["sdm", "--mesh", "box.stl", "-p", "a=3", "-o", "x.nii.gz"], "-p sets a family's parameters; a --mesh has none"),
     (["dataset", "make", "cochlea", "--design", "grid:2", "-o", "x.nii.gz"], "x.nii.gz: .nii.gz names a file"),
-    (["sdm", "--mesh", "box.stl", "--spacing", "0", "-o", "x.nii.gz"], "--spacing takes sizes in mm > 0, got 0,0,0"),
+    (["sdm", "--mesh", "box.stl", "--spacing", "0", "-o", "x.nii.gz"], "--spacing takes sizes in mm > 0, got 0"),
     (["sdm", "--mesh", "box.stl", "--spacing", "-1,1,1", "-o", "x.nii.gz"], "--spacing takes sizes in mm > 0, got -1,1,1"),
     (["sdm", "--mesh", "box.stl", "--spacing", "0.2,0.2", "-o", "x.nii.gz"], "--spacing takes 3 comma-separated numbers (or one)"),
     (["sdm", "--mesh", "box.stl", "--margin", "-1", "-o", "x.nii.gz"], "--margin takes a number of mm >= 0"),

@@ -32,7 +32,7 @@ def test_volume_round_trip_keeps_values_and_every_voxels_world_position(tmp_path
     assert np.allclose(g2.points(), g.points(), atol=1e-5)
 
 
-@pytest.mark.parametrize("suffix", [".NII.GZ", ".NII", ".NRRD", ".MHA", ".NPY", ".Nrrd"])
+@pytest.mark.parametrize("suffix", [".NII.GZ", ".NII", ".NRRD", ".MHA", ".NPY", ".Nrrd", ".Nii.Gz", ".nii.GZ", ".Nii"])
 def test_upper_case_suffixes_are_written_and_read_in_their_format(tmp_path, suffix):
     g = GRIDS["oblique with a flip"]
     v = np.random.default_rng(1).normal(size=g.shape).astype(np.float32)

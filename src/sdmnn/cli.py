@@ -1,6 +1,8 @@
 """The ``sdmnn`` command line: each command parses, calls one library function, reports."""
 from __future__ import annotations
 
+import contextlib
+import math
 import sys
 import time
 import warnings
@@ -191,8 +193,8 @@ def sdm(family: Optional[str] = typer.Argument(None, help="A family (name, FILE.
     if png:
         check_output(png, IMAGE_SUFFIXES)
     if spacing is not None:
-        spacing = _positive(_numbers(spacing, "--spacing", 3, allow_one=True), "--spacing")
-    if margin is not None and not margin >= 0:
+        spacing = _positive(spacing, "--spacing")
+    if margin is not None and not (math.isfinite(margin) and margin >= 0):
         raise SdmnnError(f"--margin takes a number of mm >= 0, got {margin:g}")
     t0 = time.perf_counter()
     if mesh_file is not None:
@@ -528,7 +530,7 @@ def phantom(family: str = FamilyArg,
             seed: int = typer.Option(0, help="Seed of the noise."),
             output: Path = typer.Option(..., "-o", "--output", help="Image file (.nii.gz, .nrrd, .mha...); the truth goes to NAME.truth.json.")):
     """A test image from a 4x finer mesh, posed, with partial volume (and blur and noise for ct), plus its truth."""
-    from .io import VOLUME_SUFFIXES, check_output, save_volume, write_json
+    from .io import VOLUME_SUFFIXES, check_output, save_volume, volume_stem, write_json
     from .phantom import KINDS, make_phantom
     from .shapes import get_family
 
@@ -536,16 +538,12 @@ def phantom(family: str = FamilyArg,
     if kind != "ct" and (noise is not None or blur is not None):
         raise SdmnnError(f"--noise and --blur make a --kind ct image; a {kind} phantom has neither")
     check_output(output, VOLUME_SUFFIXES)
-    name = output.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".npy"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-    truth_path = check_output(output.with_name(name + ".truth.json"))
+    truth_path = check_output(output.with_name(volume_stem(output) + ".truth.json"))
     fam = get_family(family)
     params = parse_params(fam, param)
-    sp = _positive(_numbers(spacing, "--spacing", 3, allow_one=True), "--spacing")
+    sp = _positive(spacing, "--spacing")
     for option, value in (("--noise", noise), ("--blur", blur)):
-        if value is not None and not value >= 0:
+        if value is not None and not (math.isfinite(value) and value >= 0):
             raise SdmnnError(f"{option} takes a number >= 0, got {value:g}")
     image, grid, truth = make_phantom(fam, params, rotate=_numbers(rotate, "--rotate", 3), translate=_numbers(translate, "--translate", 3),
                                       spacing=sp, kind=kind, seed=seed,
@@ -554,7 +552,10 @@ def phantom(family: str = FamilyArg,
     try:
         write_json(truth_path, truth)
     except BaseException:
-        output.unlink()  # an image without its truth is no phantom
+        # an image without its truth is no phantom (an .npy image also has its grid beside it)
+        for written in (output, output.with_suffix(".json")) if output.suffix.lower() == ".npy" else (output,):
+            with contextlib.suppress(OSError):
+                written.unlink()
         raise
     console.print(f"wrote {output} ({grid.shape[0]}x{grid.shape[1]}x{grid.shape[2]} voxels of {_mm(sp)} mm) and {truth_path}")
 
@@ -574,10 +575,11 @@ def view(family: Optional[str] = typer.Option(None, help="A family: a name, FILE
           on_start=lambda url: console.print(f"sdmnn view: {url} (Ctrl+C stops it)", highlight=False))
 
 
-def _positive(values: tuple, option: str) -> tuple:
-    """``values`` (from ``_numbers``) if all are > 0, else one sentence naming ``option``."""
+def _positive(text: str, option: str) -> tuple:
+    """Voxel sizes "S" or "SX,SY,SZ" (mm) -> three numbers > 0, else one sentence naming ``option``."""
+    values = _numbers(text, option, 3, allow_one=True)
     if not all(v > 0 for v in values):
-        raise SdmnnError(f"{option} takes sizes in mm > 0, got {','.join(f'{v:g}' for v in values)}")
+        raise SdmnnError(f"{option} takes sizes in mm > 0, got {text}")
     return values
 
 
@@ -588,8 +590,6 @@ def _mm(spacing) -> str:
 
 def _numbers(text: str, option: str, count: int, allow_one: bool = False) -> tuple:
     """"1,2,3" -> (1.0, 2.0, 3.0), checked: ``count`` finite numbers (or one, repeated, when ``allow_one``)."""
-    import math
-
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:

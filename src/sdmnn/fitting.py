@@ -155,7 +155,8 @@ class FitResult:
     forward: str
     observed_kind: str
     noise: dict  # tau / sigma, appearance (intensities), the learned model's error, the correlation volume
-    quality: dict  # dice (labels, intensity), r2 (intensity), rms (sdm), residual statistics, warning
+    quality: dict  # dice (labels, sdm), dice_nearer_tissue and r2 (intensity), rms_mm (sdm), residual statistics,
+    # surface_outside_image, warning
     grid: Grid  # the observed image's grid
     log_posterior: float
     covariance: np.ndarray = field(repr=False, default=None)
@@ -958,6 +959,10 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         # 1. where the shape is: a crop of the image, the model's centre and the starting rotations
         centre_model, model_axes, model_radius = _model_frame(fam)
         foreground = {"labels": y_full, "sdm": (y_full < 0).astype(np.float32)}.get(observed_kind)
+        if foreground is not None and mask_full is not None:  # the shape is where the mask lets the fit look
+            foreground = foreground * (mask_full > 0)
+            if not foreground.any():
+                raise FitError("no labelled (inside) voxel lies within the mask")
         if foreground is None and pose == "rigid" and centre is None:
             if mask_full is not None and mask_full.sum() < 8:
                 raise FitError("the mask leaves fewer than 8 voxels of the image to fit")
@@ -1045,7 +1050,12 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         samples = _truncated_gaussian(np.random.default_rng(seed), centre_theta, cov, low, high, n_samples)
 
         # 5. quality
-        quality = _quality(like, d, obs)
+        fitted = None
+        if observed_kind == "labels":  # the label map the fitted shape would make: its voxels more than half inside
+            from .sdm import inside_fraction
+
+            fitted = inside_fraction(fam.mesh(vector).apply_transform(best_pose.matrix()), obs.grid).ravel() >= 0.5
+        quality = _quality(like, d, obs, fitted)
         names = tuple(fam.names) + (POSE_NAMES if free_pose else ())
         result = FitResult(
             family=fam.name, family_source=fam.source, names=names, params=dict(zip(fam.names, map(float, vector))),
@@ -1124,7 +1134,7 @@ def _one_structure(foreground, idx, grid: Grid, radius) -> None:
     where = [np.average(centres[groups == k], axis=0, weights=weights[groups == k]) for k in range(1, groups.max() + 1)]
     raise FitError(f"the image holds {len(where)} separate structures more than {2 * radius:.0f} mm apart (the model's extent), "
                    f"about {', '.join(str(np.round(w, 1).tolist()) for w in where)} mm (world): no one shape explains them; "
-                   "fit one at a time, giving its centre (centre=, --centre X,Y,Z)")
+                   "fit one at a time, giving its centre (centre=, --centre X,Y,Z) or a mask of it (mask=, --mask)")
 
 
 def _region(foreground, grid: Grid, centre, radius):
@@ -1443,10 +1453,12 @@ def _outside(mesh, grid: Grid) -> float:
     return float(mesh.area_faces[out].sum() / max(mesh.area, 1e-12))
 
 
-def _quality(like: _Likelihood, d, obs: _Observation) -> dict:
-    """How well the fit explains the image, and a warning when it explains it poorly."""
+def _quality(like: _Likelihood, d, obs: _Observation, labels=None) -> dict:
+    """How well the fit explains the image, and a warning when it explains it poorly. A label map is compared with
+    ``labels``, the one the fitted shape would make (its voxels more than half inside, ``sdm.inside_fraction``): on
+    slices thick against the shape, voxels whose centres lie inside are not those (``bench/label_dice_probe.py``)."""
     y, m, at_voxels = obs.y, obs.mask > 0, obs.coarse(d)
-    fitted = at_voxels < 0
+    fitted = at_voxels < 0 if labels is None else labels
     q = {}
     if like.kind == "labels":
         inside = y > 0.5

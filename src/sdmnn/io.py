@@ -86,6 +86,12 @@ def volume_format_of(path) -> str:
     return {**WRITE_ONLY_ATTACHED, ".npy": ".nii.gz"}.get(kind, kind)
 
 
+def volume_stem(path) -> str:
+    """The name of the volume file ``path`` without its suffix (NAME.nii.gz -> NAME)."""
+    path = _path(path)
+    return path.name[: -len(_suffix(path, VOLUME_SUFFIXES))]
+
+
 def make_folder(path) -> Path:
     """Create the output folder ``path`` (and its parents); one sentence if it cannot be."""
     path = check_output(path, what="folder")
@@ -239,7 +245,7 @@ def load_volume(path) -> tuple[np.ndarray, Grid]:
                 if image.GetDimension() != 3 or image.GetNumberOfComponents() != 1:
                     raise FileError(f"{path}: expected a 3-D volume of scalars, got a {image.GetDimension()}-D image with "
                                     f"{image.GetNumberOfComponents()} component(s) per voxel")
-                volume = _nifti_floats(path, image) if kind in (".nii", ".nii.gz") else None
+                volume = _nifti_floats(itk_path, image) if kind in (".nii", ".nii.gz") else None
                 if volume is None:
                     volume = sitk.GetArrayFromImage(image.Execute()).transpose(2, 1, 0)
             direction = np.array(image.GetDirection()).reshape(3, 3)
@@ -260,13 +266,15 @@ _ITK_IO = {".nii": "NiftiImageIO", ".nii.gz": "NiftiImageIO", ".nrrd": "NrrdImag
 @contextlib.contextmanager
 def _for_itk(path: Path, kind: str):
     """The path ITK should open for ``path``: ITK's NIfTI library, given NAME.nii.gz, reads NAME.nii instead when
-    both are in the folder (measured: SimpleITK 2.5, ITK 5.4), so such a file is read through a link of its own in
-    an empty folder."""
-    if kind != ".nii.gz" or not path.with_name(path.name[: -len(".gz")]).exists():
+    both are in the folder (measured: SimpleITK 2.5, ITK 5.4), and refuses a suffix in mixed case (NAME.Nii.Gz), so
+    such a file is read through a link of its own in an empty folder."""
+    nifti = kind in (".nii", ".nii.gz")
+    mixed = path.name[-len(kind):] not in (kind, kind.upper())
+    if not nifti or not (mixed or kind == ".nii.gz" and path.with_name(path.name[: -len(".gz")]).exists()):
         yield path
         return
     with tempfile.TemporaryDirectory() as tmp:
-        link = Path(tmp) / "volume.nii.gz"
+        link = Path(tmp) / f"volume{kind}"
         link.symlink_to(path.resolve())
         yield link
 

@@ -16,15 +16,13 @@ import numpy as np
 from .checks import is_integer, is_number
 from .errors import SdmnnError
 from .grid import Grid
+from .sdm import inside_fraction, subvoxels
 from .shapes import get_family
 from .shapes.registry import stored_family
 
 KINDS = ("labels", "ct")
 #: Finer-mesh factor: sections and points around each section, both times this.
 REFINE = 4  # passed to the family's mesher as ``refine`` when it takes that option
-#: Sub-voxels are at most this large (mm) along each axis, and at most MAX_SUBVOXELS to a voxel's side (on voxels
-#: coarser than 1.6 mm, a fraction of a voxel to 1/4096 is still finer than any use of such an image).
-SUBVOXEL, MAX_SUBVOXELS = 0.1, 16
 
 
 def pose_matrix(rotate_degrees, translate, centre) -> np.ndarray:
@@ -140,21 +138,11 @@ def make_phantom(family, params, *, rotate=(0.0, 0.0, 0.0), translate=(0.0, 0.0,
     grid = Grid(tuple(int(n) for n in shape), tuple(spacing), tuple(centre + D @ origin_local), D)
     grid.check_memory()
 
-    # partial volume: the inside fraction of k^3 sub-voxels per voxel
-    k = np.minimum(np.ceil(spacing / SUBVOXEL - 1e-9), MAX_SUBVOXELS).astype(int)
-    sub_spacing = spacing / k
-    sub_origin = origin_local - spacing / 2 + sub_spacing / 2
-    sub = Grid(tuple(int(n) for n in shape * k), tuple(sub_spacing), tuple(centre + D @ sub_origin), D)
-    # before the SDM's own check, which would name the sub-voxels' grid and advise a coarser spacing
-    sub.check_memory(what=f"the phantom's {shape[0]}x{shape[1]}x{shape[2]} voxels take their partial volume from "
-                          f"{k[0]}x{k[1]}x{k[2]} sub-voxels each, which need",
-                     advice=f"sub-voxels of at most {SUBVOXEL:g} mm: raise SDMNN_MAX_BYTES")
-    inside = (exact_sdm(posed, sub) < 0).astype(np.float32)
-    if kind == "ct" and blur > 0:
-        from scipy.ndimage import gaussian_filter
-
-        inside = gaussian_filter(inside, sigma=blur / sub_spacing, mode="nearest")
-    fraction = inside.reshape(shape[0], k[0], shape[1], k[1], shape[2], k[2]).mean(axis=(1, 3, 5))
+    # partial volume: the inside fraction of sub-voxels of at most sdm.SUBVOXEL mm
+    k = subvoxels(spacing)
+    fraction = inside_fraction(posed, grid, blur=blur if kind == "ct" else 0.0,
+                               what=f"the phantom's {shape[0]}x{shape[1]}x{shape[2]} voxels take their partial volume "
+                                    f"from {k[0]}x{k[1]}x{k[2]} sub-voxels each, which need")
     truth = {
         "family": fam.name, "family_source": fam.source, "params": fam.space.as_dict(vector), "pose": pose.tolist(),
         "rotate_degrees": list(map(float, rotate)), "translate_mm": list(map(float, translate)),

@@ -236,6 +236,39 @@ def winding_number(mesh: trimesh.Trimesh, points: np.ndarray, closed: bool = Fal
     return out
 
 
+#: Partial volume (``inside_fraction``): sub-voxels at most this large (mm) along each axis, and at most MAX_SUBVOXELS to
+#: a voxel's side (on voxels coarser than 1.6 mm, a fraction of a voxel to 1/4096 is still finer than any use of it).
+SUBVOXEL, MAX_SUBVOXELS = 0.1, 16
+
+
+def subvoxels(spacing) -> np.ndarray:
+    """How many sub-voxels ``inside_fraction`` splits a voxel of ``spacing`` (mm) into along each axis."""
+    return np.minimum(np.ceil(np.asarray(spacing, float) / SUBVOXEL - 1e-9), MAX_SUBVOXELS).astype(int)
+
+
+def inside_fraction(mesh: trimesh.Trimesh, grid: Grid, blur: float = 0.0, what: str | None = None) -> np.ndarray:
+    """The share of each voxel of ``grid`` inside the closed ``mesh`` (partial volume), float32: the exact SDM's sign at
+    the centres of its sub-voxels (``subvoxels``), averaged; with ``blur`` (mm), the sub-voxels' insides first blurred
+    by a Gaussian of that standard deviation (a scanner's point-spread function). ``what``: the memory check's words
+    for what needs the sub-voxels."""
+    spacing = np.array(grid.spacing)
+    k = subvoxels(spacing)
+    sub_spacing = spacing / k
+    sub = Grid(tuple(int(n) for n in np.array(grid.shape) * k), tuple(sub_spacing),
+               tuple(grid.to_world(-(k - 1) / (2 * k)).tolist()), grid.direction)
+    # before the SDM's own check, which would name the sub-voxels' grid and advise a coarser spacing
+    sub.check_memory(what=what or f"the partial volume of {grid.shape[0]}x{grid.shape[1]}x{grid.shape[2]} voxels from "
+                                  f"{k[0]}x{k[1]}x{k[2]} sub-voxels each needs",
+                     advice=f"sub-voxels of at most {SUBVOXEL:g} mm: raise SDMNN_MAX_BYTES")
+    inside = (exact_sdm(mesh, sub) < 0).astype(np.float32)
+    if blur > 0:
+        from scipy.ndimage import gaussian_filter
+
+        inside = gaussian_filter(inside, sigma=blur / sub_spacing, mode="nearest")
+    (a, b, c), (i, j, l) = grid.shape, k
+    return inside.reshape(a, i, b, j, c, l).mean(axis=(1, 3, 5))
+
+
 def exact_sdm(mesh: trimesh.Trimesh, grid: Grid, sign: str = "auto", method: str = "auto") -> np.ndarray:
     """Exact signed distance map of a closed triangle mesh, sampled at the voxel centres of ``grid``.
 

@@ -88,11 +88,13 @@ def save_slices(path, volume: np.ndarray, grid: Grid, others: dict | None = None
 def save_corner(path, samples: np.ndarray, names, truth=None, map_point=None):
     """A corner plot of posterior samples: histograms on the diagonal, pairwise samples below. Only the lower
     triangle's panels are made, with a few ticks and tick labels on the outer panels alone: axes and their text are
-    most of a corner plot's time (10 parameters: 6.8 s with every panel and label, about 1 s so)."""
+    most of a corner plot's time."""
     plt = _figure()
     d = len(names)
-    fig = plt.figure(figsize=(2.2 * d, 2.2 * d))
-    grid = fig.add_gridspec(d, d, left=0.5 / d, right=0.99, bottom=0.45 / d, top=0.99, wspace=0.08, hspace=0.08)
+    side = 2.2 * d + 0.6  # inches: the panels, and the margin for the outer labels
+    fig = plt.figure(figsize=(side, side))
+    grid = fig.add_gridspec(d, d, left=0.6 / side, right=1 - 0.1 / side, bottom=0.55 / side, top=1 - 0.1 / side,
+                            wspace=0.08, hspace=0.08)
     columns = {}  # the panels of each column share their x axis, of each row below the diagonal their y axis
     rows = {}
     for i in range(d):
@@ -112,6 +114,7 @@ def save_corner(path, samples: np.ndarray, names, truth=None, map_point=None):
                     if i != j:
                         ax.axhline(point[i], color=colour, lw=1)
             ax.locator_params(nbins=3)
+            ax.ticklabel_format(useOffset=False)  # an offset's text would overlap the panel above
             ax.tick_params(labelsize=7, labelbottom=i == d - 1, labelleft=j == 0 and i > 0)
             if i == d - 1:
                 ax.set_xlabel(names[j])
