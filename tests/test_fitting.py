@@ -364,6 +364,22 @@ def test_one_shape_whose_label_map_breaks_into_pieces_is_not_refused():
     assert broken >= 1  # the test sees pieces
 
 
+def test_a_window_leaves_out_air_beside_the_bone():
+    """A CT-like image with an air cell (-1000, a 3 mm ball) 1 mm from the cochlea: two tissues cannot explain a third
+    (without a window such a fit ended 5.2 mm off, `python bench/air_probe.py`). The window of the
+    two tissues' intensities leaves the air and its border out, and the fit finds the shape."""
+    img, grid, truth = make_phantom("cochlea", TRUTH, kind="ct", rotate=(15, -25, 35), spacing=(0.35,) * 3, margin=8)
+    mesh = truth_mesh(truth)
+    centre = np.array([mesh.bounds[1][0] + 4.0, *mesh.vertices[:, 1:].mean(0)])
+    air = np.linalg.norm(grid.points().reshape(*grid.shape, 3) - centre, axis=-1) < 3.0
+    img[air] = -1000 + 100 * np.random.default_rng(3).standard_normal(air.sum())
+    r = fit(img, grid, observed_kind="intensity", forward="exact", pose="rigid", window=(-400, 3000))
+    assert np.mean(surface_distances(r.mesh(), mesh)) < 0.05
+    assert abs(r.noise["appearance"]["inside"]) < 200  # the fluid's, not an extrapolation
+    with pytest.raises(FitError, match=r"window \(--window\) leaves out a third tissue of an intensity image"):
+        fit(img > 500, grid, observed_kind="labels", forward="exact", window=(0, 1))
+
+
 def test_sdmnn_fit_stays_the_function_after_its_module_is_imported():
     import importlib
 

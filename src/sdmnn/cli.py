@@ -452,6 +452,9 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
         centre: Optional[str] = typer.Option(None, help="X,Y,Z: where the shape is about, world mm (LPS); default: the labels' centre (an SDM's inside's); "
                                                   "in an intensity image, where a coarse search of it puts the shape."),
         mask: Optional[Path] = typer.Option(None, help="A volume on the image's grid, non-zero where voxels may be used."),
+        window: Optional[str] = typer.Option(None, help="LOW,HIGH: for an intensity image, the voxels outside these intensities, "
+                                                  "and those within 1 mm of them, are not used: a third tissue near the shape, "
+                                                  "such as air beside the bone of a CT (e.g. --window -400,3000 in HU)."),
         model: Optional[Path] = typer.Option(None, help="Model folder for sdmnn/hybrid/deepsdf (default: the shipped one)."),
         seed: int = typer.Option(0),
         tau: Optional[float] = typer.Option(None, help="Label softness or blur length in mm, > 0 (default: estimated)."),
@@ -499,6 +502,7 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
     with err.status(f"fitting the {family} family to {target.name}") as status:
         r = run_fit(volume, grid, family=family, observed_kind=observed, forward=forward, pose=pose, seed=seed, model=net,
                     tau=tau, sigma=sigma, band=band, label=label, mask=mask_volume, centre=where, threads=threads, device=device, turns=turns,
+                    window=_numbers(window, "--window", 2) if window is not None else None,
                     progress=lambda text: status.update(f"fitting {target.name}: {text}"))
     table = Table(title=f"{family} fit ({forward} forward model, {observed} target, pose {pose})", title_justify="left")
     for col in ("parameter", "MAP", "mean", "std", "90 % interval"):

@@ -79,6 +79,9 @@ POSE_SCALE = np.array([0.1, 0.1, 0.1, 1.0, 1.0, 1.0])
 THICK_AXIS = 1.5
 #: A fit warns where more than this share of its surface lies outside the image (a shape the image cuts off).
 OUTSIDE_WARNING = 0.01
+#: With a window (intensities LOW..HIGH), an intensity fit leaves out the voxels outside it and those within this many
+#: mm of them: a third tissue (air beside the bone of a CT) and the partial-volume voxels of its border.
+WINDOW_MARGIN_MM = 1.0
 #: Quality below which a fit is said to explain the image poorly: the Dice of the labels, and the share of the
 #: intensities' variance within NEAR_MM of the fitted surface that the fit explains.
 MIN_DICE, MIN_R2, NEAR_MM = 0.8, 0.3, 1.0
@@ -124,7 +127,9 @@ _BEYOND = "beyond the values of the voxels fitted"
 BEYOND_RANGE = 0.3
 #: What a poor intensity fit is told, with where the search reaches.
 _INTENSITY_HINT = (f"the search of an intensity image reaches {SEARCH_SHIFT_MM:g} mm from its centre (centre, --centre; "
-                   "default: where a coarse search of the whole image puts the shape)")
+                   "default: where a coarse search of the whole image puts the shape), and a third tissue near the shape "
+                   "(air beside the bone of a CT) is left out by a window of the two tissues' intensities (window, "
+                   "--window LOW,HIGH)")
 
 
 def check_forward(forward: str) -> str:
@@ -850,7 +855,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         pose: str = "none", seed: int = 0, model=None, prior: dict | None = None, tau: float | None = None,
         sigma: float | None = None, band: float | None = None, label: int | None = None, mask=None, centre=None,
         n_shapes: int = 8, n_starts: int = 3, n_samples: int = 4000, max_exact: int = 40, threads: int | None = None,
-        device: str = "auto", progress=None, turns: str = "auto") -> FitResult:
+        device: str = "auto", progress=None, turns: str = "auto", window=None) -> FitResult:
     """Posterior over a family's shape parameters (and, with ``pose="rigid"``, a rigid pose) given an image.
 
     Parameters
@@ -889,6 +894,10 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         inside's axes): "near" the model's orientation (within about 30 degrees), "all" of them (SEARCH_TURNS spread
         evenly), or "auto": near, then all where that fit's R^2 is below AUTO_ALL_R2 and its residuals are more than
         the image's noise (NOISE_VOLUME; the better of the two is kept).
+    window : (low, high), optional
+        Intensity images: leave out the voxels outside these intensities and those within WINDOW_MARGIN_MM of them,
+        a third tissue near the shape (air beside the bone of a CT) and its partial-volume border, which the model's
+        two tissues cannot explain.
     """
     call = dict(locals())  # the arguments, for the search over all rotations of turns="auto"
     t0 = time.perf_counter()
@@ -933,6 +942,9 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
     if band is not None and observed_kind == "sdm":
         near = np.abs(y_full) <= band
         mask_full = near if mask_full is None else mask_full & near
+    if window is not None:
+        kept = _within_window(y_full, grid, window, observed_kind)
+        mask_full = kept if mask_full is None else mask_full & kept
     low, high = _prior_box(fam, prior)
     say = progress or (lambda text: None)
     network = "deepsdf" if forward == "deepsdf" else "sdmnn"
@@ -1097,6 +1109,28 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
     finally:
         if net is not None:
             torch.set_num_threads(threads_before)
+
+
+def _within_window(image, grid: Grid, window, kind: str) -> np.ndarray:
+    """The voxels of an intensity image a fit may use given ``window`` (low, high): those farther than WINDOW_MARGIN_MM
+    from any voxel outside it (a third tissue, such as air beside the bone in a CT, and its partial-volume border)."""
+    from scipy.ndimage import distance_transform_edt
+
+    if kind != "intensity":
+        raise FitError("window (--window) leaves out a third tissue of an intensity image; a label map or an SDM has none")
+    try:
+        low, high = (float(v) for v in window)
+    except (TypeError, ValueError):
+        low = high = math.nan
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise FitError(f"window (--window) is two intensities LOW < HIGH, got {window!r}")
+    outside = (image < low) | (image > high)
+    if not outside.any():
+        return np.ones(image.shape, bool)
+    kept = distance_transform_edt(~outside, sampling=grid.spacing) > WINDOW_MARGIN_MM
+    if kept.sum() < 8:
+        raise FitError(f"the window {low:g}..{high:g} (--window) leaves fewer than 8 voxels of the image to fit")
+    return kept
 
 
 def _model_frame(fam):
