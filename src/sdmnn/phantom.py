@@ -16,7 +16,6 @@ import numpy as np
 from .checks import is_integer, is_number
 from .errors import SdmnnError
 from .grid import Grid
-from .sdm import inside_fraction, subvoxels
 from .shapes import get_family
 from .shapes.registry import stored_family
 
@@ -100,7 +99,7 @@ def make_phantom(family, params, *, rotate=(0.0, 0.0, 0.0), translate=(0.0, 0.0,
     -------
     (volume (nx, ny, nz) ndarray, Grid, truth dict)
     """
-    from .sdm import exact_sdm
+    from .sdm import inside_fraction, subvoxels
 
     if kind not in KINDS:
         raise SdmnnError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
