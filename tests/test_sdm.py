@@ -543,3 +543,22 @@ def test_winding_number_refuses_an_empty_mesh_missing_vertices_and_points_that_a
         exact_sdm(box, (8, 8, 8))
     with pytest.raises(sdmnn.errors.SdmnnError, match="sign must be"):
         exact_sdm(box, Grid((4, 4, 4), (0.5, 0.5, 0.5), (-1, -1, -1)), sign="x")
+
+
+def test_inside_fraction_of_a_ball_sums_to_its_volume_on_an_oblique_flipped_anisotropic_grid():
+    """Partial volume against an analytic truth: the voxels' shares of a ball, times the voxel volume, sum to the
+    ball's volume, and voxels wholly inside or outside (by the centre's distance against half the voxel's diagonal)
+    are 1 and 0."""
+    from scipy.spatial.transform import Rotation
+
+    from sdmnn.sdm import inside_fraction
+
+    ball = trimesh.creation.icosphere(subdivisions=6, radius=1.0)
+    D = Rotation.from_rotvec([0.3, -0.5, 0.8]).as_matrix() @ np.diag([1.0, -1.0, 1.0])
+    spacing = np.array([0.25, 0.3, 0.45])
+    grid = Grid((13, 11, 8), tuple(spacing), tuple(-D @ ((np.array([13, 11, 8]) - 1) * spacing / 2)), D)
+    f = inside_fraction(ball, grid)
+    assert abs(f.sum() * np.prod(spacing) - ball.volume) < 0.01 * ball.volume
+    r = np.linalg.norm(grid.points(), axis=-1).reshape(grid.shape)
+    half = np.linalg.norm(spacing) / 2
+    assert np.all(f[r < 1 - half] == 1) and np.all(f[r > 1 + half] == 0)

@@ -80,11 +80,18 @@ THICK_AXIS = 1.5
 #: A fit warns where more than this share of its surface lies outside the image (a shape the image cuts off).
 OUTSIDE_WARNING = 0.01
 #: With a window (intensities LOW..HIGH), an intensity fit leaves out the voxels outside it and those within this many
-#: mm of them: a third tissue (air beside the bone of a CT) and the partial-volume voxels of its border.
+#: mm of them (at least a voxel's largest side): a third tissue (air beside the bone of a CT) and the partial-volume
+#: voxels of its border.
 WINDOW_MARGIN_MM = 1.0
+#: The labels a fitted shape makes (its voxels more than half inside: the written labels volume, and the Dice of a label
+#: map's fit) are read from at most about this many sub-voxels over the shape's box (fewer to a voxel on larger boxes).
+LABEL_SUBVOXELS = 2_000_000
 #: Quality below which a fit is said to explain the image poorly: the Dice of the labels, and the share of the
 #: intensities' variance within NEAR_MM of the fitted surface that the fit explains.
 MIN_DICE, MIN_R2, NEAR_MM = 0.8, 0.3, 1.0
+#: An intensity fit whose two tissues differ by less than this many times the noise separates no two tissues of the
+#: image (a window that left one of the shape's tissues out, say); the fit study's images are at about 10.
+MIN_CONTRAST_TO_NOISE = 3.0
 #: Without a label map's or an SDM's inside to start from (an intensity image), the pose's search tries rotations near
 #: the model's orientation or SEARCH_TURNS spread over all of them (``fit``'s ``turns``), each at every shift within
 #: SEARCH_SHIFT_MM of the centre (given, or where ``_locate`` puts the shape).
@@ -127,9 +134,9 @@ _BEYOND = "beyond the values of the voxels fitted"
 BEYOND_RANGE = 0.3
 #: What a poor intensity fit is told, with where the search reaches.
 _INTENSITY_HINT = (f"the search of an intensity image reaches {SEARCH_SHIFT_MM:g} mm from its centre (centre, --centre; "
-                   "default: where a coarse search of the whole image puts the shape), and a third tissue near the shape "
-                   "(air beside the bone of a CT) is left out by a window of the two tissues' intensities (window, "
-                   "--window LOW,HIGH)")
+                   "default: where a coarse search of the whole image puts the shape), and a window of the two tissues' "
+                   "intensities (window, --window LOW,HIGH) can leave out a third tissue near the shape (air beside the "
+                   "bone of a CT)")
 
 
 def check_forward(forward: str) -> str:
@@ -215,7 +222,7 @@ class FitResult:
         save_mesh(folder / "mesh.stl", mesh)
         sdm = self.sdm()
         save_volume(folder / f"sdm{volume_format}", sdm, self.grid)
-        save_volume(folder / f"labels{volume_format}", (sdm < 0).astype(np.uint8), self.grid)
+        save_volume(folder / f"labels{volume_format}", fitted_labels(mesh, self.grid), self.grid)
         with atomic_path(folder / "samples.npy") as tmp:
             np.save(tmp, self.samples)
         save_corner(folder / "corner.png", self.samples, self.names,
@@ -939,6 +946,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         mask_full = np.asarray(mask) != 0
         if mask_full.shape != grid.shape:
             raise FitError(f"the mask's shape {mask_full.shape} does not match the image's {grid.shape}")
+    user_mask = mask_full  # where the shape may be (the band and the window only choose the voxels fitted)
     if band is not None and observed_kind == "sdm":
         near = np.abs(y_full) <= band
         mask_full = near if mask_full is None else mask_full & near
@@ -971,13 +979,13 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         # 1. where the shape is: a crop of the image, the model's centre and the starting rotations
         centre_model, model_axes, model_radius = _model_frame(fam)
         foreground = {"labels": y_full, "sdm": (y_full < 0).astype(np.float32)}.get(observed_kind)
-        if foreground is not None and mask_full is not None:  # the shape is where the mask lets the fit look
-            foreground = foreground * (mask_full > 0)
+        if foreground is not None and user_mask is not None:  # the shape is where the mask lets the fit look
+            foreground = foreground * user_mask
             if not foreground.any():
                 raise FitError("no labelled (inside) voxel lies within the mask")
         if foreground is None and pose == "rigid" and centre is None:
             if mask_full is not None and mask_full.sum() < 8:
-                raise FitError("the mask leaves fewer than 8 voxels of the image to fit")
+                raise FitError("the mask (and window) leave fewer than 8 voxels of the image to fit")
             centre = _locate(net, fam, evals, y_full, mask_full, grid, tau, centre_model,
                              _all_turns(LOCATE_TURNS) if turns == "all" else _near_identity(), (low + high) / 2, say)
         lo, hi, anchor, image_axes = _region(foreground, grid, centre, model_radius)
@@ -989,7 +997,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
                                f"to (about {np.round(anchor, 1).tolist()} mm): fit its pose too (pose rigid, --pose rigid)")
         obs = _Observation.of(observed_kind, y_full, mask_full, grid, lo, hi)
         if obs.mask.sum() < 8:
-            raise FitError("the mask leaves fewer than 8 voxels of the image to fit")
+            raise FitError("the mask (and window) leave fewer than 8 voxels of the image to fit")
         if pose == "rigid":
             rotations = (_rotation_candidates(model_axes, image_axes) if image_axes is not None
                          else _all_turns() if turns == "all" else _near_identity())
@@ -1063,10 +1071,8 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
 
         # 5. quality
         fitted = None
-        if observed_kind == "labels":  # the label map the fitted shape would make: its voxels more than half inside
-            from .sdm import inside_fraction
-
-            fitted = inside_fraction(fam.mesh(vector).apply_transform(best_pose.matrix()), obs.grid).ravel() >= 0.5
+        if observed_kind == "labels":
+            fitted = fitted_labels(fam.mesh(vector).apply_transform(best_pose.matrix()), obs.grid).ravel() > 0
         quality = _quality(like, d, obs, fitted)
         names = tuple(fam.names) + (POSE_NAMES if free_pose else ())
         result = FitResult(
@@ -1111,6 +1117,23 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
             torch.set_num_threads(threads_before)
 
 
+def fitted_labels(mesh, grid: Grid) -> np.ndarray:
+    """The label map a shape makes on ``grid`` (uint8): 1 where a voxel is more than half inside ``mesh`` (world mm),
+    read from sub-voxels (``sdm.inside_fraction``; about LABEL_SUBVOXELS at most) over the voxels of the mesh's box
+    alone."""
+    from .sdm import inside_fraction
+
+    labels = np.zeros(grid.shape, np.uint8)
+    lo, hi = _index_box(grid, mesh.bounds[0], mesh.bounds[1], 0.0)
+    lo, hi = np.maximum(lo - 1, 0), np.minimum(hi + 1, np.array(grid.shape) - 1)
+    if np.any(hi < lo):  # the shape lies outside the grid
+        return labels
+    box = crop(grid, lo, hi)
+    most = max(2, int((LABEL_SUBVOXELS / box.size) ** (1 / 3)))
+    labels[tuple(slice(a, a + n) for a, n in zip(lo, box.shape))] = inside_fraction(mesh, box, most=most) > 0.5
+    return labels
+
+
 def _within_window(image, grid: Grid, window, kind: str) -> np.ndarray:
     """The voxels of an intensity image a fit may use given ``window`` (low, high): those farther than WINDOW_MARGIN_MM
     from any voxel outside it (a third tissue, such as air beside the bone in a CT, and its partial-volume border)."""
@@ -1119,7 +1142,7 @@ def _within_window(image, grid: Grid, window, kind: str) -> np.ndarray:
     if kind != "intensity":
         raise FitError("window (--window) leaves out a third tissue of an intensity image; a label map or an SDM has none")
     try:
-        low, high = (float(v) for v in window)
+        low, high = np.asarray(window, float).reshape(2)
     except (TypeError, ValueError):
         low = high = math.nan
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
@@ -1127,7 +1150,10 @@ def _within_window(image, grid: Grid, window, kind: str) -> np.ndarray:
     outside = (image < low) | (image > high)
     if not outside.any():
         return np.ones(image.shape, bool)
-    kept = distance_transform_edt(~outside, sampling=grid.spacing) > WINDOW_MARGIN_MM
+    grid.check_memory(bytes_per_voxel=48, what=f"leaving out the voxels near those outside the window (--window) of "
+                                               f"{grid.shape[0]}x{grid.shape[1]}x{grid.shape[2]} voxels needs",
+                      advice="crop the image, or raise SDMNN_MAX_BYTES")
+    kept = distance_transform_edt(~outside, sampling=grid.spacing) > max(WINDOW_MARGIN_MM, max(grid.spacing))
     if kept.sum() < 8:
         raise FitError(f"the window {low:g}..{high:g} (--window) leaves fewer than 8 voxels of the image to fit")
     return kept
@@ -1535,6 +1561,11 @@ def _quality(like: _Likelihood, d, obs: _Observation, labels=None) -> dict:
         elif q["r2"] < MIN_R2:
             q["warning"] = (f"the fit explains the image poorly (R^2 {q['r2']:.2f} < {MIN_R2}): check the family, and note "
                             "that " + _INTENSITY_HINT)
+        elif q["contrast_to_noise"] < MIN_CONTRAST_TO_NOISE:
+            q["warning"] = (f"the fit explains the image poorly: its two tissues differ by {q['contrast_to_noise']:.2f} "
+                            f"times the noise (< {MIN_CONTRAST_TO_NOISE:g}), so the shape found separates no two tissues "
+                            "of the image (a window, --window, must hold both of the shape's tissues); note that "
+                            + _INTENSITY_HINT)
     res = like.residuals(d)[m]
     q["residual_mean"], q["residual_std"] = float(res.mean()), float(res.std())
     return q

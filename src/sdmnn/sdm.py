@@ -241,18 +241,20 @@ def winding_number(mesh: trimesh.Trimesh, points: np.ndarray, closed: bool = Fal
 SUBVOXEL, MAX_SUBVOXELS = 0.1, 16
 
 
-def subvoxels(spacing) -> np.ndarray:
-    """How many sub-voxels ``inside_fraction`` splits a voxel of ``spacing`` (mm) into along each axis."""
-    return np.minimum(np.ceil(np.asarray(spacing, float) / SUBVOXEL - 1e-9), MAX_SUBVOXELS).astype(int)
+def subvoxels(spacing, most: int = MAX_SUBVOXELS) -> np.ndarray:
+    """How many sub-voxels ``inside_fraction`` splits a voxel of ``spacing`` (mm) into along each axis (at most
+    ``most``)."""
+    return np.minimum(np.ceil(np.asarray(spacing, float) / SUBVOXEL - 1e-9), most).astype(int)
 
 
-def inside_fraction(mesh: trimesh.Trimesh, grid: Grid, blur: float = 0.0, what: str | None = None) -> np.ndarray:
+def inside_fraction(mesh: trimesh.Trimesh, grid: Grid, blur: float = 0.0, what: str | None = None,
+                    most: int = MAX_SUBVOXELS) -> np.ndarray:
     """The share of each voxel of ``grid`` inside the closed ``mesh`` (partial volume), float32: the exact SDM's sign at
-    the centres of its sub-voxels (``subvoxels``), averaged; with ``blur`` (mm), the sub-voxels' insides first blurred
-    by a Gaussian of that standard deviation (a scanner's point-spread function). ``what``: the memory check's words
-    for what needs the sub-voxels."""
+    the centres of its sub-voxels (``subvoxels``, at most ``most`` along an axis), averaged; with ``blur`` (mm), the
+    sub-voxels' insides first blurred by a Gaussian of that standard deviation (a scanner's point-spread function).
+    ``what``: the memory check's words for what needs the sub-voxels."""
     spacing = np.array(grid.spacing)
-    k = subvoxels(spacing)
+    k = subvoxels(spacing, most)
     sub_spacing = spacing / k
     sub = Grid(tuple(int(n) for n in np.array(grid.shape) * k), tuple(sub_spacing),
                tuple(grid.to_world(-(k - 1) / (2 * k)).tolist()), grid.direction)
