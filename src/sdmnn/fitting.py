@@ -90,7 +90,7 @@ LABEL_SUBVOXELS = 2_000_000
 #: intensities' variance within NEAR_MM of the fitted surface that the fit explains.
 MIN_DICE, MIN_R2, NEAR_MM = 0.8, 0.3, 1.0
 #: An intensity fit whose two tissues differ by less than this many times the noise separates no two tissues of the
-#: image (a window that left one of the shape's tissues out, say); the fit study's images are at about 10.
+#: image (a window that left one of the shape's tissues out, say); the fit study's CT-like images lie far above it.
 MIN_CONTRAST_TO_NOISE = 3.0
 #: Without a label map's or an SDM's inside to start from (an intensity image), the pose's search tries rotations near
 #: the model's orientation or SEARCH_TURNS spread over all of them (``fit``'s ``turns``), each at every shift within
