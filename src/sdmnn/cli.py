@@ -453,7 +453,7 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
                                                   "in an intensity image, where a coarse search of it puts the shape."),
         mask: Optional[Path] = typer.Option(None, help="A volume on the image's grid, non-zero where voxels may be used."),
         window: Optional[str] = typer.Option(None, help="LOW,HIGH: for an intensity image, the voxels outside these intensities, "
-                                                  "and those within 1 mm of them, are not used: a third tissue near the shape, "
+                                                  "and those within 1 mm (or a voxel's largest side) of them, are not used: a third tissue near the shape, "
                                                   "such as air beside the bone of a CT (e.g. --window -400,3000 in HU)."),
         model: Optional[Path] = typer.Option(None, help="Model folder for sdmnn/hybrid/deepsdf (default: the shipped one)."),
         seed: int = typer.Option(0),

@@ -902,9 +902,9 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         evenly), or "auto": near, then all where that fit's R^2 is below AUTO_ALL_R2 and its residuals are more than
         the image's noise (NOISE_VOLUME; the better of the two is kept).
     window : (low, high), optional
-        Intensity images: leave out the voxels outside these intensities and those within WINDOW_MARGIN_MM of them,
-        a third tissue near the shape (air beside the bone of a CT) and its partial-volume border, which the model's
-        two tissues cannot explain.
+        Intensity images: leave out the voxels outside these intensities and those within WINDOW_MARGIN_MM (or a
+        voxel's largest side) of them, a third tissue near the shape (air beside the bone of a CT) and its
+        partial-volume border, which the model's two tissues cannot explain.
     """
     call = dict(locals())  # the arguments, for the search over all rotations of turns="auto"
     t0 = time.perf_counter()
