@@ -57,7 +57,7 @@ import numpy as np
 
 from .checks import is_integer, is_number
 from .errors import FileError, FitError, FitWarning
-from .grid import Grid, sample_gradient, sample_sdm
+from .grid import Grid, block_mean, sample_gradient, sample_sdm
 from .runtime import check_device
 from .shapes import get_family
 
@@ -350,18 +350,14 @@ class _Observation:
         h = np.array(crop_grid.spacing)
         # at most 4 sub-voxels along an axis: the forward model's cost grows with their number
         sub = tuple(int(k) for k in np.clip(np.round(h / h.min()), 1, 4)) if kind == "intensity" else (1, 1, 1)
-        k = np.array(sub)
-        model_grid = crop_grid if sub == (1, 1, 1) else Grid(
-            tuple(int(n) for n in np.array(crop_grid.shape) * k), tuple(h / k),
-            tuple(crop_grid.to_world(-(k - 1) / (2 * k)).tolist()), crop_grid.direction)
+        model_grid = crop_grid if sub == (1, 1, 1) else crop_grid.split(sub)
         return cls(kind, crop_grid, y, m, float(np.prod(h)) ** (1 / 3), lo, sub, model_grid, model_grid.points())
 
     def coarse(self, v) -> np.ndarray:
         """Values on the model grid (model_grid.size,) averaged over each voxel's sub-voxels: (N,)."""
         if self.sub == (1, 1, 1):
             return v
-        (a, b, c), (i, j, k) = self.grid.shape, self.sub
-        return v.reshape(a, i, b, j, c, k).mean(axis=(1, 3, 5)).ravel()
+        return block_mean(v.reshape(self.model_grid.shape), self.sub).ravel()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1242,10 +1238,10 @@ def _locate(net, fam, evals, image, mask, grid: Grid, tau, centre_model, rotatio
         k = np.minimum(np.ceil(k * (np.prod(full // k) / LOCATE_VOXELS) ** (1 / 3)), full).astype(int)
     n = full // k
     if mask is None:
-        M, I = np.ones(n), _block_mean(np.asarray(image, np.float32), k).astype(np.float64)
+        M, I = np.ones(n), block_mean(np.asarray(image, np.float32), k).astype(np.float64)
     else:
-        M = _block_mean(mask.astype(np.float32), k).astype(np.float64)
-        I = _block_mean(np.where(mask, np.asarray(image, np.float32), 0), k).astype(np.float64) / np.maximum(M, 1e-12)
+        M = block_mean(mask.astype(np.float32), k).astype(np.float64)
+        I = block_mean(np.where(mask, np.asarray(image, np.float32), 0), k).astype(np.float64) / np.maximum(M, 1e-12)
     coarse = Grid(tuple(int(v) for v in n), tuple(np.array(grid.spacing) * k), tuple(grid.to_world((k - 1) / 2)), grid.direction)
     # the box: the model's grid at any turn, about the image's centre; the FFTs padded by it, so that nothing wraps
     reach = np.linalg.norm(np.array(fam.grid.shape) * np.array(fam.grid.spacing)) / 2
@@ -1291,12 +1287,6 @@ def _locate(net, fam, evals, image, mask, grid: Grid, tau, centre_model, rotatio
     if best[1] is None:  # no placement with the shape and its box in the image
         return None
     return best[1]
-
-
-def _block_mean(v, k) -> np.ndarray:
-    """The means of ``v`` (3-D) over blocks of k[0] x k[1] x k[2] voxels; voxels beyond the last whole block dropped."""
-    n = np.array(v.shape) // np.asarray(k)
-    return v[: n[0] * k[0], : n[1] * k[1], : n[2] * k[2]].reshape(n[0], k[0], n[1], k[1], n[2], k[2]).mean((1, 3, 5))
 
 
 @dataclass
@@ -1356,7 +1346,7 @@ def _shift_screen(table, like, vols, rotations, position, centre_model, shapes, 
         n2, factor = np.array(g.shape), 1
     else:
         factor = 2
-    half = lambda v: _block_mean(v, (factor,) * 3)  # noqa: E731
+    half = lambda v: block_mean(v, (factor,) * 3)  # noqa: E731
     coarse = Grid(tuple(int(n) for n in n2), tuple(np.array(g.spacing) * factor),
                   tuple(g.to_world(np.full(3, (factor - 1) / 2))), g.direction)
     I, M = half(image), half(mask)

@@ -135,6 +135,13 @@ class Grid:
         i, j, k = np.meshgrid(*(np.arange(n) for n in self.shape), indexing="ij")
         return self.to_world(np.stack([i, j, k], axis=-1).reshape(-1, 3)).astype(dtype)
 
+    def split(self, k) -> "Grid":
+        """The grid of this one's voxels each split into k[0] x k[1] x k[2] sub-voxels (the same extent), in C order
+        within each voxel as ``block_mean`` reads them."""
+        k = np.asarray(k, int)
+        return Grid(tuple(int(n) for n in np.array(self.shape) * k), tuple(np.array(self.spacing) / k),
+                    tuple(self.to_world(-(k - 1) / (2 * k)).tolist()), self.direction)
+
     def to_world(self, index: np.ndarray) -> np.ndarray:
         """(..., 3) continuous voxel indices -> (..., 3) world positions in mm."""
         index = np.asarray(index, dtype=float)
@@ -191,6 +198,13 @@ class Grid:
 
 
 IDENTITY = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+
+
+def block_mean(values: np.ndarray, k) -> np.ndarray:
+    """The means of ``values`` (3-D) over blocks of k[0] x k[1] x k[2] voxels (a ``Grid.split`` grid's values per
+    voxel of the grid it split); voxels beyond the last whole block dropped."""
+    n = np.array(values.shape) // np.asarray(k)
+    return values[: n[0] * k[0], : n[1] * k[1], : n[2] * k[2]].reshape(n[0], k[0], n[1], k[1], n[2], k[2]).mean((1, 3, 5))
 
 
 def _size(n: int) -> str:

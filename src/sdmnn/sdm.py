@@ -33,7 +33,7 @@ from numba import njit, prange
 
 from . import bodies, bvh, runtime, scan
 from .errors import GridError, MeshError, MeshWarning, SdmnnError
-from .grid import Grid
+from .grid import Grid, block_mean
 from .io import check_mesh
 
 WINDING_CHUNK = 1 << 18  # voxels per fast-winding-number call
@@ -253,11 +253,8 @@ def inside_fraction(mesh: trimesh.Trimesh, grid: Grid, blur: float = 0.0, what: 
     the centres of its sub-voxels (``subvoxels``, at most ``most`` along an axis), averaged; with ``blur`` (mm), the
     sub-voxels' insides first blurred by a Gaussian of that standard deviation (a scanner's point-spread function).
     ``what``: the memory check's words for what needs the sub-voxels."""
-    spacing = np.array(grid.spacing)
-    k = subvoxels(spacing, most)
-    sub_spacing = spacing / k
-    sub = Grid(tuple(int(n) for n in np.array(grid.shape) * k), tuple(sub_spacing),
-               tuple(grid.to_world(-(k - 1) / (2 * k)).tolist()), grid.direction)
+    k = subvoxels(grid.spacing, most)
+    sub = grid.split(k)
     # before the SDM's own check, which would name the sub-voxels' grid and advise a coarser spacing
     sub.check_memory(what=what or f"the partial volume of {grid.shape[0]}x{grid.shape[1]}x{grid.shape[2]} voxels from "
                                   f"{k[0]}x{k[1]}x{k[2]} sub-voxels each needs",
@@ -266,9 +263,8 @@ def inside_fraction(mesh: trimesh.Trimesh, grid: Grid, blur: float = 0.0, what: 
     if blur > 0:
         from scipy.ndimage import gaussian_filter
 
-        inside = gaussian_filter(inside, sigma=blur / sub_spacing, mode="nearest")
-    (a, b, c), (i, j, l) = grid.shape, k
-    return inside.reshape(a, i, b, j, c, l).mean(axis=(1, 3, 5))
+        inside = gaussian_filter(inside, sigma=blur / np.array(sub.spacing), mode="nearest")
+    return block_mean(inside, k)
 
 
 def exact_sdm(mesh: trimesh.Trimesh, grid: Grid, sign: str = "auto", method: str = "auto") -> np.ndarray:
