@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .errors import SdmnnError
+from .errors import ImageError, SdmnnError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Signed distance maps (SDMs) of parametric 3-D shapes: exact, and fast with SDMNN.")
@@ -466,7 +466,7 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
     """Posterior over a family's parameters (and pose) given an image; prints MAP, mean, std and 90 % intervals."""
     import numpy as np
 
-    from .fitting import FORWARD_MODELS, OBSERVED_KINDS, POSES, TURNS, check_observed, fit as run_fit
+    from .fitting import FORWARD_MODELS, OBSERVED_KINDS, POSES, TURNS, fit as run_fit
     from .io import check_output, load_volume, volume_format_of
 
     observed = _choice(observed, "--observed", OBSERVED_KINDS)
@@ -485,10 +485,6 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
         torch.set_num_threads(threads)
         set_threads(threads)
     volume, grid = load_volume(target)
-    try:
-        check_observed(volume, observed, label)
-    except SdmnnError as e:
-        raise SdmnnError(f"{target}: {e}") from None
     mask_volume = None
     if mask is not None:
         mask_volume, mask_grid = load_volume(mask)
@@ -499,11 +495,15 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
         from .nn.checkpoint import load_model
 
         net = load_model(model, device=device)
+    window = _numbers(window, "--window", 2) if window is not None else None
     with err.status(f"fitting the {family} family to {target.name}") as status:
-        r = run_fit(volume, grid, family=family, observed_kind=observed, forward=forward, pose=pose, seed=seed, model=net,
-                    tau=tau, sigma=sigma, band=band, label=label, mask=mask_volume, centre=where, threads=threads, device=device, turns=turns,
-                    window=_numbers(window, "--window", 2) if window is not None else None,
-                    progress=lambda text: status.update(f"fitting {target.name}: {text}"))
+        try:
+            r = run_fit(volume, grid, family=family, observed_kind=observed, forward=forward, pose=pose, seed=seed,
+                        model=net, tau=tau, sigma=sigma, band=band, label=label, mask=mask_volume, centre=where,
+                        threads=threads, device=device, turns=turns, window=window,
+                        progress=lambda text: status.update(f"fitting {target.name}: {text}"))
+        except ImageError as e:  # what is wrong with the image itself, named
+            raise ImageError(f"{target}: {e}") from None
     table = Table(title=f"{family} fit ({forward} forward model, {observed} target, pose {pose})", title_justify="left")
     for col in ("parameter", "MAP", "mean", "std", "90 % interval"):
         table.add_column(col)

@@ -38,6 +38,11 @@ class FitError(SdmnnError):
     """An observed image or a fit setting that cannot be used."""
 
 
+class ImageError(FitError):
+    """An observed image that cannot be fitted as the kind it is said to be: not a 3-D volume of finite numbers, or
+    without a boundary to fit (an empty label, a constant image, an SDM with no zero crossing)."""
+
+
 class MeshWarning(UserWarning):
     """A mesh the SDM takes another way than a clean one, in one sentence saying why and how: open or
     non-manifold (the winding-number sign), inconsistently oriented or inverted (oriented first), bodies that

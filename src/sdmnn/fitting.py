@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from .checks import is_integer, is_number
-from .errors import FileError, FitError, FitWarning
+from .errors import FileError, FitError, FitWarning, ImageError
 from .grid import Grid, block_mean, sample_gradient, sample_sdm
 from .runtime import check_device
 from .shapes import get_family
@@ -262,48 +262,48 @@ def check_observed(observed: np.ndarray, kind: str, label: int | None = None) ->
         raise FitError(f"observed_kind must be one of {', '.join(OBSERVED_KINDS)}, got {kind!r}")
     observed = np.asarray(observed)
     if observed.ndim != 3:
-        raise FitError(f"the observed image must be a 3-D volume, got {observed.ndim} dimensions")
+        raise ImageError(f"the observed image must be a 3-D volume, got {observed.ndim} dimensions")
     if observed.size == 0:
-        raise FitError(f"the observed image is empty: its shape is {observed.shape}")
+        raise ImageError(f"the observed image is empty: its shape is {observed.shape}")
     if not np.issubdtype(observed.dtype, np.number) and observed.dtype != bool:
-        raise FitError(f"the observed image must hold numbers, got {observed.dtype}")
+        raise ImageError(f"the observed image must hold numbers, got {observed.dtype}")
     if not np.all(np.isfinite(observed)):
-        raise FitError("the observed image holds NaN or infinite values")
+        raise ImageError("the observed image holds NaN or infinite values")
     if kind == "labels":
         if label is not None:
             if label == 0:
-                raise FitError("label 0 is a label map's background (outside the shape); give the shape's own value")
+                raise ImageError("label 0 is a label map's background (outside the shape); give the shape's own value")
             if not np.any(observed == label):
                 values = np.unique(observed)[:8].tolist()
-                raise FitError(f"the label map holds no voxel of label {label}; it holds {values}")
+                raise ImageError(f"the label map holds no voxel of label {label}; it holds {values}")
             y = observed == label
         else:
             y = observed != 0
             values = np.unique(observed[y])
             fractions = values[values != np.round(values)]
             if len(fractions):
-                raise FitError(f"the label map holds values that are not whole numbers (such as {fractions[0]:g}): "
+                raise ImageError(f"the label map holds values that are not whole numbers (such as {fractions[0]:g}): "
                                "a label map holds 0 outside and the shape's label inside; threshold a probability map "
                                "first, and fit " + ("an SDM (negative inside) as one (observed_kind sdm, --observed sdm)"
                                                     if values[0] < 0 else
                                                     "a CT or MR image as one (observed_kind intensity, --observed intensity)"))
             if len(values) > 1:
                 shown = ", ".join(f"{v:g}" for v in values[:8]) + (", ..." if len(values) > 8 else "")
-                raise FitError(f"the label map holds {len(values)} labels ({shown}): give the shape's value with label (--label N)"
+                raise ImageError(f"the label map holds {len(values)} labels ({shown}): give the shape's value with label (--label N)"
                                + (", or fit a CT or MR image as one (observed_kind intensity, --observed intensity)"
                                   if len(values) > 8 else ""))
         if y.all() or not y.any():
-            raise FitError("the label map is all " + ("ones" if y.all() else "zeros") + ": there is no shape boundary to fit"
+            raise ImageError("the label map is all " + ("ones" if y.all() else "zeros") + ": there is no shape boundary to fit"
                            + (" (an SDM or an intensity image? choose observed_kind / --observed sdm or intensity; a "
                               "multi-label map: --label)" if y.all() else " (an empty segmentation)"))
         return y.astype(np.float32)
     if kind == "sdm" and not (observed.min() < 0 < observed.max()):
         labels = observed.min() >= 0 and np.array_equal(observed, np.round(observed))
-        raise FitError("the observed SDM has no zero crossing (no voxel inside or none outside)"
+        raise ImageError("the observed SDM has no zero crossing (no voxel inside or none outside)"
                        + ("; it holds whole numbers >= 0, as a label map does: fit it as one (observed_kind labels, "
                           "--observed labels)" if labels else "; an SDM is negative inside the shape and positive outside"))
     if kind == "intensity" and not observed.max() > observed.min():
-        raise FitError("the observed image is constant: there is no contrast to fit")
+        raise ImageError("the observed image is constant: there is no contrast to fit")
     return observed.astype(np.float32)
 
 
@@ -1066,10 +1066,10 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         samples = _truncated_gaussian(np.random.default_rng(seed), centre_theta, cov, low, high, n_samples)
 
         # 5. quality
-        fitted = None
-        if observed_kind == "labels":
-            fitted = fitted_labels(fam.mesh(vector).apply_transform(best_pose.matrix()), obs.grid).ravel() > 0
+        surface = fam.mesh(vector).apply_transform(best_pose.matrix())  # world mm
+        fitted = fitted_labels(surface, obs.grid).ravel() > 0 if observed_kind == "labels" else None
         quality = _quality(like, d, obs, fitted)
+        quality["surface_outside_image"] = _outside(surface, grid)
         names = tuple(fam.names) + (POSE_NAMES if free_pose else ())
         result = FitResult(
             family=fam.name, family_source=fam.source, names=names, params=dict(zip(fam.names, map(float, vector))),
@@ -1101,7 +1101,6 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
                     result, quality = wide, wide.quality
                 result.evaluations = {k: evals[k] + wide.evaluations[k] for k in evals}  # both searches
             result.seconds = time.perf_counter() - t0
-        quality["surface_outside_image"] = _outside(result.mesh(), grid)
         if quality.get("warning"):
             warnings.warn(quality["warning"], FitWarning, stacklevel=2)
         if quality["surface_outside_image"] > OUTSIDE_WARNING:
