@@ -20,6 +20,7 @@ _EXPORTS = {
     "save_volume": "io", "load_volume": "io", "load_mesh": "io", "save_mesh": "io",
     "SdmnnError": "errors", "ParameterError": "errors", "GridError": "errors", "MeshError": "errors",
     "FileError": "errors", "FamilyError": "errors", "ModelError": "errors", "DatasetError": "errors", "FitError": "errors",
+    "ImageError": "errors",
     "MeshWarning": "errors", "FitWarning": "errors",
 }
 _SUBMODULES = {"bodies", "bvh", "cli", "dataset", "demo", "errors", "fitting", "grid", "io", "nn", "phantom", "runtime",
