@@ -203,6 +203,16 @@ def test_bad_fit_and_phantom_options_are_one_sentence_and_exit_2(tmp_path, args,
     assert not (tmp_path / "p.nii.gz").exists() and not (tmp_path / "q.nii.gz").exists()
 
 
+def test_sdm_warns_when_the_family_grid_does_not_hold_the_shape(tmp_path):
+    (tmp_path / "small.py").write_text(
+        "import trimesh\nimport sdmnn\n"
+        "BALL = sdmnn.define_family('ball', {'r': (0.5, 3.0)}, lambda p: trimesh.creation.icosphere(2, radius=p['r']),\n"
+        "                           grid=sdmnn.Grid((16, 16, 16), (0.2, 0.2, 0.2), (-1.5, -1.5, -1.5)))\n")
+    assert "warning" not in run("sdm", "small.py:BALL", "-p", "r=1", "-o", "a.nii.gz", cwd=tmp_path).stderr
+    r = run("sdm", "small.py:BALL", "-p", "r=3", "-o", "b.nii.gz", cwd=tmp_path)
+    assert "warning: the shape leaves the grid" in r.stderr and (tmp_path / "b.nii.gz").exists()
+
+
 def test_fit_cli_refuses_an_empty_label_map(tmp_path):
     fam = sdmnn.get_family("cochlea")
     sdmnn.save_volume(tmp_path / "empty.nii.gz", np.zeros(fam.grid.shape, np.uint8), fam.grid)

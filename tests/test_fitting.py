@@ -121,10 +121,29 @@ def test_a_phantom_on_coarse_voxels_caps_its_sub_voxels_and_a_fine_one_over_the_
 @needs_model
 def test_model_of_another_family_is_refused():
     y, grid = synthetic_target("cochlea", TRUTH, tau=0)
-    with pytest.raises(FitError, match="trained for the cochlea family, not torus"):
+    with pytest.raises(sdmnn.ModelError, match="trained for the cochlea family, not torus"):
         fit(y, grid, family="torus", forward="sdmnn", model=sdmnn.load_model())
     with pytest.raises(FitError, match="runs a network of the deepsdf architecture; the model given is of the sdmnn architecture"):
         fit(y, grid, forward="deepsdf", model=sdmnn.load_model())
+
+
+@needs_model
+def test_model_of_a_family_edited_since_its_training_is_refused():
+    """A family of the same name whose ranges or grid changed (a family file edited after the training)."""
+    from dataclasses import replace
+
+    from sdmnn.nn.checkpoint import check_trained_for
+
+    net, fam = sdmnn.load_model(), sdmnn.get_family("cochlea")
+    check_trained_for(net, fam)  # the family it was trained for
+    first = fam.space.parameters[0]
+    wider = replace(fam, space=replace(fam.space, parameters=(replace(first, high=first.high + 1),
+                                                              *fam.space.parameters[1:])))
+    with pytest.raises(sdmnn.ModelError, match="other parameters or ranges than the cochlea family declares"):
+        check_trained_for(net, wider)
+    finer = replace(fam, given_grid=sdmnn.Grid(fam.grid.shape, tuple(s / 2 for s in fam.grid.spacing), fam.grid.origin))
+    with pytest.raises(sdmnn.ModelError, match="trained on another grid"):
+        check_trained_for(net, finer)
 
 
 def test_correlation_volume_counts_the_voxels_per_independent_residual():

@@ -21,7 +21,7 @@ _EXPORTS = {
     "SdmnnError": "errors", "ParameterError": "errors", "GridError": "errors", "MeshError": "errors",
     "FileError": "errors", "FamilyError": "errors", "ModelError": "errors", "DatasetError": "errors", "FitError": "errors",
     "ImageError": "errors",
-    "MeshWarning": "errors", "FitWarning": "errors",
+    "MeshWarning": "errors", "FamilyWarning": "errors", "FitWarning": "errors",
 }
 _SUBMODULES = {"bodies", "bvh", "cli", "dataset", "demo", "errors", "fitting", "grid", "io", "nn", "phantom", "runtime",
                "scan", "sdm", "shapes", "stream", "view", "viz"}

@@ -206,8 +206,6 @@ def sdm(family: Optional[str] = typer.Argument(None, help="A family (name, FILE.
         volume = exact_sdm(m, grid, method=method)
         what = f"{mesh_file.name} ({len(m.faces)} triangles)"
         if not (volume < 0).any():
-            import warnings
-
             from .errors import MeshWarning
 
             warnings.warn(f"no voxel lies inside {mesh_file.name}: it encloses no volume on this grid (an open surface, "
@@ -220,20 +218,29 @@ def sdm(family: Optional[str] = typer.Argument(None, help="A family (name, FILE.
         params = parse_params(fam, param)
         if forward == "exact":
             grid = fam.grid
-            volume = exact_sdm(fam.mesh(params), grid, method=method)
+            shape = fam.mesh(params)
+            volume = exact_sdm(shape, grid, method=method)
         else:
-            from .nn.checkpoint import load_model
+            from .nn.checkpoint import check_trained_for, load_model
 
             net = (load_model(model, device=device, precision=precision) if model else
                    load_model(family=fam, arch=forward, device=device, precision=precision))
-            if net.family.name != fam.name:
-                raise SdmnnError(f"the model is for the {net.family.name} family, not {fam.name}")
+            check_trained_for(net, fam, f"the model {model}" if model else "the shipped model")
             if net.arch != forward:
                 raise SdmnnError(f"{model} holds a model of the {net.arch} architecture, not {forward} (--forward {forward})")
             grid = net.grid
             volume = net.predict(params)
         what = f"{fam.name} {params}"
     seconds = time.perf_counter() - t0
+    if mesh_file is None:
+        from .errors import FamilyWarning
+        from .shapes.check import leaves_grid
+
+        outside = leaves_grid(shape if forward == "exact" else fam.mesh(params), grid)
+        if outside:
+            warnings.warn(f"{outside}: the family's grid does not hold these parameters' shape, so the map holds only "
+                          f"part of it (`sdmnn families check {family}` checks the family's whole box)", FamilyWarning,
+                          stacklevel=1)
     save_volume(output, volume, grid)
     if png:
         from .viz import save_slices
@@ -433,7 +440,7 @@ def evaluate(model: Optional[Path] = typer.Argument(None, help="Model folder (de
 
 @app.command()
 def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM (mm) or a CT-like image (NIfTI, NRRD, MHA or .npy), any geometry."),
-        family: str = typer.Option("cochlea", help="Family whose parameters are fitted (a name, FILE.py:NAME or package.module:NAME)."),
+        family: Optional[str] = typer.Option(None, help="Family whose parameters are fitted (a name, FILE.py:NAME or package.module:NAME; default: the --model's, else cochlea)."),
         observed: str = typer.Option("labels", metavar="[labels|sdm|intensity]",
                                      help="labels (logistic shape model), sdm (Gaussian) or intensity (two tissues, blur, noise)."),
         forward: str = typer.Option("hybrid", metavar="[hybrid|sdmnn|exact|deepsdf]",
@@ -495,6 +502,8 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
         from .nn.checkpoint import load_model
 
         net = load_model(model, device=device)
+    if family is None:
+        family = net.family.ref if net is not None else "cochlea"
     window = _numbers(window, "--window", 2) if window is not None else None
     with err.status(f"fitting the {family} family to {target.name}") as status:
         try:

@@ -49,5 +49,10 @@ class MeshWarning(UserWarning):
     cross or nest (the winding-number sign where they do), a region the scan cannot sweep (the BVH method)."""
 
 
+class FamilyWarning(UserWarning):
+    """A family's shape its own grid does not hold (a grid given at definition that is too small for part of the
+    box): the map holds part of the shape."""
+
+
 class FitWarning(UserWarning):
     """A fit that explains the observed image poorly (wrong family, label, pose or image)."""

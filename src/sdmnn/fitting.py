@@ -955,11 +955,10 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
     evals = {network: 0, "exact": 0} if forward != "exact" else {"exact": 0}
     net = None
     if forward != "exact":
-        from .nn.checkpoint import load_model
+        from .nn.checkpoint import check_trained_for, load_model
 
         net = model or load_model(family=fam, arch=network, device=device)
-        if net.family.name != fam.name:
-            raise FitError(f"the model was trained for the {net.family.name} family, not {fam.name}")
+        check_trained_for(net, fam)
         if net.arch != network:
             raise FitError(f"forward {forward} (--forward) runs a network of the {network} architecture; the model "
                            f"given is of the {net.arch} architecture")

@@ -100,6 +100,24 @@ def check_meta(meta: dict, folder) -> tuple[Family, Grid]:
     return family, grid
 
 
+def check_trained_for(net, family: Family, what: str = "the model") -> None:
+    """Refuse (one sentence naming ``what``) a model trained for another family than ``family``: by name, or one of
+    the same name whose parameters, ranges or grid are not the ones it declares now (a family file edited after the
+    training: the network would answer for the old shapes, on the old grid)."""
+    trained = net.family
+    source = f" ({family.source})" if family.source else ""
+    if trained.name != family.name:
+        raise ModelError(f"{what} was trained for the {trained.name} family, not {family.name}")
+    if trained.space.to_dict() != family.space.to_dict():
+        raise ModelError(f"{what} was trained on other parameters or ranges than the {family.name} family{source} "
+                         "declares: train a model for the family as it is now (sdmnn train)")
+    if net.grid != family.grid:
+        raise ModelError(f"{what} was trained on another grid ({'x'.join(map(str, net.grid.shape))} voxels of "
+                         f"{net.grid.spacing} mm) than the {family.name} family's{source} "
+                         f"({'x'.join(map(str, family.grid.shape))} of {family.grid.spacing} mm): train a model for the "
+                         "family as it is now (sdmnn train)")
+
+
 class Predictor:
     """A trained forward model: ``predict(params)`` -> SDM(s) in mm on ``grid``; ``predict_torch`` is differentiable
     with respect to the (unnormalised) parameters, or without gradients the faster float32 path."""

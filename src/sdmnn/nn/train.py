@@ -373,9 +373,9 @@ def _init_source(init, family, grid, arch):
     source = load_model(None if init == "shipped" else init, family=family, arch=arch)
     if source.arch != arch:
         raise SdmnnError(f"--init {init}: that model's architecture is {source.arch}, this run's {arch}")
-    if source.family.name != family.name or source.grid != grid:
-        raise SdmnnError(f"--init {init}: that model was trained for the {source.family.name} family on another grid or family "
-                         "than this run's")
+    if source.family.name != family.name or source.family.space.to_dict() != family.space.to_dict() or source.grid != grid:
+        raise SdmnnError(f"--init {init}: that model was trained for the {source.family.name} family on another grid, "
+                         "family or parameter ranges than this run's")
     return source
 
 

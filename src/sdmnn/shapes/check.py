@@ -80,12 +80,18 @@ def check_shape(family: Family, vector: np.ndarray, in_grid: bool = True) -> str
         return f"the mesh is inverted (its normals point inward; volume {mesh.volume:.4g} mm^3)"
     if not in_grid:
         return crossing(mesh.vertices, mesh.faces)
-    lo, hi = family.grid.bounds
+    return leaves_grid(mesh, family.grid) or crossing(mesh.vertices, mesh.faces)
+
+
+def leaves_grid(mesh, grid) -> str:
+    """Why ``mesh`` (mm) does not lie within ``grid``'s voxel centres ('' when it does)."""
+    lo, hi = grid.bounds
     outside = (mesh.vertices < lo) | (mesh.vertices > hi)
-    if outside.any():
-        v = mesh.vertices[np.argmax(outside.any(axis=1))]
-        return f"the shape leaves the grid (a vertex at ({v[0]:.4g}, {v[1]:.4g}, {v[2]:.4g}) mm; the grid's voxel centres span {lo.round(3).tolist()} to {hi.round(3).tolist()} mm)"
-    return crossing(mesh.vertices, mesh.faces)
+    if not outside.any():
+        return ""
+    v = mesh.vertices[np.argmax(outside.any(axis=1))]
+    return (f"the shape leaves the grid (a vertex at ({v[0]:.4g}, {v[1]:.4g}, {v[2]:.4g}) mm; the grid's voxel centres "
+            f"span {lo.round(3).tolist()} to {hi.round(3).tolist()} mm)")
 
 
 def check_family(family, samples: int = SAMPLES, seed: int = 0, progress=None) -> FamilyCheck:

@@ -274,7 +274,7 @@ class Scene:
 
 def _network(family, model):
     """(the network for ``family`` or None, the sentence saying why there is none)."""
-    from ..nn.checkpoint import load_model, shipped_model_path
+    from ..nn.checkpoint import check_trained_for, load_model, shipped_model_path
 
     if model is None:
         if shipped_model_path(family) is None:
@@ -283,8 +283,7 @@ def _network(family, model):
         net = load_model(family=family)
     else:
         net = load_model(model)
-    if net.family.name != family.name:
-        raise SdmnnError(f"the model {model} is for the {net.family.name} family, not {family.name}")
+    check_trained_for(net, family, f"the model {model}" if model is not None else "the shipped model")
     return net, ""
 
 
