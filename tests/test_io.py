@@ -100,6 +100,20 @@ def test_an_npy_whose_grid_sidecar_disagrees_is_refused(tmp_path):
         load_volume(tmp_path / "v.npy")
 
 
+def test_an_npy_without_its_grid_is_refused_and_its_grid_is_written_with_it_or_not_at_all(tmp_path):
+    np.save(tmp_path / "lone.npy", np.zeros((3, 3, 3), np.float32))
+    with pytest.raises(FileError, match="needs its grid in lone.json beside it"):
+        load_volume(tmp_path / "lone.npy")
+    (tmp_path / "notes.json").write_text('{"subject": 7}')  # someone else's .json
+    with pytest.raises(FileError, match="notes.json beside it, which exists and holds no grid"):
+        save_volume(tmp_path / "notes.npy", np.zeros((3, 3, 3), np.float32), Grid((3, 3, 3), (1, 1, 1)))
+    (tmp_path / "box.json").mkdir()
+    with pytest.raises(FileError, match="box.json beside it, which is a folder"):
+        save_volume(tmp_path / "box.npy", np.zeros((3, 3, 3), np.float32), Grid((3, 3, 3), (1, 1, 1)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["box.json", "lone.npy", "notes.json"]
+    assert (tmp_path / "notes.json").read_text() == '{"subject": 7}'
+
+
 def test_a_shape_mismatch_writes_nothing(tmp_path):
     g = Grid((5, 6, 7), (1, 1, 1))
     with pytest.raises(GridError):

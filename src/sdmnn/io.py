@@ -76,7 +76,29 @@ def check_output(path, accepted=None, what: str = "file") -> Path:
         raise FileError(f"cannot write {path}: it is a folder")
     if not path.parent.is_dir():
         raise FileError(f"cannot write {path}: the folder {path.parent} does not exist")
+    if _matching_suffix(path, (".npy",)) and accepted is not None and ".npy" in accepted:
+        _check_sidecar(path)
     return path
+
+
+def _sidecar(path: Path) -> Path:
+    """The .json beside an .npy volume that holds its grid."""
+    return path.with_suffix(".json")
+
+
+def _check_sidecar(path: Path) -> None:
+    """Refuse an .npy volume whose grid file could not be written, or would replace a .json that is no grid's."""
+    sidecar = _sidecar(path)
+    if sidecar.is_dir():
+        raise FileError(f"cannot write {path}: its grid goes to {sidecar.name} beside it, which is a folder")
+    if sidecar.exists():
+        try:
+            ours = "grid" in json.loads(sidecar.read_text())
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise FileError(f"cannot write {path}: its grid goes to {sidecar.name} beside it, which exists and holds "
+                            "no grid (move it, or write another name or format)")
 
 
 def volume_format_of(path) -> str:
@@ -199,11 +221,11 @@ def save_volume(path, volume: np.ndarray, grid: Grid) -> Path:
         raise GridError(f"the volume's shape {volume.shape} does not match the grid's {grid.shape}")
     if volume.dtype == bool:
         volume = volume.astype(np.uint8)
-    if kind == ".npy":
-        with atomic_path(path) as tmp:
+    if kind == ".npy":  # the volume and its grid beside it: both or neither
+        _check_sidecar(path)
+        with atomic_path(path) as tmp, atomic_path(_sidecar(path)) as tmp_grid:
             np.save(tmp, volume)
-        with atomic_path(path.with_suffix(".json")) as tmp:
-            tmp.write_text(json.dumps({"grid": grid.to_dict()}))
+            tmp_grid.write_text(json.dumps({"grid": grid.to_dict()}))
         return path
     import SimpleITK as sitk
 
@@ -230,8 +252,12 @@ def load_volume(path) -> tuple[np.ndarray, Grid]:
             volume = np.load(path, allow_pickle=False)
             if volume.ndim != 3:
                 raise FileError(f"{path}: expected a 3-D volume, got {volume.ndim} dimensions")
-            sidecar = path.with_suffix(".json")
-            grid = Grid.from_dict(json.loads(sidecar.read_text())["grid"]) if sidecar.exists() else Grid(volume.shape, (1, 1, 1))
+            sidecar = _sidecar(path)
+            if not sidecar.is_file():
+                raise FileError(f"{path}: an .npy volume needs its grid in {sidecar.name} beside it (as save_volume "
+                                'writes it: {"grid": {"shape": [...], "spacing": [...], "origin": [...]}}, mm); without '
+                                "it the voxels' size and place are unknown")
+            grid = Grid.from_dict(json.loads(sidecar.read_text())["grid"])
             if volume.shape != grid.shape:
                 raise FileError(f"{path}: its voxels are {volume.shape} but its grid (the .json beside it) is {grid.shape}")
         else:
