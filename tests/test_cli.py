@@ -79,6 +79,8 @@ def test_mesh_sdm_show_end_to_end(tmp_path):
     (["train", "cochlea", "--data", "none.zarr", "--hard", "2", "-o", "x.txt"], "--hard is a share of each batch"),
     (["train", "cochlea", "--data", "none.zarr", "-o", "box.stl"], "cannot write the folder box.stl: a file of that name"),
     (["sdm", "cochlea", "-o", "x.mhd"], ".mhd files keep their data in a second file"),
+    (["view", "--port", "70000", "--no-browser"], "--port takes a port number 0-65535"),
+    (["sdm", "--mesh", "cut.stl", "-o", "x.nii.gz"], "header announces 12 triangles (684 bytes): the file is cut short"),
     # square brackets in a message are printed as they are (not read as console styles)
     (["sdm", "cochlea", "-o", "[dir]/x.nii.gz"], "the folder [dir] does not exist"),
 ])
@@ -86,6 +88,7 @@ def test_bad_input_is_one_sentence_and_exit_2(tmp_path, args, message):
     import trimesh
 
     trimesh.creation.box().export(tmp_path / "box.stl")
+    (tmp_path / "cut.stl").write_bytes((tmp_path / "box.stl").read_bytes()[:400])
     (tmp_path / "empty.stl").write_text("solid empty\nendsolid empty\n")
     (tmp_path / "garbage.nii.gz").write_bytes(b"garbage")
     (tmp_path / "nan.obj").write_text("v nan 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 3 2\nf 1 2 4\nf 1 4 3\nf 2 3 4\n")

@@ -583,6 +583,8 @@ def view(family: Optional[str] = typer.Option(None, help="A family: a name, FILE
     """An interactive viewer in the browser: parameter sliders, slices with the zero contour, the surface in 3-D."""
     from .view import load_scene, serve
 
+    if not 0 <= port <= 65535:
+        raise SdmnnError(f"--port takes a port number 0-65535 (0: any free one), got {port}")
     scene = load_scene(family, model=model, image=image, fit=fit_dir)
     serve(scene, port=port, open_browser=not no_browser,
           on_start=lambda url: console.print(f"sdmnn view: {url} (Ctrl+C stops it)", highlight=False))

@@ -340,6 +340,8 @@ def load_mesh(path):
     _suffix(path, MESH_SUFFIXES)
     if not path.is_file():
         raise FileError(f"{path}: no such file")
+    if _matching_suffix(path, (".stl",)):
+        _check_binary_stl(path)
     try:
         mesh = trimesh.load_mesh(path, process=False, force="mesh")
     except Exception as e:  # trimesh raises many kinds for a malformed file
@@ -350,6 +352,20 @@ def load_mesh(path):
         raise MeshError(f"{path}: the mesh has NaN or infinite vertex coordinates")
     mesh.merge_vertices(merge_tex=True, merge_norm=True)  # STL stores a triangle soup; OBJ splits at UV seams
     return mesh
+
+
+def _check_binary_stl(path: Path) -> None:
+    """Refuse a binary STL cut short (or padded): its header's triangle count says its size, 84 + 50 per triangle
+    bytes. (trimesh reads such a file as ASCII STL instead, and fails with a message about text encodings.)"""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    if size < 84 or b"facet" in head.lower():  # too short to be binary, or ASCII STL
+        return
+    count = int(np.frombuffer(head[80:84], "<u4")[0])
+    if size != 84 + 50 * count:
+        raise FileError(f"{path}: a binary STL of {size} bytes whose header announces {count} triangles "
+                        f"({84 + 50 * count} bytes): the file is cut short or damaged")
 
 
 def check_mesh(mesh) -> None:
