@@ -198,6 +198,13 @@ def test_get_family_loads_a_module_and_an_entry_point(tmp_path, monkeypatch):
     fam = sdmnn.get_family("plugring")
     assert fam.name == "ring" and fam.source == "userfamilies:RING"  # another process finds it by that
     assert "ring" in [f.name for f in sdmnn.families()]
+    broken = EntryPoint(name="gone", value="userfamilies_gone:X", group=registry.ENTRY_POINTS)
+    monkeypatch.setattr(registry, "_entry_points", lambda: {"plugring": plugin, "gone": broken})
+    with pytest.raises(sdmnn.FamilyError, match="the family 'gone' registered by an installed package"):
+        sdmnn.families()
+    problems = []  # as `sdmnn families` lists them: the others, and a warning for the one that does not load
+    assert {"cochlea", "torus", "ring"} <= {f.name for f in sdmnn.families(problems)}
+    assert len(problems) == 1 and "userfamilies_gone:X" in problems[0]
 
 
 @pytest.mark.parametrize("text, spec, message", [

@@ -91,7 +91,10 @@ def families(ctx: typer.Context,
         return
     from .shapes import families as all_families, get_family
 
-    shown = all_families()
+    problems = []
+    shown = all_families(problems)
+    for problem in problems:
+        warnings.warn(problem, stacklevel=1)
     shown += [f for f in map(get_family, family or []) if f not in shown]
     for fam in shown:
         g = fam.grid

@@ -80,13 +80,24 @@ def require_portable(family: Family) -> None:
                           "use one worker, or define it in a file and give FILE.py:NAME")
 
 
-def families() -> list[Family]:
-    """The built-in families, those defined in this process and those of installed packages."""
+def families(problems: list | None = None) -> list[Family]:
+    """The built-in families, those defined in this process and those of installed packages. An installed family
+    that does not load raises FamilyError, unless ``problems`` is a list: then the sentence saying why goes there (as
+    does one for a family whose name another already has), and the others are listed."""
     _built_ins()
     found = dict(_REGISTRY)
-    for name, plugin in _entry_points().items():
-        family = _from_entry_point(plugin)
-        found.setdefault(family.name, family)
+    for plugin in _entry_points().values():
+        try:
+            family = _from_entry_point(plugin)
+        except FamilyError as e:
+            if problems is None:
+                raise
+            problems.append(str(e))
+            continue
+        first = found.setdefault(family.name, family)
+        if first.source != family.source and problems is not None:
+            problems.append(f"the family {family.name!r} registered by an installed package ({plugin.value}) is not "
+                            f"listed: {first.ref} has that name")
     return list(found.values())
 
 
