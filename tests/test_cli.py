@@ -44,6 +44,7 @@ def test_mesh_sdm_show_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["sdm", "cochlea", "-p", "a=7.1", "-o", "x.nii.gz"], "a must lie in [2, 5] mm, got 7.1"),
+    (["sdm", "cochlea", "-p", "a=5.0000001", "-o", "x.nii.gz"], "a must lie in [2, 5] mm, got 5.0000001"),
     (["sdm", "cochlea", "-p", "a=nan", "-o", "x.nii.gz"], "finite"),
     (["sdm", "cochlea", "-p", "zeta=1", "-o", "x.nii.gz"], "unknown parameter"),
     (["sdm", "cochlea", "-p", "a", "-o", "x.nii.gz"], "NAME=VALUE"),

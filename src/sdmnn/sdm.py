@@ -303,6 +303,7 @@ def exact_sdm(mesh: trimesh.Trimesh, grid: Grid, sign: str = "auto", method: str
     F = np.ascontiguousarray(mesh.faces, dtype=np.int64)
     # closed, consistently oriented, manifold, no degenerate face: the topology checks all of it
     topo, changed = _closed(V, F)
+    method = _choose(method, topo)  # before the sign's warnings: a method this mesh cannot take is an error alone
     clean, why = topo is not None, ""
     if changed:
         warnings.warn(changed, MeshWarning, stacklevel=2)
@@ -322,7 +323,6 @@ def exact_sdm(mesh: trimesh.Trimesh, grid: Grid, sign: str = "auto", method: str
     elif sign == "pseudonormal" and not clean:
         raise MeshError(f"the pseudonormal sign is exact only on clean meshes and {why}; use sign='winding'")
     signed = sign == "pseudonormal"
-    method = _choose(method, topo)
     out = topo.scan(grid, signed) if method == "scan" else bvh.on_grid(V, F, grid, (topo.FN, topo.EN, topo.VN) if signed else None, signed)
     if signed and not (topo and topo.overlap):
         return out

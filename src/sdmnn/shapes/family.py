@@ -194,7 +194,7 @@ def define_family(name: str, ranges: Mapping[str, tuple[float, float]], mesh: Ca
         except (TypeError, ValueError):
             raise FamilyError(f"the {name} family's default of {pname} must be a number, got {default!r}") from None
         if not low <= default <= high:
-            raise FamilyError(f"the {name} family's default of {pname} must lie in [{low:g}, {high:g}], got {default:g}")
+            raise FamilyError(f"the {name} family's default of {pname} must lie in [{low:g}, {high:g}], got {default:.10g}")
         parameters.append(Parameter(pname, str((units or {}).get(pname, "")), low, high, default, str((descriptions or {}).get(pname, ""))))
     family = Family(name, description, ParameterSpace(tuple(parameters)), mesh, grid, spacing, sdf)
     register(family, built_in=_built_in)

@@ -80,7 +80,8 @@ class ParameterSpace:
                 raise ParameterError(f"{p.name} must be a finite number, got {v}")
             span = tol * (p.high - p.low)
             if not (p.low - span <= v <= p.high + span):
-                raise ParameterError(f"{p.name} must lie in [{p.low:g}, {p.high:g}] {p.unit}, got {v:g}")
+                raise ParameterError(f"{p.name} must lie in [{p.low:g}, {p.high:g}]" + (f" {p.unit}" if p.unit else "")
+                                     + (f", got {v:g}" if float(f"{v:g}") == v else f", got {v!r}"))  # 3.0000001 is not 3
             out[i] = min(max(v, p.low), p.high)
         return out
 
