@@ -140,6 +140,7 @@ def test_defaults_are_the_middle_of_the_ranges_unless_given():
     ({"ranges": {"r": (0.5, 1.0)}, "defaults": {"r": 2.0}}, "must lie in"),
     ({"ranges": {"r": (0.5, 1.0)}, "units": {"q": "mm"}}, "not one of its parameters"),
     ({"name": "cochlea"}, "built-in"),
+    ({"name": "Cochlea"}, "built-in"),
     ({"name": "a:b"}, "letters, digits"),
     ({"mesh": 3}, "must be a function"),
 ])

@@ -28,10 +28,10 @@ _FILES: dict[Path, object] = {}
 
 def register(family: Family, built_in: bool = False) -> None:
     """Make ``family`` findable by its name in this process (``define_family`` does this). A family defined again
-    under its name (a notebook cell run twice) replaces the earlier one; the built-in names are refused."""
+    under its name (a notebook cell run twice) replaces the earlier one; the built-in names are refused, in any case."""
     if not built_in:
         _built_ins()
-        if family.name in BUILT_IN:
+        if family.name.lower() in BUILT_IN:  # in any case: a shipped model's folder is named by its family
             raise FamilyError(f"{family.name!r} is the name of a built-in family; give yours another name")
     _REGISTRY[family.name] = family
 
