@@ -86,6 +86,21 @@ def test_killed_run_resumes_to_the_same_bits_as_a_serial_run(cochlea, tmp_path):
     assert np.array_equal(a.sdm[5].numpy(), sdmnn.exact_sdm(cochlea.mesh(a.params[5]), COARSE))
 
 
+def test_an_interrupted_pool_task_stops_between_samples(cochlea, tmp_path, monkeypatch):
+    """What a local pool's worker does once the run is interrupted (``_execute`` sets the event): no new sample."""
+    import threading
+
+    from sdmnn import dataset
+
+    path = tmp_path / "d.zarr"
+    create_store(path, cochlea, COARSE, "random:4", 0, design_points("random:4", cochlea, seed=0), task_size=4)
+    stop = threading.Event()
+    monkeypatch.setattr(dataset, "_STOP", stop)
+    assert run_task(str(path), 0, 2)["written"] == 2
+    stop.set()
+    assert run_task(str(path), 2, 4)["written"] == 0 and dataset_info(path)["complete"] == 2
+
+
 def test_dask_local_cluster_equals_a_serial_run_bit_for_bit(tmp_path):
     from distributed import LocalCluster
 

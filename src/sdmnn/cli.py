@@ -307,7 +307,13 @@ def dataset_make(family: str = FamilyArg,
             raise SdmnnError("give the sub-ranges once: either --within or a design's own ' within ...'")
         design = f"{design} within {within}"
     excluded = None if exclude is None else dataset_params(exclude)
-    s = make_dataset(output, family, design, seed=seed, workers=workers, scheduler=scheduler, exclude=excluded)
+    try:
+        s = make_dataset(output, family, design, seed=seed, workers=workers, scheduler=scheduler, exclude=excluded)
+    except KeyboardInterrupt:
+        info = dataset_info(output)
+        err.print(f"\ninterrupted: {info['complete']}/{info['count']} samples of {output} are written; rerun the same "
+                  "command to finish")
+        sys.exit(130)
     info = dataset_info(output)
     console.print(f"{output}: {info['complete']}/{info['count']} samples complete; this run wrote {s.written} "
                   f"in {s.seconds:.1f} s ({s.rate:.2f} samples/s), {s.skipped} were already there")

@@ -207,6 +207,20 @@ def compute_sample(family: Family, grid: Grid, params) -> np.ndarray:
     return exact_sdm(family.mesh(params), grid)
 
 
+#: In a local pool's worker: set when the run is interrupted (``_execute``), so that a task stops between samples.
+_STOP = None
+
+
+def _worker_init(stop) -> None:
+    """A local pool's worker: the interrupt (Ctrl-C reaches the whole process group) is the main process's to
+    handle; it sets ``stop``, which the worker's task reads between samples."""
+    import signal
+
+    global _STOP
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _STOP = stop
+
+
 def run_task(path: str, start: int, stop: int, threads: int | None = None) -> dict:
     """Compute and write samples [start, stop) that are not done yet. Idempotent; safe to re-run.
 
@@ -223,6 +237,8 @@ def run_task(path: str, start: int, stop: int, threads: int | None = None) -> di
     params = group["params"][start:stop]
     written, failed = 0, []
     for offset in np.flatnonzero(~done):
+        if _STOP is not None and _STOP.is_set():  # the run was interrupted: what is written stays, a rerun finishes
+            break
         i = start + int(offset)
         try:
             sdm = compute_sample(family, grid, params[offset])
@@ -304,10 +320,18 @@ def _execute(path, tasks, workers, scheduler):
             yield run_task(path, s, e)
     else:
         # spawn, not fork: numba's thread pool must not be inherited half-initialised
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        context = mp.get_context("spawn")
+        stop = context.Event()
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(stop,)) as pool:
             futures = [pool.submit(run_task, path, s, e, 1) for s, e in tasks]
-            for future in as_completed(futures):
-                yield future.result()
+            try:
+                for future in as_completed(futures):
+                    yield future.result()
+            except BaseException:  # interrupted (or a task failed): the tasks not begun are dropped, those running
+                stop.set()  # stop after their current sample, and the pool's exit waits for that alone
+                for future in futures:
+                    future.cancel()
+                raise
 
 
 def dataset_info(path) -> dict:
