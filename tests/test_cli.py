@@ -80,6 +80,9 @@ def test_mesh_sdm_show_end_to_end(tmp_path):
     (["train", "cochlea", "--data", "none.zarr", "--hard", "2", "-o", "x.txt"], "--hard is a share of each batch"),
     (["train", "cochlea", "--data", "none.zarr", "-o", "box.stl"], "cannot write the folder box.stl: a file of that name"),
     (["sdm", "cochlea", "-o", "x.mhd"], ".mhd files keep their data in a second file"),
+    # a folder that takes no new file (a read-only mount; /proc stands for one, whoever runs the tests)
+    (["sdm", "cochlea", "-o", "/proc/x.nii.gz"], "cannot write /proc/x.nii.gz: /proc takes no new file"),
+    (["dataset", "make", "cochlea", "--design", "grid:2", "-o", "/proc/d.zarr"], "/proc takes no new file"),
     (["view", "--port", "70000", "--no-browser"], "--port takes a port number 0-65535"),
     (["sdm", "--mesh", "cut.stl", "-o", "x.nii.gz"], "header announces 12 triangles (684 bytes): the file is cut short"),
     # square brackets in a message are printed as they are (not read as console styles)

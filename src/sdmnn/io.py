@@ -69,6 +69,7 @@ def check_output(path, accepted=None, what: str = "file") -> Path:
         named = _matching_suffix(path, FILE_SUFFIXES)
         if named is not None and not path.is_dir():
             raise FileError(f"cannot write the folder {path}: {named} names a file; this output is a folder")
+        _check_writable(there, f"the folder {path}")
         return path
     if accepted is not None:
         _written_suffix(path, accepted)
@@ -76,9 +77,21 @@ def check_output(path, accepted=None, what: str = "file") -> Path:
         raise FileError(f"cannot write {path}: it is a folder")
     if not path.parent.is_dir():
         raise FileError(f"cannot write {path}: the folder {path.parent} does not exist")
+    _check_writable(path.parent, str(path))
     if _matching_suffix(path, (".npy",)) and accepted is not None and ".npy" in accepted:
         _check_sidecar(path)
     return path
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """Refuse, before the work, an output whose folder takes no new file (permissions, a read-only mount): a file
+    is made there and removed (permission bits alone do not say it: root ignores them, /proc and mounts do not)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".sdmnn-probe.", dir=folder)
+    except OSError as e:
+        raise FileError(f"cannot write {what}: {folder} takes no new file ({e.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _sidecar(path: Path) -> Path:
