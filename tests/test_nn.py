@@ -508,8 +508,10 @@ def test_a_refused_training_leaves_no_folder_and_a_resume_names_what_differs(tin
         train(TrainConfig(**{**base, "steps": 2}, channels=(8, 8, 4), out=str(tmp_path / "run")), progress=False)
 
 
-def test_an_interrupted_training_keeps_its_steps_and_the_same_command_resumes(tiny_data, tmp_path, monkeypatch, capsys):
-    """Ctrl-C (SIGINT) during training ends the step it interrupts, writes the resumable checkpoint and stops."""
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_training_keeps_its_steps_and_the_same_command_resumes(tiny_data, tmp_path, monkeypatch, capsys, name):
+    """Ctrl-C (SIGINT), or a batch system's SIGTERM, during training ends the step it interrupts, writes the
+    resumable checkpoint and stops; the rerun's log holds each step once."""
     import signal
 
     import sdmnn.nn.train as training
@@ -520,20 +522,24 @@ def test_an_interrupted_training_keeps_its_steps_and_the_same_command_resumes(ti
     def interrupted_at_the_third(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), getattr(signal, name))
         return real(*args, **kwargs)
 
-    cfg = TrainConfig(data=[str(tiny_data)], steps=5, batch=2, channels=TINY_CHANNELS, hidden=32, out=str(tmp_path / "run"))
-    before = signal.getsignal(signal.SIGINT)  # Python's Ctrl-C, or SIG_IGN where the tests run as a background job
+    cfg = TrainConfig(data=[str(tiny_data)], steps=5, batch=2, channels=TINY_CHANNELS, hidden=32, eval_every=1,
+                      out=str(tmp_path / "run"))
+    before = signal.getsignal(getattr(signal, name))  # (SIGINT: SIG_IGN where the tests run as a background job)
     monkeypatch.setattr(training, "_batch", interrupted_at_the_third)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, progress=False)
     assert "interrupted at step 3" in capsys.readouterr().out and (tmp_path / "run" / "last.json").exists()
-    assert signal.getsignal(signal.SIGINT) is before  # the usual Ctrl-C again
+    assert signal.getsignal(getattr(signal, name)) is before  # the usual handling again
+    with open(tmp_path / "run" / "train.jsonl", "a") as f:  # steps logged after the checkpoint, as a kill leaves them
+        f.write('{"step": 4, "loss": 1.0}\n')
     monkeypatch.setattr(training, "_batch", real)
     assert train(cfg, progress=False)["steps"] == 5
     assert "at step 3" in capsys.readouterr().out  # "resuming ... at step 3"
     log = (tmp_path / "run" / "train.jsonl").read_text()
+    assert [json.loads(line)["step"] for line in log.splitlines()] == [1, 2, 3, 4, 5, 5]  # 5 twice: the final line
     assert train(cfg, progress=False)["complete"] and "is complete at step 5" in capsys.readouterr().out
     assert (tmp_path / "run" / "train.jsonl").read_text() == log  # a finished run rerun: nothing trained or written
 

@@ -390,7 +390,7 @@ def train(family: str = typer.Argument("cochlea", help="A family: a name, FILE.p
           device: str = DeviceOpt,
           eval_every: int = typer.Option(250, help="Validate and log every N steps."),
           output: Path = typer.Option(Path("runs/cochlea"), "-o", "--output", help="Run folder: model, checkpoints, train.jsonl; rerun to resume.")):
-    """Train SDMNN (resumable: a checkpoint every 5 minutes and on Ctrl-C; rerun the same command); under torchrun, with DDP."""
+    """Train SDMNN (resumable: a checkpoint every 5 minutes and on Ctrl-C or SIGTERM; rerun the same command); under torchrun, with DDP."""
     from .nn.train import TrainConfig, train as run
 
     arch = _choice(arch, "--arch", ("sdmnn", "deepsdf"))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import SdmnnError
-from ..io import check_output, make_folder
+from ..io import atomic_path, check_output, make_folder
 from .checkpoint import ARCHITECTURES, model_meta, read_checkpoint, save_checkpoint
 from .metrics import sdm_errors
 from .deepsdf import DeepSDF, DeepSDFConfig, sample_points
@@ -266,7 +266,9 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
     hard = _HardCases(net, X, Y, cfg, device) if cfg.hard else None
 
     rng = np.random.default_rng([cfg.seed, rank, state["step"]])
-    log = open(out / "train.jsonl", "a") if rank == 0 else None
+    if rank == 0 and not resuming and (out / "train.jsonl").exists():
+        print(f"{out} holds a log but no checkpoint (a run stopped before its first): starting over", flush=True)
+    log = _log_from(out / "train.jsonl", state["step"]) if rank == 0 else None
     from tqdm.auto import tqdm
 
     bar = tqdm(total=1000, disable=not progress or rank != 0, bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
@@ -303,13 +305,13 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
             state["samples_seen"] += len(xb) * world
             state["seconds"] = time.perf_counter() - t_start
             bar.n = int(1000 * min(frac, 1.0))
-            bar.set_postfix_str(f"step {state['step']} loss {loss.item():.4g} lr {lr:.2g}" + (f" val MAE {last_metrics['mae']:.4f} mm" if last_metrics else ""))
             if rank == 0 and (state["step"] % cfg.eval_every == 0):
                 last_metrics = validate(net, val) if val else {}
                 record = {"step": state["step"], "seconds": round(state["seconds"], 1), "loss": loss.item(), "lr": lr,
                           "online_samples": online.count if online else 0, **{f"val_{k}": v for k, v in last_metrics.items()}}
                 log.write(json.dumps(record) + "\n")
                 log.flush()
+            bar.set_postfix_str(f"step {state['step']} loss {loss.item():.4g} lr {lr:.2g}" + (f" val MAE {last_metrics['mae']:.4f} mm" if last_metrics else ""))
             if rank == 0 and time.perf_counter() - last_save > 300:
                 _save(out, net, opt, family, grid, mcfg, cfg, state, command, name="last")
                 last_save = time.perf_counter()
@@ -410,33 +412,54 @@ def _optimizer_to(opt, device):
                 state[k] = v.to(device)
 
 
+def _log_from(path: Path, step: int):
+    """train.jsonl opened for appending, holding the lines of steps up to ``step`` (the checkpoint the run goes on
+    from; 0: none) alone: a run stopped after its last checkpoint, or before its first, had logged steps that the
+    rerun trains again."""
+    if path.exists():
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", math.inf) <= step:
+                    kept.append(line + "\n")
+            except (ValueError, AttributeError):
+                pass
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(kept))
+    return open(path, "a")
+
+
 class _Interrupt:
-    """Within ``with``: the first Ctrl-C (SIGINT) sets ``asked``, for the training loop to stop at the end of its step
-    (every rank stops with the first that was asked, through the loop's stop flag); a second one interrupts at once.
-    Outside the main thread, where no signal handler can be set, Ctrl-C interrupts at once."""
+    """Within ``with``: the first Ctrl-C (SIGINT) or SIGTERM (a batch system's time limit) sets ``asked``, for the
+    training loop to stop at the end of its step (every rank stops with the first that was asked, through the loop's
+    stop flag); a second one acts at once. Outside the main thread, where no signal handler can be set, they act at
+    once."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
 
     def __init__(self):
         self.asked = False
-        self._before = None
+        self._before = {}
 
     def _ask(self, signum, frame):
         import signal
 
         self.asked = True
-        signal.signal(signal.SIGINT, self._before or signal.default_int_handler)  # a second Ctrl-C: at once
+        for name, before in self._before.items():  # a second one: at once
+            signal.signal(getattr(signal, name), before or signal.SIG_DFL)
 
     def __enter__(self):
         import signal
 
         if threading.current_thread() is threading.main_thread():
-            self._before = signal.signal(signal.SIGINT, self._ask)
+            self._before = {name: signal.signal(getattr(signal, name), self._ask) for name in self.SIGNALS}
         return self
 
     def __exit__(self, *exc):
         import signal
 
-        if self._before is not None:
-            signal.signal(signal.SIGINT, self._before)
+        for name, before in self._before.items():
+            signal.signal(getattr(signal, name), before if before is not None else signal.SIG_DFL)
         return False
 
 
