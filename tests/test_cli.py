@@ -276,10 +276,17 @@ def test_a_user_family_file_works_end_to_end_through_the_cli(tmp_path, capsule_f
         assert np.isfinite(figures[key]), key
     r = run("phantom", spec, "-p", "length=2.2", "-p", "radius=0.7", "--spacing", "0.25", "-o", "ph.nii.gz", cwd=tmp_path)
     assert "takes no `refine`" in r.stderr
-    for forward in ("sdmnn", "exact"):  # the 3-step network, then the exact model for the accuracy
-        r = run("fit", "ph.nii.gz", "--family", spec, "--forward", forward, "--model", "run", "-o", f"fit-{forward}", cwd=tmp_path)
+    for forward in ("sdmnn", "exact"):  # the 3-step network (its family the model's), then the exact model
+        given = ("--model", "run") if forward == "sdmnn" else ("--family", spec)
+        r = run("fit", "ph.nii.gz", *given, "--forward", forward, "-o", f"fit-{forward}", cwd=tmp_path)
         result = json.loads((tmp_path / f"fit-{forward}" / "result.json").read_text())
         assert result["family"] == "capsule" and result["family_source"].endswith("capsule.py:CAPSULE")
+        if forward == "sdmnn":  # which network it ran on
+            assert result["model"]["path"] == str((tmp_path / "run").resolve()) and len(result["model"]["weights_sha256"]) == 64
+        else:
+            assert result["model"] is None
+    r = run("fit", "ph.nii.gz", "--forward", "exact", "--model", "run", "-o", "x", cwd=tmp_path, ok=False)
+    assert r.returncode == 2 and "--model chooses the network" in r.stderr
     # a capsule 2.8 voxels in radius: its label map pins the surface, not each parameter
     d = surface_distances(sdmnn.load_mesh(tmp_path / "fit-exact" / "mesh.stl"), truth_mesh(json.loads((tmp_path / "ph.truth.json").read_text())))
     assert result["quality"]["dice"] > 0.95 and d.mean() < 0.1, (result["map"], d.mean())

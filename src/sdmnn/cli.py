@@ -487,6 +487,8 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
 
     observed = _choice(observed, "--observed", OBSERVED_KINDS)
     forward = _choice(forward, "--forward", FORWARD_MODELS)
+    if forward == "exact" and model is not None:
+        raise SdmnnError("--model chooses the network of --forward hybrid, sdmnn or deepsdf; --forward exact runs none")
     pose = _choice(pose, "--pose", POSES)
     turns = _choice(turns, "--turns", TURNS)
     check_output(output, what="folder")

@@ -174,6 +174,8 @@ class FitResult:
     covariance: np.ndarray = field(repr=False, default=None)
     #: Where a family of one's own was loaded from (FILE.py:NAME...), None for the built-in ones.
     family_source: str | None = None
+    #: The network's folder and its weights' SHA-256 ({"path": ..., "weights_sha256": ...}), None for an exact fit.
+    model: dict | None = None
 
     def interval(self, level: float = 0.9) -> dict:
         """Central posterior interval of each parameter (shape and pose) from the samples."""
@@ -242,7 +244,8 @@ class FitResult:
 
     def to_dict(self) -> dict:
         return {
-            "family": self.family, "family_source": self.family_source, "forward": self.forward, "observed": self.observed_kind, "map": self.params,
+            "family": self.family, "family_source": self.family_source, "forward": self.forward, "model": self.model,
+            "observed": self.observed_kind, "map": self.params,
             "pose": self.pose.tolist(), "pose_centre": self.pose_centre.tolist(), "mean": self.mean, "std": self.std,
             "interval_90": {k: list(v) for k, v in self.interval(0.9).items()}, "quality": self.quality,
             "noise": self.noise, "seconds": self.seconds, "evaluations": self.evaluations,
@@ -1072,6 +1075,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         names = tuple(fam.names) + (POSE_NAMES if free_pose else ())
         result = FitResult(
             family=fam.name, family_source=fam.source, names=names, params=dict(zip(fam.names, map(float, vector))),
+            model=_model_record(net),
             pose=best_pose.matrix(),
             pose_centre=np.asarray(best_pose.centre, float),
             mean=dict(zip(names, map(float, samples.mean(0)))), std=dict(zip(names, map(float, samples.std(0)))),
@@ -1573,6 +1577,14 @@ def _prior_box(fam, prior):
             raise FitError(f"the prior of {name} must be a sub-range of [{fam.space.low[i]:g}, {fam.space.high[i]:g}], got [{lo:g}, {hi:g}]")
         low[i], high[i] = lo, hi
     return low, high
+
+
+def _model_record(net) -> dict | None:
+    """Which network a fit ran on, for its result.json: its folder and its weights' SHA-256 (None: an exact fit)."""
+    if net is None:
+        return None
+    path, meta = getattr(net, "path", None), getattr(net, "meta", None) or {}
+    return {"path": str(Path(path).resolve()) if path else None, "weights_sha256": meta.get("weights_sha256")}
 
 
 def _model_error(net) -> tuple[float, float]:
