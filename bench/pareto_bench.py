@@ -91,7 +91,7 @@ def run(quick: bool = False, minutes: float = 12.0) -> str:
                      f"{training['seconds'] / 60:.0f}" + (f" (fine-tuned from {init})" if init else ""),
                      training["steps"], f"{1e3 * t32:.1f}", f"{1e3 * t16:.1f}", f"{t_exact / t16:.1f}x",
                      f"{100 * e['wrong_sign_near_fraction']:.2f}", f"{100 * e['worst_case']['wrong_sign_near_fraction']:.2f}",
-                     f"{e['mae_near_mm']:.4f}", f"{e['max_error_mm']:.3f}"])
+                     f"{e['mae_near_mm']:.4f}", f"{e['worst_case']['max_error_mm']:.3f}"])
     return "\n".join([
         "## Time against accuracy across widths",
         "",

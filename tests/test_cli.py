@@ -271,9 +271,13 @@ def test_a_user_family_file_works_end_to_end_through_the_cli(tmp_path, capsule_f
     run("dataset", "make", spec, "--design", "sobol:8", "-o", "d.zarr", cwd=tmp_path)
     run("train", spec, "--data", "d.zarr", "--steps", "3", "--batch", "2", "--channels", "8,8,8", "--hidden", "16",
         "--threads", "1", "-o", "run", cwd=tmp_path)
-    figures = json.loads(run("evaluate", "run", "--n", "2", "--json", cwd=tmp_path).stdout)
+    figures = json.loads(run("evaluate", "run", "--n", "2", "--json", "-o", "e.json", cwd=tmp_path).stdout)
     for key in ("mae_mm", "mae_near_mm", "wrong_sign_fraction", "wrong_sign_near_fraction", "max_error_mm", "ms_per_sdm"):
         assert np.isfinite(figures[key]), key
+    written = json.loads((tmp_path / "e.json").read_text())  # the same names, and every case's figures
+    cases = written["cases"]
+    assert written["max_error_mm"] == figures["max_error_mm"] == np.mean([c["max_error_mm"] for c in cases])
+    assert figures["worst_case"]["max_error_mm"] == max(c["max_error_mm"] for c in cases)
     r = run("phantom", spec, "-p", "length=2.2", "-p", "radius=0.7", "--spacing", "0.25", "-o", "ph.nii.gz", cwd=tmp_path)
     assert "takes no `refine`" in r.stderr
     for forward in ("sdmnn", "exact"):  # the 3-step network (its family the model's), then the exact model

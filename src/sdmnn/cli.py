@@ -413,8 +413,8 @@ def train(family: str = typer.Argument("cochlea", help="A family: a name, FILE.p
 def evaluate(model: Optional[Path] = typer.Argument(None, help="Model folder (default: the shipped cochlea model)."),
              n: int = typer.Option(200, "--n", help="Number of held-out random parameter vectors."),
              seed: int = typer.Option(1, help="Seed of the held-out design."),
-             json_flag: bool = typer.Option(False, "--json", help="Print the headline figures as one JSON object instead of a table (its worst_case holds each metric's largest value over the cases, each perhaps from another case)."),
-             output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write the full result (every case) as JSON."),
+             json_flag: bool = typer.Option(False, "--json", help="Print the headline figures as one JSON object instead of a table: each the mean over the cases; its worst_case holds each one's largest value over the cases, each perhaps from another case."),
+             output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write the figures and every case's, under the names --json uses, as JSON."),
              device: str = DeviceOpt, precision: str = PrecisionOpt):
     """Accuracy of a trained model against the exact SDM on held-out parameters, and the time of both."""
     import json
@@ -431,7 +431,7 @@ def evaluate(model: Optional[Path] = typer.Argument(None, help="Model folder (de
     net = load_model(model, device=device, precision=precision)
     r = run(net, n=n, seed=seed, progress=not json_flag)
     if output:
-        write_json(output, r)
+        write_json(output, summary(r, cases=True))
     if json_flag:
         print(json.dumps(summary(r), indent=2, allow_nan=False))
         return

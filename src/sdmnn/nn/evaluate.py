@@ -43,16 +43,25 @@ def evaluate(model, n: int = 200, seed: int = 1, progress: bool = True) -> dict:
     }
 
 
-def summary(result: dict) -> dict:
-    """The headline figures of an ``evaluate`` result under explicit names (``sdmnn evaluate --json``); a figure
-    with nothing to count (no voxel near the surface) is None, so that the JSON stays strict. ``worst_case`` holds each
-    metric's largest value over the cases, each perhaps from another case (``result["cases"]`` has every case's)."""
-    mean, worst = ({k: (v if np.isfinite(v) else None) for k, v in d.items()} for d in (result["mean"], result["worst"]))
-    return {
-        "family": result["family"], "n": result["n"], "seed": result["seed"],
-        "mae_mm": mean["mae"], "mae_near_mm": mean["band_mae"], "wrong_sign_fraction": mean["wrong_sign"],
-        "wrong_sign_near_fraction": mean["wrong_sign_near"], "max_error_mm": worst["max_error"],
-        "worst_case": {"mae_mm": worst["mae"], "mae_near_mm": worst["band_mae"], "wrong_sign_fraction": worst["wrong_sign"],
-                       "wrong_sign_near_fraction": worst["wrong_sign_near"]},
+#: The names of ``sdm_errors``'s figures in what ``sdmnn evaluate`` prints and writes (--json, -o).
+NAMES = {"mae": "mae_mm", "band_mae": "mae_near_mm", "max_error": "max_error_mm", "wrong_sign": "wrong_sign_fraction",
+         "wrong_sign_near": "wrong_sign_near_fraction"}
+
+
+def summary(result: dict, cases: bool = False) -> dict:
+    """The headline figures of an ``evaluate`` result under explicit names (``NAMES``; ``sdmnn evaluate --json``):
+    each the mean over the cases, as the table's first column; ``worst_case`` holds each one's largest value over the
+    cases, each perhaps from another case. With ``cases``, also every case's parameters and figures under the same
+    names (``sdmnn evaluate -o``). A figure with nothing to count (no voxel near the surface) is None, so that the JSON
+    stays strict."""
+    def named(figures: dict) -> dict:
+        return {NAMES.get(k, k): (v if not isinstance(v, float) or np.isfinite(v) else None) for k, v in figures.items()}
+
+    out = {
+        "family": result["family"], "n": result["n"], "seed": result["seed"], **named(result["mean"]),
+        "worst_case": named(result["worst"]),
         "ms_per_sdm": 1e3 * result["model_seconds"], "exact_ms_per_sdm": 1e3 * result["exact_seconds"],
     }
+    if cases:
+        out.update(grid=result["grid"], cases=[named(row) for row in result["cases"]])
+    return out
