@@ -79,6 +79,10 @@ def test_mesh_sdm_show_end_to_end(tmp_path):
     (["train", "cochlea", "--data", "none.zarr", "--lr", "-1", "-o", "x.txt"], "--lr must be a number > 0"),
     (["train", "cochlea", "--data", "none.zarr", "--hard", "2", "-o", "x.txt"], "--hard is a share of each batch"),
     (["train", "cochlea", "--data", "none.zarr", "-o", "box.stl"], "cannot write the folder box.stl: a file of that name"),
+    (["train", "cochlea", "--data", "none.zarr", "--arch", "deepsdf", "--channels", "8,8,8", "-o", "x.txt"],
+     "--arch deepsdf has none"),
+    (["train", "cochlea", "--data", "none.zarr", "--points", "100", "-o", "x.txt"], "--points sets the SDF samples"),
+    (["train", "cochlea", "--data", "none.zarr", "--online-workers", "3", "-o", "x.txt"], "--online, which is not given"),
     (["sdm", "cochlea", "-o", "x.mhd"], ".mhd files keep their data in a second file"),
     # a folder that takes no new file (a read-only mount; /proc stands for one, whoever runs the tests)
     (["sdm", "cochlea", "-o", "/proc/x.nii.gz"], "cannot write /proc/x.nii.gz: /proc takes no new file"),

@@ -306,6 +306,18 @@ def test_training_resumes_where_it_stopped(tiny_data, tmp_path):
     assert [r["step"] for r in log if r.get("final")] == [2, 4]
 
 
+def test_training_on_an_unfinished_dataset_says_so(tmp_path):
+    from sdmnn.dataset import create_store, design_points, run_task
+
+    fam = sdmnn.get_family("cochlea")
+    create_store(tmp_path / "part.zarr", fam, TINY, "random:4", 0, design_points("random:4", fam, seed=0), task_size=2)
+    run_task(str(tmp_path / "part.zarr"), 0, 2)  # half of it, as an interrupted run leaves it
+    cfg = TrainConfig(data=[str(tmp_path / "part.zarr")], steps=1, batch=2, channels=TINY_CHANNELS, hidden=32,
+                      out=str(tmp_path / "r"))
+    with pytest.warns(UserWarning, match="holds 2 of its design's 4 samples"):
+        train(cfg, progress=False)
+
+
 def test_ddp_training_with_two_gloo_processes(tiny_data, tmp_path):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     with socket.socket() as s:  # a free port, not a fixed one another job may hold

@@ -367,7 +367,7 @@ def train(family: str = typer.Argument("cochlea", help="A family: a name, FILE.p
           minutes: Optional[float] = typer.Option(60.0, help="Training time budget; the learning-rate schedule follows it."),
           steps: Optional[int] = typer.Option(None, help="Or a number of steps (whichever ends first)."),
           batch: int = typer.Option(8, help="Batch size (per process under torchrun)."),
-          lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, warm-up then cosine)."),
+          lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW: warm-up over 100 steps, or a tenth of --steps if fewer, then cosine)."),
           near_weight: float = typer.Option(4.0, help="Loss weight near the surface: 1 + w*exp(-|d|/s), s = --near-scale."),
           near_scale: float = typer.Option(0.5, help="Length (mm) over which the near-surface weight falls off."),
           sign_weight: float = typer.Option(0.0, help="Add this times the (same-weighted) mean |prediction| over voxels with "

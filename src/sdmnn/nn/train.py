@@ -178,6 +178,13 @@ def check_settings(cfg: TrainConfig) -> None:
         raise SdmnnError("--hard draws from the static datasets (--data) and applies to --arch sdmnn only")
     if cfg.arch == "deepsdf" and (cfg.sign_weight or cfg.peak_weight):
         raise SdmnnError("--sign-weight and --peak-weight shape the SDMNN's loss; --arch deepsdf trains on clamped L1")
+    default = {name: f.default for name, f in TrainConfig.__dataclass_fields__.items()}
+    if cfg.arch == "deepsdf" and cfg.channels is not None:
+        raise SdmnnError("--channels sets the SDMNN's decoder; --arch deepsdf has none (its width is --hidden)")
+    if cfg.arch == "sdmnn" and cfg.points != default["points"]:
+        raise SdmnnError("--points sets the SDF samples of --arch deepsdf; the SDMNN learns whole SDMs")
+    if not cfg.online and cfg.online_workers != default["online_workers"]:
+        raise SdmnnError("--online-workers sets the processes of --online, which is not given")
     check_output(cfg.out, what="folder")
 
 
@@ -206,6 +213,9 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
     for p, s in zip(cfg.data, sets):
         if s.grid != grid:
             raise SdmnnError(f"{p} is on another grid than {cfg.data[0]}")
+        if len(s) < s.meta["count"] and rank == 0:
+            warnings.warn(f"{p} holds {len(s)} of its design's {s.meta['count']} samples (an interrupted `sdmnn dataset "
+                          "make`; its same command finishes it): training on those", UserWarning, stacklevel=2)
     X = torch.cat([s.x for s in sets]) if sets else torch.empty(0, len(family.space))
     Y = torch.cat([s.sdm for s in sets]) if sets else torch.empty(0, *grid.shape)
     val = open_dataset(cfg.val, family=family, grid=grid) if cfg.val else None
@@ -275,6 +285,7 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
     t_start = time.perf_counter() - state["seconds"]
     last_save, last_metrics = time.perf_counter(), {}
     interrupted = _Interrupt()
+    warmup = min(cfg.warmup, max(1, cfg.steps // 10)) if cfg.steps else cfg.warmup  # a short run reaches its --lr too
     with interrupted:
         while True:
             elapsed = time.perf_counter() - t_start
@@ -284,7 +295,7 @@ def train(cfg: TrainConfig, progress: bool = True, command: str | None = None) -
                 torch.distributed.all_reduce(stop, op=torch.distributed.ReduceOp.MAX)
             if stop.item():
                 break
-            lr = cfg.lr * min(1.0, (state["step"] + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+            lr = cfg.lr * min(1.0, (state["step"] + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
             for g in opt.param_groups:
                 g["lr"] = lr
             xb, yb, idx = _batch(X, Y, online, rng, cfg.batch, hard, cfg.hard)
