@@ -87,6 +87,8 @@ def test_mesh_sdm_show_end_to_end(tmp_path):
     # a folder that takes no new file (a read-only mount; /proc stands for one, whoever runs the tests)
     (["sdm", "cochlea", "-o", "/proc/x.nii.gz"], "cannot write /proc/x.nii.gz: /proc takes no new file"),
     (["dataset", "make", "cochlea", "--design", "grid:2", "-o", "/proc/d.zarr"], "/proc takes no new file"),
+    (["phantom", "cochlea", "--spacing", "5", "-o", "x.nii.gz"], "no voxel of 5x5x5 mm lies half inside the shape"),
+    (["dataset", "make", "cochlea", "--design", "grid:2", "-o", "."], ". exists and is not an sdmnn dataset"),
     (["view", "--port", "70000", "--no-browser"], "--port takes a port number 0-65535"),
     (["sdm", "--mesh", "cut.stl", "-o", "x.nii.gz"], "header announces 12 triangles (684 bytes): the file is cut short"),
     # square brackets in a message are printed as they are (not read as console styles)

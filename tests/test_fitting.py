@@ -26,9 +26,10 @@ def _degrees_off(result, info) -> float:
     (np.full((4, 4, 4), np.nan), "NaN"),
     (np.zeros((4, 4)), "3-D"),
     (np.zeros((0, 0, 0)), "empty"),
+    (np.ones((4, 4, 4), np.complex64), "real numbers, got complex64"),
 ])
 def test_unusable_label_maps_are_refused(volume, message):
-    with pytest.raises(FitError, match=message):
+    with pytest.raises(sdmnn.ImageError, match=message):
         check_observed(volume, "labels")
 
 

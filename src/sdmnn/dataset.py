@@ -179,7 +179,11 @@ def create_store(path, family: Family, grid: Grid, design: str, seed: int, point
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise FileError(f"cannot create the folder {path.parent}: {e.strerror}") from None
+    if path.is_dir() and not any(path.iterdir()):  # an empty folder made for it: a new store
+        path.rmdir()
     if path.exists():
+        if not (path / "zarr.json").is_file():
+            raise DatasetError(f"{path} exists and is not an sdmnn dataset; choose another output path")
         group, old = _open_group(path, "r+")
         if old is None:
             raise DatasetError(f"{path} exists and is not an sdmnn dataset; choose another output path")

@@ -268,8 +268,8 @@ def check_observed(observed: np.ndarray, kind: str, label: int | None = None) ->
         raise ImageError(f"the observed image must be a 3-D volume, got {observed.ndim} dimensions")
     if observed.size == 0:
         raise ImageError(f"the observed image is empty: its shape is {observed.shape}")
-    if not np.issubdtype(observed.dtype, np.number) and observed.dtype != bool:
-        raise ImageError(f"the observed image must hold numbers, got {observed.dtype}")
+    if (not np.issubdtype(observed.dtype, np.number) and observed.dtype != bool) or np.iscomplexobj(observed):
+        raise ImageError(f"the observed image must hold real numbers, got {observed.dtype}")
     if not np.all(np.isfinite(observed)):
         raise ImageError("the observed image holds NaN or infinite values")
     if kind == "labels":

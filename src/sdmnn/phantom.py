@@ -149,7 +149,11 @@ def make_phantom(family, params, *, rotate=(0.0, 0.0, 0.0), translate=(0.0, 0.0,
         "mesh_refine": refine, "subvoxels": k.tolist(), "seed": seed,
     }
     if kind == "labels":
-        return (fraction >= 0.5).astype(np.uint8), grid, truth
+        labels = (fraction >= 0.5).astype(np.uint8)
+        if not labels.any():
+            raise SdmnnError(f"no voxel of {'x'.join(f'{v:g}' for v in spacing)} mm lies half inside the shape, so its label map would be "
+                             "empty: give a finer spacing (--spacing)")
+        return labels, grid, truth
     inside_value, outside_value = map(float, intensities)
     rng = np.random.default_rng(seed)
     image = outside_value + (inside_value - outside_value) * fraction + noise * rng.standard_normal(fraction.shape)
