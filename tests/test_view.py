@@ -109,6 +109,10 @@ def test_a_family_without_a_network_shows_the_exact_sdm_only():
     assert r.status_code == 400 and r.json()["error"] == info["no_network"]
     r = c.post("/api/slices", json={"params": info["values"], "forward": "exact", "positions": info["centre"]})
     plane = r.json()["planes"][2]
+    # without positions: through the centre; the pose /api/info gives for a scene without one ([]) is no step
+    default = c.post("/api/slices", json={"params": info["values"], "forward": "exact", "pose": info["pose"]})
+    assert info["pose"] == [] and default.status_code == 200, default.text
+    assert [p["index"] for p in default.json()["planes"]] == info["centre"]
     truth = scene.family.analytic_sdf(info["values"], scene.grid)[:, :, info["centre"][2]]
     np.testing.assert_allclose(decoded(plane["sdm"], plane["shape"]), truth, atol=0.01)  # the mesh's chords
 
@@ -163,7 +167,7 @@ def test_a_fit_is_shown_over_its_image_in_the_images_world_coordinates(fit_folde
     # malformed states: a 400 with one sentence, never a 500 or a silent coercion
     for bad, message in (({"pose": "abc"}, "pose step is six finite numbers"), ({"pose": [0, 0, 0, 1e300, 0, 0]}, "lies within"),
                          ({"pose": [10**400, 0, 0, 0, 0, 0]}, "six finite numbers"), ({"positions": [1.9, 0, 0]}, "integers"),
-                         ({"positions": None}, "integers"), ({"difference": "false"}, "true or false"),
+                         ({"positions": "centre"}, "integers"), ({"difference": "false"}, "true or false"),
                          ({"params": {**PHANTOM, "a": 10**400}}, "a must be a finite number"),
                          ({"params": {**PHANTOM, "a": "3.0"}}, "a must be a number")):
         r = c.post("/api/slices", json={**body, **bad})

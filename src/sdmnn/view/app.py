@@ -60,7 +60,7 @@ def make_app(scene: Scene):
         difference = body.get("difference", False)
         if not isinstance(difference, bool):
             raise SdmnnError(f"difference is true or false, got {difference!r}")
-        planes = scene.slices(state_of(body), body.get("positions", ()), difference)
+        planes = scene.slices(state_of(body), body.get("positions"), difference)
         ms = 1e3 * (time.perf_counter() - t0)
         out = []
         for p in planes:

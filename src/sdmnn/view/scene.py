@@ -91,6 +91,7 @@ class Scene:
         else:
             self.grid = fit.grid if fit is not None else self.family.grid
         self._lock = threading.Lock()
+        self._centre = None  # centre(), once
         # The network always runs on this one thread: torch keeps a team of worker threads per calling thread, and
         # requests arrive on the server's threads; with teams on several threads spinning on 2 cores, a prediction
         # was markedly slower than from a single thread (docs/bench/view.md).
@@ -119,8 +120,9 @@ class Scene:
         if forward == "sdmnn" and self.net is None:
             raise SdmnnError(self.no_network)
         vector = self.family.space.vector(params)
-        step = np.zeros(6) if pose is None else None
-        if isinstance(pose, (list, tuple, np.ndarray)) and all(is_number(v) for v in pose):
+        # none, or [] (what /api/info lists as the pose of a scene without one): no step
+        step = np.zeros(6) if pose is None or (not self.pose_names and isinstance(pose, (list, tuple)) and not pose) else None
+        if step is None and isinstance(pose, (list, tuple, np.ndarray)) and all(is_number(v) for v in pose):
             with contextlib.suppress(OverflowError):  # an integer past float's range
                 step = np.asarray(pose, float)
         if step is None or step.shape != (6,) or not np.all(np.isfinite(step)):
@@ -173,7 +175,12 @@ class Scene:
 
     def centre(self) -> list[int]:
         """The display-grid voxel nearest the deepest point of the first shape (the minimum of its exact SDM on
-        the family grid, posed): slices through it cut the shape, whatever its form."""
+        the family grid, posed): slices through it cut the shape, whatever its form. Computed once."""
+        if self._centre is None:
+            self._centre = self._deepest()
+        return self._centre
+
+    def _deepest(self) -> list[int]:
         from ..sdm import exact_sdm
 
         state = self.state(self.initial(), forward="exact")
@@ -200,9 +207,11 @@ class Scene:
         return np.squeeze(self.sdm_on(plane, state, forward), axis=axis).astype(np.float32)
 
     def slices(self, state: State, positions, difference: bool = False) -> list[dict]:
-        """The three planes through ``positions`` (i, j, k): for each, its axis, index and ``sdm`` (2-D, the
+        """The three planes through ``positions`` (i, j, k; None: ``centre``): for each, its axis, index and ``sdm`` (2-D, the
         first remaining voxel axis first), and with ``difference`` the network's minus the exact SDM; with an
         image, its voxels there too."""
+        if positions is None:
+            positions = self.centre()
         if (not isinstance(positions, (list, tuple)) or len(positions) != 3
                 or not all(is_integer(p) for p in positions)):
             raise SdmnnError(f"slice positions are three voxel indices (i, j, k), integers, got {positions!r}")
