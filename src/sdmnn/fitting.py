@@ -167,7 +167,7 @@ class FitResult:
     forward: str
     observed_kind: str
     noise: dict  # tau / sigma, appearance (intensities), the learned model's error, the correlation volume
-    quality: dict  # dice (labels, sdm), dice_nearer_tissue and r2 (intensity), rms_mm (sdm), residual statistics,
+    quality: dict  # dice (labels, sdm), mislabelled_voxels (labels), dice_nearer_tissue and r2 (intensity), rms_mm (sdm), residual statistics,
     # surface_outside_image, warning
     grid: Grid  # the observed image's grid
     log_posterior: float
@@ -1515,7 +1515,7 @@ def _quality(like: _Likelihood, d, obs: _Observation, labels=None) -> dict:
     if like.kind == "labels":
         inside = y > 0.5
         q["dice"] = float(2 * np.sum(fitted & inside & m) / max(np.sum(fitted & m) + np.sum(inside & m), 1))
-        q["mislabelled_fraction"] = float(np.mean(fitted[m] != inside[m]))
+        q["mislabelled_voxels"] = int(np.sum(fitted[m] != inside[m]))  # a count: the crop fitted differs by forward model
         if q["dice"] < MIN_DICE:
             q["warning"] = (f"the fit explains the label map poorly (Dice {q['dice']:.2f} < {MIN_DICE}); "
                             "is it the right family, label and pose?")
