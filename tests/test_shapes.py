@@ -184,6 +184,13 @@ def test_a_family_file_runs_once_whatever_name_is_asked_of_it(tmp_path):
     assert sdmnn.get_family("ballx") is ball and sdmnn.get_family("boxx") is box
 
 
+def test_a_family_file_given_as_a_module_gets_a_hint(tmp_path, monkeypatch):
+    (tmp_path / "mine.py").write_text("X = 1\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(sdmnn.FamilyError, match=r"No module named 'mine' \(a family file is named by its path: mine.py:NAME\)"):
+        sdmnn.get_family("mine:X")
+
+
 def test_get_family_loads_a_module_and_an_entry_point(tmp_path, monkeypatch):
     from importlib.metadata import EntryPoint
 

@@ -175,4 +175,7 @@ def _import(module_name: str):
     except FamilyError as e:
         raise FamilyError(f"{module_name}: {e}") from None
     except Exception as e:
-        raise FamilyError(f"cannot import {module_name} for its family: {type(e).__name__}: {e}") from None
+        file = Path(*module_name.split(".")).with_suffix(".py")
+        hint = (f" (a family file is named by its path: {file}:NAME)"
+                if isinstance(e, ModuleNotFoundError) and e.name == module_name.split(".")[0] and file.is_file() else "")
+        raise FamilyError(f"cannot import {module_name} for its family: {type(e).__name__}: {e}{hint}") from None
