@@ -681,3 +681,17 @@ def test_a_hybrid_fit_of_a_thin_flat_cochlea_on_thick_slices_ends_at_its_pose():
                                    translate=(0.90204596, -0.20114948, 0.87288412), spacing=(0.3, 0.3, 1.0))
     r = fit(img, grid, observed_kind="labels", forward="hybrid", pose="rigid", model=sdmnn.load_model())
     assert _degrees_off(r, info) < 5
+
+
+def test_shape_parameters_the_pose_can_stand_in_for_are_named(capsule_file):
+    """The capsule's tilt and shift move it as a rotation and a shift do: with the pose fitted, the image cannot tell
+    them apart, and the fit says so; its length and radius it tells."""
+    fam = sdmnn.get_family(f"{capsule_file}:CAPSULE")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the phantom's: the capsule's mesher takes no refine
+        image, grid, _ = make_phantom(fam, {"length": 2.2, "radius": 0.7, "tilt": 0.1, "shift": 0.1}, kind="ct",
+                                      rotate=(10, 20, -15), spacing=0.25)
+    with pytest.warns(FitWarning, match="tilt and shift are .* less certain .* than with it known"):
+        r = fit(image, grid, family=fam, observed_kind="intensity", forward="exact", pose="rigid")
+    inflation = r.quality["pose_inflation"]
+    assert inflation["length"] < 5 and inflation["radius"] < 5 and min(inflation["tilt"], inflation["shift"]) > 50
