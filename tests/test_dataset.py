@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -99,6 +101,31 @@ def test_an_interrupted_pool_task_stops_between_samples(cochlea, tmp_path, monke
     assert run_task(str(path), 0, 2)["written"] == 2
     stop.set()
     assert run_task(str(path), 2, 4)["written"] == 0 and dataset_info(path)["complete"] == 2
+
+
+def test_ctrl_c_stops_a_pool_run_at_once_and_a_rerun_finishes_it(tmp_path):
+    """Ctrl-C reaches the whole process group, pool workers included: the run stops within a sample or two, says how
+    far it got, and leaves no traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "sdmnn.cli", "dataset", "make", "cochlea", "--design", "sobol:512", "--workers", "2",
+               "-o", "d.zarr"]
+    run = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 240
+    while time.time() < deadline and run.poll() is None:  # until the workers have written a sample
+        if (tmp_path / "d.zarr" / "zarr.json").exists() and dataset_info(tmp_path / "d.zarr")["complete"] > 0:
+            break
+        time.sleep(0.2)
+    asked = time.time()
+    os.killpg(run.pid, signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130 and time.time() - asked < 15, err[-2000:]
+    assert "Traceback" not in err and "samples of d.zarr are written; rerun the same command" in err, err[-2000:]
+    assert dataset_info(tmp_path / "d.zarr")["complete"] < 512
 
 
 def test_dask_local_cluster_equals_a_serial_run_bit_for_bit(tmp_path):

@@ -105,12 +105,15 @@ def test_an_npy_without_its_grid_is_refused_and_its_grid_is_written_with_it_or_n
     with pytest.raises(FileError, match="needs its grid in lone.json beside it"):
         load_volume(tmp_path / "lone.npy")
     (tmp_path / "notes.json").write_text('{"subject": 7}')  # someone else's .json
-    with pytest.raises(FileError, match="notes.json beside it, which exists and holds no grid"):
+    with pytest.raises(FileError, match="notes.json beside it, which exists and is no volume's grid file"):
         save_volume(tmp_path / "notes.npy", np.zeros((3, 3, 3), np.float32), Grid((3, 3, 3), (1, 1, 1)))
+    (tmp_path / "model.json").write_text('{"arch": "sdmnn", "grid": {}}')  # a model's own: it has a grid too
+    with pytest.raises(FileError, match="model.json beside it, which exists and is no volume's grid file"):
+        save_volume(tmp_path / "model.npy", np.zeros((3, 3, 3), np.float32), Grid((3, 3, 3), (1, 1, 1)))
     (tmp_path / "box.json").mkdir()
     with pytest.raises(FileError, match="box.json beside it, which is a folder"):
         save_volume(tmp_path / "box.npy", np.zeros((3, 3, 3), np.float32), Grid((3, 3, 3), (1, 1, 1)))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["box.json", "lone.npy", "notes.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["box.json", "lone.npy", "model.json", "notes.json"]
     assert (tmp_path / "notes.json").read_text() == '{"subject": 7}'
 
 

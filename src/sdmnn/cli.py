@@ -310,9 +310,12 @@ def dataset_make(family: str = FamilyArg,
     try:
         s = make_dataset(output, family, design, seed=seed, workers=workers, scheduler=scheduler, exclude=excluded)
     except KeyboardInterrupt:
-        info = dataset_info(output)
-        err.print(f"\ninterrupted: {info['complete']}/{info['count']} samples of {output} are written; rerun the same "
-                  "command to finish")
+        try:
+            info = dataset_info(output)
+            err.print(f"\ninterrupted: {info['complete']}/{info['count']} samples of {output} are written; rerun the "
+                      "same command to finish")
+        except SdmnnError:  # before the store was made
+            err.print(f"\ninterrupted before {output} was made")
         sys.exit(130)
     info = dataset_info(output)
     console.print(f"{output}: {info['complete']}/{info['count']} samples complete; this run wrote {s.written} "
@@ -516,7 +519,8 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
     if family is None:
         family = net.family.ref if net is not None else "cochlea"
     window = _numbers(window, "--window", 2) if window is not None else None
-    with err.status(f"fitting the {family} family to {target.name}") as status:
+    shown = net.family.name if net is not None and family == net.family.ref else family
+    with err.status(f"fitting the {shown} family to {target.name}") as status:
         try:
             r = run_fit(volume, grid, family=family, observed_kind=observed, forward=forward, pose=pose, seed=seed,
                         model=net, tau=tau, sigma=sigma, band=band, label=label, mask=mask_volume, centre=where,
@@ -524,7 +528,7 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
                         progress=lambda text: status.update(f"fitting {target.name}: {text}"))
         except ImageError as e:  # what is wrong with the image itself, named
             raise ImageError(f"{target}: {e}") from None
-    table = Table(title=f"{family} fit ({forward} forward model, {observed} target, pose {pose})", title_justify="left")
+    table = Table(title=f"{r.family} fit ({forward} forward model, {observed} target, pose {pose})", title_justify="left")
     for col in ("parameter", "MAP", "mean", "std", "90 % interval"):
         table.add_column(col)
     for name, (lo, hi) in r.interval(0.9).items():

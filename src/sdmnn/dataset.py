@@ -179,9 +179,7 @@ def create_store(path, family: Family, grid: Grid, design: str, seed: int, point
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise FileError(f"cannot create the folder {path.parent}: {e.strerror}") from None
-    if path.is_dir() and not any(path.iterdir()):  # an empty folder made for it: a new store
-        path.rmdir()
-    if path.exists():
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())):  # (an empty folder made for it: a new store)
         if not (path / "zarr.json").is_file():
             raise DatasetError(f"{path} exists and is not an sdmnn dataset; choose another output path")
         group, old = _open_group(path, "r+")
@@ -195,13 +193,16 @@ def create_store(path, family: Family, grid: Grid, design: str, seed: int, point
         return group
     if not path.parent.exists():
         raise FileError(f"cannot write {path}: the folder {path.parent} does not exist")
-    group = zarr.open_group(str(path), mode="w-")
-    n, shape = len(points), grid.shape
-    group.create_array("params", data=np.asarray(points, dtype=np.float64), chunks=(max(n, 1), len(family.space)))
-    group.create_array("sdm", shape=(n, *shape), chunks=(1, *shape), dtype="float32", fill_value=np.nan)
-    group.create_array("done", shape=(n,), chunks=(task_size,), dtype="bool", fill_value=False)
-    group.attrs["sdmnn"] = meta
-    return group
+    from .io import atomic_folder
+
+    with atomic_folder(path) as tmp:  # made beside it, moved into place whole: an interrupt leaves no half-made store
+        group = zarr.open_group(str(tmp), mode="w")
+        n, shape = len(points), grid.shape
+        group.create_array("params", data=np.asarray(points, dtype=np.float64), chunks=(max(n, 1), len(family.space)))
+        group.create_array("sdm", shape=(n, *shape), chunks=(1, *shape), dtype="float32", fill_value=np.nan)
+        group.create_array("done", shape=(n,), chunks=(task_size,), dtype="bool", fill_value=False)
+        group.attrs["sdmnn"] = meta
+    return zarr.open_group(str(path), mode="r+")
 
 
 def compute_sample(family: Family, grid: Grid, params) -> np.ndarray:
@@ -324,18 +325,32 @@ def _execute(path, tasks, workers, scheduler):
             yield run_task(path, s, e)
     else:
         # spawn, not fork: numba's thread pool must not be inherited half-initialised
+        import signal
+
         context = mp.get_context("spawn")
         stop = context.Event()
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(stop,)) as pool:
-            futures = [pool.submit(run_task, path, s, e, 1) for s, e in tasks]
+            # the workers start ignoring Ctrl-C (inherited, before they import anything); this process's Ctrl-C waits
+            # until every task is submitted, so that an interrupt finds them all to cancel
+            before = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+            try:
+                futures = [pool.submit(run_task, path, s, e, 1) for s, e in tasks]
+            finally:
+                if before is not None:
+                    signal.signal(signal.SIGINT, before)
             try:
                 for future in as_completed(futures):
                     yield future.result()
             except BaseException:  # interrupted (or a task failed): the tasks not begun are dropped, those running
                 stop.set()  # stop after their current sample, and the pool's exit waits for that alone
-                for future in futures:
-                    future.cancel()
+                pool.shutdown(wait=False, cancel_futures=True)
                 raise
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def dataset_info(path) -> dict:

@@ -966,7 +966,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         from .nn.checkpoint import check_trained_for, load_model
 
         net = model or load_model(family=fam, arch=network, device=device)
-        check_trained_for(net, fam)
+        check_trained_for(net, fam, f"the model {net.path}" if getattr(net, "path", None) else "the model")
         if net.arch != network:
             raise FitError(f"forward {forward} (--forward) runs a network of the {network} architecture; the model "
                            f"given is of the {net.arch} architecture")

@@ -105,13 +105,14 @@ def _check_sidecar(path: Path) -> None:
     if sidecar.is_dir():
         raise FileError(f"cannot write {path}: its grid goes to {sidecar.name} beside it, which is a folder")
     if sidecar.exists():
-        try:
-            ours = "grid" in json.loads(sidecar.read_text())
-        except (OSError, ValueError, TypeError):
+        try:  # what save_volume writes, and nothing more (a model's model.json or a fit's result.json has a grid too)
+            held = json.loads(sidecar.read_text())
+            ours = isinstance(held, dict) and set(held) == {"grid"}
+        except (OSError, ValueError):
             ours = False
         if not ours:
-            raise FileError(f"cannot write {path}: its grid goes to {sidecar.name} beside it, which exists and holds "
-                            "no grid (move it, or write another name or format)")
+            raise FileError(f"cannot write {path}: its grid goes to {sidecar.name} beside it, which exists and is no "
+                            "volume's grid file (move it, or write another name or format)")
 
 
 def volume_format_of(path) -> str:
@@ -234,9 +235,9 @@ def save_volume(path, volume: np.ndarray, grid: Grid) -> Path:
         raise GridError(f"the volume's shape {volume.shape} does not match the grid's {grid.shape}")
     if volume.dtype == bool:
         volume = volume.astype(np.uint8)
-    if kind == ".npy":  # the volume and its grid beside it: both or neither
-        _check_sidecar(path)
-        with atomic_path(path) as tmp, atomic_path(_sidecar(path)) as tmp_grid:
+    if kind == ".npy":  # the volume and its grid beside it, each written whole; neither renamed in place unless both
+        _check_sidecar(path)  # were written (the two renames follow each other)
+        with atomic_path(_sidecar(path)) as tmp_grid, atomic_path(path) as tmp:
             np.save(tmp, volume)
             tmp_grid.write_text(json.dumps({"grid": grid.to_dict()}))
         return path
@@ -373,8 +374,8 @@ def _check_binary_stl(path: Path) -> None:
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(1024)
-    if size < 84 or b"facet" in head.lower():  # too short to be binary, or ASCII STL
-        return
+    if size < 84 or head.lstrip().lower().startswith(b"solid"):  # too short to be binary, or ASCII STL (whose
+        return  # trimesh reads; a binary one whose header begins "solid" and holds what it says reads either way
     count = int(np.frombuffer(head[80:84], "<u4")[0])
     if size != 84 + 50 * count:
         raise FileError(f"{path}: a binary STL of {size} bytes whose header announces {count} triangles "

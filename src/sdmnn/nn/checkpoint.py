@@ -102,8 +102,9 @@ def check_meta(meta: dict, folder) -> tuple[Family, Grid]:
 
 def check_trained_for(net, family: Family, what: str = "the model") -> None:
     """Refuse (one sentence naming ``what``) a model trained for another family than ``family``: by name, or one of
-    the same name whose parameters, ranges or grid are not the ones it declares now (a family file edited after the
-    training: the network would answer for the old shapes, on the old grid)."""
+    the same name whose parameters or ranges are not the ones it declares now (a family file edited after the
+    training: the network would answer for the old shapes). Its grid may differ from the family's: a model trained on
+    a dataset of another grid answers on that one (``net.grid``)."""
     trained = net.family
     source = f" ({family.source})" if family.source else ""
     if trained.name != family.name:
@@ -111,11 +112,6 @@ def check_trained_for(net, family: Family, what: str = "the model") -> None:
     if trained.space.to_dict() != family.space.to_dict():
         raise ModelError(f"{what} was trained on other parameters or ranges than the {family.name} family{source} "
                          "declares: train a model for the family as it is now (sdmnn train)")
-    if net.grid != family.grid:
-        raise ModelError(f"{what} was trained on another grid ({'x'.join(map(str, net.grid.shape))} voxels of "
-                         f"{net.grid.spacing} mm) than the {family.name} family's{source} "
-                         f"({'x'.join(map(str, family.grid.shape))} of {family.grid.spacing} mm): train a model for the "
-                         "family as it is now (sdmnn train)")
 
 
 class Predictor:

@@ -381,14 +381,15 @@ def validate(net, val, batch: int = 16) -> dict:
 
 def _init_source(init, family, grid, arch):
     """The model ``init`` (a folder, or "shipped") a run starts from, checked: same architecture, family and grid."""
-    from .checkpoint import load_model
+    from .checkpoint import check_trained_for, load_model
 
     source = load_model(None if init == "shipped" else init, family=family, arch=arch)
     if source.arch != arch:
         raise SdmnnError(f"--init {init}: that model's architecture is {source.arch}, this run's {arch}")
-    if source.family.name != family.name or source.family.space.to_dict() != family.space.to_dict() or source.grid != grid:
-        raise SdmnnError(f"--init {init}: that model was trained for the {source.family.name} family on another grid, "
-                         "family or parameter ranges than this run's")
+    check_trained_for(source, family, f"--init {init}: that model")
+    if source.grid != grid:
+        raise SdmnnError(f"--init {init}: that model was trained on another grid than this run's "
+                         f"({'x'.join(map(str, source.grid.shape))} against {'x'.join(map(str, grid.shape))} voxels)")
     return source
 
 
@@ -444,7 +445,7 @@ class _Interrupt:
     """Within ``with``: the first Ctrl-C (SIGINT) or SIGTERM (a batch system's time limit) sets ``asked``, for the
     training loop to stop at the end of its step (every rank stops with the first that was asked, through the loop's
     stop flag); a second one acts at once. Outside the main thread, where no signal handler can be set, they act at
-    once."""
+    once. (Under torchrun, when a rank dies, the others' SIGTERM waits in the step's collective for torchrun's SIGKILL.)"""
 
     SIGNALS = ("SIGINT", "SIGTERM")
 
