@@ -112,7 +112,7 @@ def test_bad_phantom_settings_are_one_sentence(setting, message):
 def test_a_phantom_on_coarse_voxels_caps_its_sub_voxels_and_a_fine_one_over_the_budget_says_why(monkeypatch):
     """Sub-voxels of 0.1 mm on 30 mm voxels would be a 600^3 grid for a 2x2x2 image: at most 16 to a side instead. A
     phantom whose sub-voxels exceed the memory budget is refused naming them, not the grid of sub-voxels alone."""
-    image, grid, truth = make_phantom("torus", sdmnn.get_family("torus").defaults, spacing=30.0)
+    image, grid, truth = make_phantom("torus", sdmnn.get_family("torus").defaults, spacing=30.0, kind="ct")  # (its label map: empty)
     assert grid.shape == (2, 2, 2) and truth["subvoxels"] == [16, 16, 16]
     monkeypatch.setenv("SDMNN_MAX_BYTES", str(8 * 2**20))  # the image's 1.8 MiB fits, its sub-voxels' 49 MiB do not
     with pytest.raises(sdmnn.errors.GridError, match="take their partial volume from 3x3x3 sub-voxels each"):
