@@ -358,6 +358,11 @@ def test_a_label_map_of_two_separate_shapes_is_refused_naming_where_they_are():
     found = np.array(re.search(rf"{centres}, {centres}", str(e.value)).groups(), float).reshape(2, 3)
     mesh_centre = np.asarray(truth["centre_mm"])
     assert np.allclose(found[0], mesh_centre, atol=1.5) and np.allclose(found[1], mesh_centre + far - np.array(grid.origin), atol=1.5)
+    near = np.zeros((2 * n[0], n[1], n[2]), np.uint8)  # side by side, centres 15 mm apart: nearer than the model's
+    near[: n[0]], near[n[0]:] = img, img  # extent, but together wider than any of its shapes
+    with pytest.raises(FitError, match=r"2 separate structures together \d+ mm across, farther than the model's shapes reach"):
+        fit(near, Grid(near.shape, grid.spacing, grid.origin, grid.direction), observed_kind="labels", forward="exact",
+            pose="rigid")
     mask = np.zeros(both.shape, bool)  # a mask of the first: fitted
     mask[: n[0]] = True
     r = fit(both, Grid(both.shape, grid.spacing, grid.origin, grid.direction), observed_kind="labels", forward="exact",

@@ -1189,7 +1189,8 @@ def _model_frame(fam):
 def _one_structure(foreground, idx, grid: Grid, radius) -> None:
     """Refuse a foreground of separate structures (a segmentation of both ears, say), which no one shape explains:
     its connected parts of at least a tenth of the largest's voxels, joined where their centres lie within the model's
-    extent (twice ``radius``, mm; a thin shape's label map can break into pieces), must form one group."""
+    extent (twice ``radius``, mm; a thin shape's label map can break into pieces), must form one group, and together
+    reach no farther than that extent (a voxel's diagonal aside): the family's grid holds each of its shapes."""
     from scipy import ndimage
     from scipy.cluster.hierarchy import fcluster, linkage
 
@@ -1204,12 +1205,41 @@ def _one_structure(foreground, idx, grid: Grid, radius) -> None:
     centres = grid.to_world(np.array(ndimage.center_of_mass(parts > 0, parts, big)) + lo)
     groups = fcluster(linkage(centres, "single"), t=2 * radius, criterion="distance")
     if groups.max() < 2:
-        return
+        span = _span(grid.to_world(np.argwhere(np.isin(parts, big)) + lo))
+        if span <= 2 * radius + float(np.linalg.norm(grid.spacing)):
+            return
+        groups = fcluster(linkage(centres, "single"), t=2, criterion="maxclust")  # the two farthest apart
+        apart = f"together {span:.0f} mm across, farther than the model's shapes reach ({2 * radius:.0f} mm)"
+    else:
+        apart = f"more than {2 * radius:.0f} mm apart (the model's extent)"
     weights = counts[big - 1]
     where = [np.average(centres[groups == k], axis=0, weights=weights[groups == k]) for k in range(1, groups.max() + 1)]
-    raise FitError(f"the image holds {len(where)} separate structures more than {2 * radius:.0f} mm apart (the model's extent), "
+    raise FitError(f"the image holds {len(where)} separate structures {apart}, "
                    f"about {', '.join(str(np.round(w, 1).tolist()) for w in where)} mm (world): no one shape explains them; "
                    "fit one at a time, giving its centre (centre=, --centre X,Y,Z) or a mask of it (mask=, --mask)")
+
+
+def _span(points: np.ndarray) -> float:
+    """The largest distance between two of ``points`` (N, 3), mm: between the vertices of their convex hull."""
+    from scipy.spatial import ConvexHull, QhullError
+    from scipy.spatial.distance import pdist
+
+    if len(points) < 2:
+        return 0.0
+    try:
+        return float(pdist(points[ConvexHull(points).vertices]).max())
+    except (QhullError, ValueError):  # all in a plane or a line
+        return _widest(points)
+
+
+def _widest(points: np.ndarray, n: int = 600) -> float:
+    """The largest width of ``points`` over ``n`` directions spread over the sphere: their span, or a little less
+    (within 0.3 % for 600), never more."""
+    i = np.arange(n) + 0.5
+    z, phi = 1 - 2 * i / n, np.pi * (1 + 5**0.5) * i
+    directions = np.stack([np.sqrt(1 - z * z) * np.cos(phi), np.sqrt(1 - z * z) * np.sin(phi), z], 1)
+    projected = points @ directions.T
+    return float((projected.max(0) - projected.min(0)).max())
 
 
 def _region(foreground, grid: Grid, centre, radius):
