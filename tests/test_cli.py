@@ -226,6 +226,21 @@ def test_sdm_warns_when_the_family_grid_does_not_hold_the_shape(tmp_path):
     assert "warning: the shape leaves the grid" in r.stderr and (tmp_path / "b.nii.gz").exists()
 
 
+def test_fit_cli_reads_a_dicom_series_folder_and_writes_on_its_grid(tmp_path):
+    from sdmnn.phantom import make_phantom, surface_distances, truth_mesh
+    from test_io import write_dicom_series
+
+    image, grid, truth = make_phantom("cochlea", {"a": 3.5, "alpha": 0.6, "b": 0.12, "phi": 0.2}, rotate=(20, -35, 50),
+                                      spacing=(0.4, 0.4, 0.6))
+    write_dicom_series(tmp_path / "series", image, grid)
+    r = run("fit", "series", "--pose", "rigid", "--forward", "exact", "-o", "res", cwd=tmp_path)
+    assert "wrote res/" in " ".join(r.stdout.split())
+    sdm, sdm_grid = sdmnn.load_volume(tmp_path / "res" / "sdm.nii.gz")  # NIfTI for a DICOM series, on its grid
+    assert sdm_grid == grid
+    d = surface_distances(sdmnn.load_mesh(tmp_path / "res" / "mesh.stl"), truth_mesh(truth))
+    assert d.mean() < 0.05, d.mean()
+
+
 def test_fit_cli_refuses_an_empty_label_map(tmp_path):
     fam = sdmnn.get_family("cochlea")
     sdmnn.save_volume(tmp_path / "empty.nii.gz", np.zeros(fam.grid.shape, np.uint8), fam.grid)

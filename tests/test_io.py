@@ -249,3 +249,54 @@ def test_an_stl_says_its_frame_in_its_header_and_reads_back(tmp_path):
     assert (tmp_path / "box.stl").read_bytes()[:9] == b"SPACE=LPS"  # 3D Slicer's mark of the frame
     back = load_mesh(tmp_path / "box.stl")
     assert back.is_watertight and np.isclose(back.volume, 6.0)
+
+
+def write_dicom_series(folder, volume, grid, uid="1.2.826.0.1.3680043.2.1125.7.1", skip=()):
+    """``volume`` ([i, j, k]) on ``grid`` as a DICOM series, one file per slice k (but those in ``skip``), as a scanner
+    writes it: each slice's position and orientation, one series UID."""
+    import locale
+
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    before = locale.setlocale(locale.LC_ALL, None)  # GDCM's writer sets the C locale (ASCII text) for the process
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.transpose(2, 1, 0)).astype(np.int16))
+    image.SetSpacing(grid.spacing)
+    image.SetOrigin(grid.origin)
+    image.SetDirection(np.array(grid.direction).ravel().tolist())
+    d = np.array(grid.direction)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(image.GetDepth()):
+        if k in skip:
+            continue
+        plane = image[:, :, k]
+        for tag, value in (("0008|0060", "CT"), ("0020|000e", uid), ("0020|000d", uid + ".0"), ("0020|0013", str(k)),
+                           ("0020|0037", "\\".join(f"{v:.6f}" for v in (*d[:, 0], *d[:, 1]))),
+                           ("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k))))),
+                           ("0018|0050", str(grid.spacing[2]))):
+            plane.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(plane)
+    locale.setlocale(locale.LC_ALL, before)
+
+
+def test_a_dicom_series_folder_reads_with_its_grid_and_a_bad_one_is_one_sentence(tmp_path):
+    grid = GRIDS["oblique, anisotropic"]
+    volume = np.random.default_rng(0).integers(-1000, 2000, grid.shape)
+    write_dicom_series(tmp_path / "ct", volume, grid)
+    read, read_grid = load_volume(tmp_path / "ct")
+    assert np.array_equal(read, volume) and read_grid == grid
+    write_dicom_series(tmp_path / "gap", volume, grid, skip=(3,))  # a slice missing
+    with pytest.raises(FileError, match="not evenly spaced along their normal"):
+        load_volume(tmp_path / "gap")
+    (tmp_path / "mixed").mkdir()  # two series in one folder
+    for i, f in enumerate(sorted((tmp_path / "ct").iterdir())):
+        (tmp_path / "mixed" / f"a{i}.dcm").write_bytes(f.read_bytes())
+    write_dicom_series(tmp_path / "other", volume, grid, uid="1.2.826.0.1.3680043.2.1125.7.2")
+    for i, f in enumerate(sorted((tmp_path / "other").iterdir())):
+        (tmp_path / "mixed" / f"b{i}.dcm").write_bytes(f.read_bytes())
+    with pytest.raises(FileError, match="holds 2 DICOM series; give the folder of one"):
+        load_volume(tmp_path / "mixed")
+    with pytest.raises(FileError, match="a folder holding no DICOM series"):
+        load_volume(tmp_path)

@@ -254,7 +254,7 @@ def sdm(family: Optional[str] = typer.Argument(None, help="A family (name, FILE.
 
 
 @app.command()
-def show(volume: Path = typer.Argument(..., help="An SDM volume (.nii.gz, .nii, .nrrd, .mha, .npy...)."),
+def show(volume: Path = typer.Argument(..., help="An SDM volume (.nii.gz, .nii, .nrrd, .mha, .npy..., or a DICOM series' folder)."),
          output: Path = typer.Option(..., "-o", "--output", help="PNG to write (.png).")):
     """Write three orthogonal slices of an SDM with its zero contour as PNG."""
     from .io import IMAGE_SUFFIXES, check_output, load_volume
@@ -451,7 +451,7 @@ def evaluate(model: Optional[Path] = typer.Argument(None, help="Model folder (de
 
 
 @app.command()
-def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM (mm) or a CT-like image (NIfTI, NRRD, MHA or .npy), any geometry."),
+def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM (mm) or a CT-like image (NIfTI, NRRD, MHA, .npy, or the folder of one DICOM series), any geometry."),
         family: Optional[str] = typer.Option(None, help="Family whose parameters are fitted (a name, FILE.py:NAME or package.module:NAME; default: the --model's, else cochlea)."),
         observed: str = typer.Option("labels", metavar="[labels|sdm|intensity]",
                                      help="labels (logistic shape model), sdm (Gaussian) or intensity (two tissues, blur, noise)."),
@@ -591,7 +591,7 @@ def phantom(family: str = FamilyArg,
 @app.command()
 def view(family: Optional[str] = typer.Option(None, help="A family: a name, FILE.py:NAME or package.module:NAME (default: the fit's, else the model's, else cochlea)."),
          model: Optional[Path] = typer.Option(None, help="Model folder (default: the shipped network of the family, if any)."),
-         image: Optional[Path] = typer.Option(None, help="An image to show under the shape (NIfTI, NRRD or MHA), in its own world coordinates."),
+         image: Optional[Path] = typer.Option(None, help="An image to show under the shape (NIfTI, NRRD, MHA or a DICOM series' folder), in its own world coordinates."),
          fit_dir: Optional[Path] = typer.Option(None, "--fit", help="A folder written by `sdmnn fit`: its shape, pose and intervals (and its image, if still there)."),
          port: int = typer.Option(8765, help="Port on 127.0.0.1 (0: any free one)."),
          no_browser: bool = typer.Option(False, "--no-browser", help="Do not open a browser.")):

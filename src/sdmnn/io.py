@@ -117,7 +117,9 @@ def _check_sidecar(path: Path) -> None:
 
 def volume_format_of(path) -> str:
     """The format to write volumes made from the image ``path`` in: its own, the one-file form of a detached header
-    (.nhdr -> .nrrd, .mhd -> .mha), NIfTI (.nii.gz) for .npy."""
+    (.nhdr -> .nrrd, .mhd -> .mha), NIfTI (.nii.gz) for .npy and a DICOM series' folder."""
+    if _path(path).is_dir():
+        return ".nii.gz"
     kind = _suffix(_path(path), VOLUME_SUFFIXES)
     return {**WRITE_ONLY_ATTACHED, ".npy": ".nii.gz"}.get(kind, kind)
 
@@ -256,11 +258,14 @@ def save_volume(path, volume: np.ndarray, grid: Grid) -> Path:
 
 
 def load_volume(path) -> tuple[np.ndarray, Grid]:
-    """Read a 3-D volume (indexed ``[i, j, k]``) and its grid (LPS world mm) from any ``VOLUME_SUFFIXES`` file."""
+    """Read a 3-D volume (indexed ``[i, j, k]``) and its grid (LPS world mm) from any ``VOLUME_SUFFIXES`` file, or
+    from the folder of one DICOM series (its slices' files)."""
     path = _path(path)
+    if path.is_dir():
+        return _load_dicom_series(path)
     kind = _suffix(path, VOLUME_SUFFIXES)
     if not path.is_file():
-        raise FileError(f"{path}: " + ("a folder, not a volume file" if path.is_dir() else "no such file"))
+        raise FileError(f"{path}: no such file")
     try:
         if kind == ".npy":
             volume = np.load(path, allow_pickle=False)
@@ -296,6 +301,55 @@ def load_volume(path) -> tuple[np.ndarray, Grid]:
     except Exception as e:  # SimpleITK, numpy and json each raise their own kinds on a damaged file
         raise FileError(f"{path}: cannot be read as a volume ({_first_line(e)})") from None
     return volume, grid
+
+
+def _load_dicom_series(folder: Path) -> tuple[np.ndarray, Grid]:
+    """The volume of the one DICOM series in ``folder`` (GDCM, through SimpleITK: slices ordered by position, rescale
+    slope and intercept applied), refused where its slices are not evenly spaced along their normal (a missing slice,
+    a gantry tilt): a grid could not say where its voxels lie."""
+    import SimpleITK as sitk
+
+    warn = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's own "No Series were found" on stderr: ours says it
+    try:
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError:
+        series = ()
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warn)
+    if not series:
+        raise FileError(f"{folder}: a folder holding no DICOM series; a volume is a file ({', '.join(VOLUME_SUFFIXES)}) "
+                        "or the folder of one DICOM series")
+    if len(series) > 1:
+        raise FileError(f"{folder}: holds {len(series)} DICOM series; give the folder of one (move each series' files "
+                        "into a folder of its own)")
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
+    if len(files) < 2:
+        raise FileError(f"{folder}: its DICOM series has one slice; a volume needs at least two")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    try:
+        image = reader.Execute()
+        positions = np.array([[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")]
+                              for i in range(len(files))])
+    except (RuntimeError, ValueError) as e:
+        raise FileError(f"{folder}: its DICOM series cannot be read as a volume ({_first_line(e)})") from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise FileError(f"{folder}: expected a DICOM series of scalar slices, got {image.GetNumberOfComponentsPerPixel()} "
+                        "components per voxel")
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    steps = np.diff(positions, axis=0)
+    along = steps @ direction[:, 2]
+    across = np.linalg.norm(steps - along[:, None] * direction[:, 2], axis=1)
+    tolerance = 0.01 * abs(float(np.median(along)))
+    if np.ptp(along) > tolerance or across.max() > tolerance:
+        raise FileError(f"{folder}: its DICOM slices are not evenly spaced along their normal (steps of "
+                        f"{along.min():.4g} to {along.max():.4g} mm" + (f", shifted sideways by up to {across.max():.3g} mm"
+                                                                        " (a gantry tilt)" if across.max() > tolerance else "")
+                        + "): resample the series to a regular grid first")
+    volume = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    return volume, Grid(volume.shape, np.round(image.GetSpacing(), 6), np.round(image.GetOrigin(), 6), direction)
 
 
 #: The ITK reader of each volume suffix but .npy.
