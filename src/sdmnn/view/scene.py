@@ -298,7 +298,7 @@ def _network(family, model):
 
 def load_scene(family: str | None = None, model=None, image=None, fit=None) -> Scene:
     """A ``Scene`` from paths, as ``sdmnn view`` takes them: the family defaults to the fit's, then to the
-    model's, then to the cochlea; the image defaults to the fit's own (its ``target``) when that file is still there."""
+    model's, then to the cochlea; the image defaults to the fit's own (its ``target``) when that file (or DICOM folder) is still there."""
     from ..io import load_volume
 
     summary = FitSummary.read(fit) if fit is not None else None
@@ -311,7 +311,7 @@ def load_scene(family: str | None = None, model=None, image=None, fit=None) -> S
         family = stored_family(read_checkpoint(model)[0], model)
     elif family is None:
         family = "cochlea"
-    if image is None and summary is not None and summary.target and Path(summary.target).is_file():
+    if image is None and summary is not None and summary.target and Path(summary.target).exists():
         image = summary.target
     volume = load_volume(image) if image is not None else None
     return Scene(family, model=model, image=volume, fit=summary)
