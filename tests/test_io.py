@@ -298,5 +298,8 @@ def test_a_dicom_series_folder_reads_with_its_grid_and_a_bad_one_is_one_sentence
         (tmp_path / "mixed" / f"b{i}.dcm").write_bytes(f.read_bytes())
     with pytest.raises(FileError, match="holds 2 DICOM series; give the folder of one"):
         load_volume(tmp_path / "mixed")
-    with pytest.raises(FileError, match="a folder holding no DICOM series"):
-        load_volume(tmp_path)
+    with pytest.raises(FileError, match="a folder holding no DICOM series; its folders .*ct.* hold some: give one"):
+        load_volume(tmp_path)  # a study's folder, of series folders
+    (tmp_path / "none").mkdir()
+    with pytest.raises(FileError, match="a folder holding no DICOM series; a volume is a file"):
+        load_volume(tmp_path / "none")

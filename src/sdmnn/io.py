@@ -303,23 +303,32 @@ def load_volume(path) -> tuple[np.ndarray, Grid]:
     return volume, grid
 
 
+def _dicom_series(folder: Path) -> tuple:
+    """The IDs of the DICOM series whose files lie in ``folder`` (none: an empty tuple)."""
+    import SimpleITK as sitk
+
+    warn = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's own "No Series were found" on stderr: ours says it
+    try:
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    except RuntimeError:
+        return ()
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warn)
+
+
 def _load_dicom_series(folder: Path) -> tuple[np.ndarray, Grid]:
     """The volume of the one DICOM series in ``folder`` (GDCM, through SimpleITK: slices ordered by position, rescale
     slope and intercept applied), refused where its slices are not evenly spaced along their normal (a missing slice,
     a gantry tilt): a grid could not say where its voxels lie."""
     import SimpleITK as sitk
 
-    warn = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's own "No Series were found" on stderr: ours says it
-    try:
-        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    except RuntimeError:
-        series = ()
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warn)
+    series = _dicom_series(folder)
     if not series:
-        raise FileError(f"{folder}: a folder holding no DICOM series; a volume is a file ({', '.join(VOLUME_SUFFIXES)}) "
-                        "or the folder of one DICOM series")
+        inside = sorted(sub.name for sub in folder.iterdir() if sub.is_dir() and _dicom_series(sub))[:6]  # a study's
+        raise FileError(f"{folder}: a folder holding no DICOM series" + (
+            f"; its folders {', '.join(inside)} hold some: give one of them" if inside else
+            f"; a volume is a file ({', '.join(VOLUME_SUFFIXES)}) or the folder of one DICOM series"))
     if len(series) > 1:
         raise FileError(f"{folder}: holds {len(series)} DICOM series; give the folder of one (move each series' files "
                         "into a folder of its own)")
