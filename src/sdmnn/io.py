@@ -303,6 +303,10 @@ def load_volume(path) -> tuple[np.ndarray, Grid]:
     return volume, grid
 
 
+#: At most this many folders in a folder holding no DICOM series are looked into for one (a study's series folders).
+MAX_SERIES_FOLDERS = 32
+
+
 def _dicom_series(folder: Path) -> tuple:
     """The IDs of the DICOM series whose files lie in ``folder`` (none: an empty tuple)."""
     import SimpleITK as sitk
@@ -325,7 +329,8 @@ def _load_dicom_series(folder: Path) -> tuple[np.ndarray, Grid]:
 
     series = _dicom_series(folder)
     if not series:
-        inside = sorted(sub.name for sub in folder.iterdir() if sub.is_dir() and _dicom_series(sub))[:6]  # a study's
+        subfolders = sorted(sub for sub in folder.iterdir() if sub.is_dir())[:MAX_SERIES_FOLDERS]  # a study's?
+        inside = [sub.name for sub in subfolders if _dicom_series(sub)][:6]
         raise FileError(f"{folder}: a folder holding no DICOM series" + (
             f"; its folders {', '.join(inside)} hold some: give one of them" if inside else
             f"; a volume is a file ({', '.join(VOLUME_SUFFIXES)}) or the folder of one DICOM series"))
