@@ -251,9 +251,10 @@ def test_an_stl_says_its_frame_in_its_header_and_reads_back(tmp_path):
     assert back.is_watertight and np.isclose(back.volume, 6.0)
 
 
-def write_dicom_series(folder, volume, grid, uid="1.2.826.0.1.3680043.2.1125.7.1", skip=()):
+def write_dicom_series(folder, volume, grid, uid="1.2.826.0.1.3680043.2.1125.7.1", skip=(), decimals=None,
+                       description="CT"):
     """``volume`` ([i, j, k]) on ``grid`` as a DICOM series, one file per slice k (but those in ``skip``), as a scanner
-    writes it: each slice's position and orientation, one series UID."""
+    writes it: each slice's position (rounded to ``decimals``) and orientation, one series UID."""
     import locale
 
     import SimpleITK as sitk
@@ -273,7 +274,9 @@ def write_dicom_series(folder, volume, grid, uid="1.2.826.0.1.3680043.2.1125.7.1
         plane = image[:, :, k]
         for tag, value in (("0008|0060", "CT"), ("0020|000e", uid), ("0020|000d", uid + ".0"), ("0020|0013", str(k)),
                            ("0020|0037", "\\".join(f"{v:.6f}" for v in (*d[:, 0], *d[:, 1]))),
-                           ("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k))))),
+                           ("0020|0032", "\\".join(str(round(v, decimals) if decimals else v)
+                                                     for v in image.TransformIndexToPhysicalPoint((0, 0, k)))),
+                           ("0008|103e", description),
                            ("0018|0050", str(grid.spacing[2]))):
             plane.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
@@ -287,19 +290,27 @@ def test_a_dicom_series_folder_reads_with_its_grid_and_a_bad_one_is_one_sentence
     write_dicom_series(tmp_path / "ct", volume, grid)
     read, read_grid = load_volume(tmp_path / "ct")
     assert np.array_equal(read, volume) and read_grid == grid
+    write_dicom_series(tmp_path / "rounded", volume, grid, decimals=2)  # positions as some scanners write them
+    rounded = load_volume(tmp_path / "rounded")[1]  # the grid, to what two decimals of its positions hold
+    assert np.allclose(rounded.spacing, grid.spacing, atol=1e-3) and np.allclose(rounded.origin, grid.origin, atol=0.01)
     write_dicom_series(tmp_path / "gap", volume, grid, skip=(3,))  # a slice missing
-    with pytest.raises(FileError, match="not evenly spaced along their normal"):
+    with pytest.raises(FileError, match="not evenly spaced .* a missing slice"):
         load_volume(tmp_path / "gap")
+    write_dicom_series(tmp_path / "twice", volume, grid)
+    (tmp_path / "twice" / "copy.dcm").write_bytes((tmp_path / "twice" / "slice002.dcm").read_bytes())
+    with pytest.raises(FileError, match="two of its DICOM slices lie at the same position"):
+        load_volume(tmp_path / "twice")
     (tmp_path / "mixed").mkdir()  # two series in one folder
     for i, f in enumerate(sorted((tmp_path / "ct").iterdir())):
         (tmp_path / "mixed" / f"a{i}.dcm").write_bytes(f.read_bytes())
-    write_dicom_series(tmp_path / "other", volume, grid, uid="1.2.826.0.1.3680043.2.1125.7.2")
-    for i, f in enumerate(sorted((tmp_path / "other").iterdir())):
+    write_dicom_series(tmp_path / "study" / "patient" / "bone", volume, grid, uid="1.2.826.0.1.3680043.2.1125.7.2",
+                       description="BONE 0.6")
+    for i, f in enumerate(sorted((tmp_path / "study" / "patient" / "bone").iterdir())):
         (tmp_path / "mixed" / f"b{i}.dcm").write_bytes(f.read_bytes())
-    with pytest.raises(FileError, match="holds 2 DICOM series; give the folder of one"):
+    with pytest.raises(FileError, match=r"holds 2 DICOM series \(.*BONE 0.6 \(7 files\).*\); give the folder of one"):
         load_volume(tmp_path / "mixed")
-    with pytest.raises(FileError, match="a folder holding no DICOM series; its folders .*ct.* hold some: give one"):
-        load_volume(tmp_path)  # a study's folder, of series folders
+    with pytest.raises(FileError, match="no DICOM series; these folders in it hold some: patient/bone; give one"):
+        load_volume(tmp_path / "study")  # a study's folder, its series two folders down
     (tmp_path / "none").mkdir()
     with pytest.raises(FileError, match="a folder holding no DICOM series; a volume is a file"):
         load_volume(tmp_path / "none")

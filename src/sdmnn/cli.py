@@ -258,14 +258,13 @@ def show(volume: Path = typer.Argument(..., help="An SDM volume (.nii.gz, .nii, 
          output: Path = typer.Option(..., "-o", "--output", help="PNG to write (.png).")):
     """Write three orthogonal slices of an SDM with its zero contour as PNG."""
     from .io import IMAGE_SUFFIXES, check_output, load_volume
-    from .viz import save_slices
+    from .viz import looks_like_sdm, save_slices
 
     check_output(output, IMAGE_SUFFIXES)
     v, grid = load_volume(volume)
-    sdm = bool((v < 0).any())  # an SDM is negative inside; a label map or most images are not
+    sdm, why = looks_like_sdm(v, grid)
     save_slices(output, v.astype("float32"), grid, title=volume.name, image_label=None if sdm else "image values")
-    console.print(f"wrote {output}" + ("" if sdm else f" ({volume.name} has no negative voxel, so it is no SDM: drawn as "
-                                                      "an image)"))
+    console.print(f"wrote {output}" + ("" if sdm else f" ({volume.name} {why}, so it is no SDM: drawn as an image)"))
 
 
 @app.command()
@@ -481,7 +480,7 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
         band: Optional[float] = typer.Option(None, help="For SDM targets: use only voxels within this many mm of the surface (> 0)."),
         threads: Optional[int] = typer.Option(None, help="Threads for the network and the exact SDM (default: all cores)."),
         device: str = DeviceOpt,
-        output: Path = typer.Option(Path("fit"), "-o", "--output", help="Folder for result.json, mesh.stl, sdm and labels volumes (in the image's format: sdm.nrrd for an .nrrd image; NIfTI for .npy), and for a label map or an intensity image overlay.png...")):
+        output: Path = typer.Option(Path("fit"), "-o", "--output", help="Folder for result.json, mesh.stl, sdm and labels volumes (in the image's format: sdm.nrrd for an .nrrd image; NIfTI for .npy and a DICOM series), and for a label map or an intensity image overlay.png...")):
     """Posterior over a family's parameters (and pose) given an image; prints MAP, mean, std and 90 % intervals."""
     import numpy as np
 

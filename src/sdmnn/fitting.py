@@ -224,7 +224,8 @@ class FitResult:
         from .io import atomic_path, save_mesh, save_volume, write_json
         from .viz import save_corner, save_slices
 
-        write_json(folder / "result.json", {"target": target, **self.to_dict()})
+        # the image's absolute path: the viewer opens it from wherever it is started
+        write_json(folder / "result.json", {"target": str(Path(target).resolve()) if target else None, **self.to_dict()})
         mesh = self.mesh()
         save_mesh(folder / "mesh.stl", mesh)
         sdm = self.sdm()

@@ -46,8 +46,22 @@ def _matching_suffix(path: Path, suffixes) -> str | None:
 def _suffix(path: Path, accepted) -> str:
     suffix = _matching_suffix(path, accepted)
     if suffix is None:
-        raise FileError(f"{path}: unsupported file type; accepted: {', '.join(accepted)}")
+        if set(accepted) == set(VOLUME_SUFFIXES) and _is_dicom(path):
+            raise FileError(f"{path}: a DICOM file; give the folder of its series")
+        raise FileError(f"{path}: unsupported file type; accepted: {', '.join(accepted)}"
+                        + (", or a DICOM series' folder" if set(accepted) == set(VOLUME_SUFFIXES) else "")
+                        + ("" if path.exists() or not path.parent.is_dir() or path.suffix else
+                           f" (there is no {path.name} in {path.parent})"))
     return suffix
+
+
+def _is_dicom(path: Path) -> bool:
+    """Whether ``path`` is a DICOM file (its preamble's "DICM")."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 
 #: Figures (three slices, overlays) are written as PNG only.
@@ -303,67 +317,135 @@ def load_volume(path) -> tuple[np.ndarray, Grid]:
     return volume, grid
 
 
-#: At most this many folders in a folder holding no DICOM series are looked into for one (a study's series folders).
-MAX_SERIES_FOLDERS = 32
+#: At most this many folders below a folder holding no DICOM series are looked into for one (a study's or a CD's
+#: series folders, up to SERIES_DEPTH levels down).
+MAX_SERIES_FOLDERS, SERIES_DEPTH = 64, 4
+#: A DICOM series' slices may lie this far (a fraction of its smallest voxel side) from a regular grid: positions
+#: written with two decimals stay within it, a missing slice or a gantry tilt does not.
+SLICE_TOLERANCE = 0.1
+
+
+@contextlib.contextmanager
+def _itk_quiet():
+    """ITK's own warnings (printed to stderr, "Non uniform sampling", "No Series were found") off: ours say it."""
+    import SimpleITK as sitk
+
+    before = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(before)
 
 
 def _dicom_series(folder: Path) -> tuple:
     """The IDs of the DICOM series whose files lie in ``folder`` (none: an empty tuple)."""
     import SimpleITK as sitk
 
-    warn = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's own "No Series were found" on stderr: ours says it
+    with _itk_quiet():
+        try:
+            return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+        except RuntimeError:
+            return ()
+
+
+def _series_folders(folder: Path) -> list[str]:
+    """The folders below ``folder`` (a study's, a CD's) that hold a DICOM series, relative to it (a few)."""
+    found, seen = [], 0
+    for root, dirs, _ in os.walk(folder):
+        depth = len(Path(root).relative_to(folder).parts)
+        dirs[:] = sorted(dirs) if depth < SERIES_DEPTH else []
+        if depth and _dicom_series(Path(root)):
+            found.append(str(Path(root).relative_to(folder)))
+        seen += 1
+        if seen > MAX_SERIES_FOLDERS or len(found) >= 6:
+            break
+    return found
+
+
+def _series_label(folder: Path, series: str) -> str:
+    """One series for a message: its description (or UID) and its number of files."""
+    import SimpleITK as sitk
+
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(files[0])
     try:
-        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+        reader.ReadImageInformation()
+        name = reader.GetMetaData("0008|103e").strip() if reader.HasMetaDataKey("0008|103e") else ""
     except RuntimeError:
-        return ()
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warn)
+        name = ""
+    return f"{name or 'UID ' + series} ({len(files)} files)"
 
 
 def _load_dicom_series(folder: Path) -> tuple[np.ndarray, Grid]:
     """The volume of the one DICOM series in ``folder`` (GDCM, through SimpleITK: slices ordered by position, rescale
-    slope and intercept applied), refused where its slices are not evenly spaced along their normal (a missing slice,
-    a gantry tilt): a grid could not say where its voxels lie."""
+    slope and intercept applied; or one multi-frame file), refused where its slices do not lie on a regular grid (a
+    missing or duplicated slice, a localizer among them, a gantry tilt): a grid could not say where its voxels lie."""
     import SimpleITK as sitk
 
     series = _dicom_series(folder)
     if not series:
-        subfolders = sorted(sub for sub in folder.iterdir() if sub.is_dir())[:MAX_SERIES_FOLDERS]  # a study's?
-        inside = [sub.name for sub in subfolders if _dicom_series(sub)][:6]
+        inside = _series_folders(folder)
         raise FileError(f"{folder}: a folder holding no DICOM series" + (
-            f"; its folders {', '.join(inside)} hold some: give one of them" if inside else
+            f"; these folders in it hold some: {', '.join(inside)}; give one of them" if inside else
             f"; a volume is a file ({', '.join(VOLUME_SUFFIXES)}) or the folder of one DICOM series"))
     if len(series) > 1:
-        raise FileError(f"{folder}: holds {len(series)} DICOM series; give the folder of one (move each series' files "
-                        "into a folder of its own)")
+        raise FileError(f"{folder}: holds {len(series)} DICOM series ("
+                        + "; ".join(_series_label(folder, uid) for uid in series[:4]) + ("; ..." if len(series) > 4 else "")
+                        + "); give the folder of one (move each series' files into a folder of its own)")
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
-    if len(files) < 2:
-        raise FileError(f"{folder}: its DICOM series has one slice; a volume needs at least two")
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    reader.MetaDataDictionaryArrayUpdateOn()
     try:
-        image = reader.Execute()
-        positions = np.array([[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")]
-                              for i in range(len(files))])
+        with _itk_quiet():
+            if len(files) == 1:  # one file: a multi-frame volume, or a lone slice
+                image, positions, orientations = sitk.ReadImage(files[0]), None, None
+            else:
+                reader = sitk.ImageSeriesReader()
+                reader.SetFileNames(files)
+                reader.MetaDataDictionaryArrayUpdateOn()
+                image = reader.Execute()
+                tags = [[[float(v) for v in reader.GetMetaData(i, tag).split("\\")] for i in range(len(files))]
+                        for tag in ("0020|0032", "0020|0037")]
+                positions, orientations = map(np.array, tags)
     except (RuntimeError, ValueError) as e:
         raise FileError(f"{folder}: its DICOM series cannot be read as a volume ({_first_line(e)})") from None
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+    if image.GetDimension() != 3 or image.GetDepth() < 2:
+        raise FileError(f"{folder}: its DICOM series has one slice; a volume needs at least two")
+    if image.GetNumberOfComponentsPerPixel() != 1:
         raise FileError(f"{folder}: expected a DICOM series of scalar slices, got {image.GetNumberOfComponentsPerPixel()} "
                         "components per voxel")
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    steps = np.diff(positions, axis=0)
-    along = steps @ direction[:, 2]
-    across = np.linalg.norm(steps - along[:, None] * direction[:, 2], axis=1)
-    tolerance = 0.01 * abs(float(np.median(along)))
-    if np.ptp(along) > tolerance or across.max() > tolerance:
-        raise FileError(f"{folder}: its DICOM slices are not evenly spaced along their normal (steps of "
-                        f"{along.min():.4g} to {along.max():.4g} mm" + (f", shifted sideways by up to {across.max():.3g} mm"
-                                                                        " (a gantry tilt)" if across.max() > tolerance else "")
-                        + "): resample the series to a regular grid first")
+    direction, spacing = np.array(image.GetDirection()).reshape(3, 3), np.array(image.GetSpacing())
+    if positions is not None:
+        _check_slices(folder, positions, orientations, direction[:, 2], spacing.min())
+        along = positions @ direction[:, 2]
+        spacing[2] = abs(along[-1] - along[0]) / (len(along) - 1)  # the mean step (ITK's: the first two slices')
     volume = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
-    return volume, Grid(volume.shape, np.round(image.GetSpacing(), 6), np.round(image.GetOrigin(), 6), direction)
+    return volume, Grid(volume.shape, np.round(spacing, 6), np.round(image.GetOrigin(), 6), direction)
+
+
+def _check_slices(folder: Path, positions, orientations, normal, voxel: float) -> None:
+    """Refuse slices (positions and orientations, in the reader's order) that do not lie on one regular grid within
+    SLICE_TOLERANCE of a voxel: one orientation, no two at one place, evenly spaced, none shifted sideways."""
+    if np.abs(orientations - orientations[0]).max() > 1e-3:
+        raise FileError(f"{folder}: its DICOM slices lie in {len(np.unique(orientations.round(3), axis=0))} orientations "
+                        "(a localizer among them?); give a folder of one series' parallel slices")
+    along = positions @ normal
+    if np.diff(np.sort(along)).min() < 1e-3:
+        raise FileError(f"{folder}: two of its DICOM slices lie at the same position (a file copied twice?)")
+    steps = np.diff(along)
+    if not (np.all(steps > 0) or np.all(steps < 0)):  # the reader's order is the volume's
+        raise FileError(f"{folder}: its DICOM slices could not be ordered by position")
+    k = np.arange(len(along))
+    off_along = along - (along[0] + k * (along[-1] - along[0]) / (len(along) - 1))
+    sideways = positions - np.outer(along, normal)
+    off_sideways = np.linalg.norm(sideways - sideways[0], axis=1)
+    tolerance = SLICE_TOLERANCE * voxel
+    if np.abs(off_along).max() > tolerance:
+        raise FileError(f"{folder}: its DICOM slices are not evenly spaced (steps of {np.abs(steps).min():.4g} to "
+                        f"{np.abs(steps).max():.4g} mm: a missing slice?); resample the series to a regular grid first")
+    if off_sideways.max() > tolerance:
+        raise FileError(f"{folder}: its DICOM slices are shifted sideways, by up to {off_sideways.max():.3g} mm (a "
+                        "gantry tilt); resample the series to a regular grid first")
 
 
 #: The ITK reader of each volume suffix but .npy.

@@ -23,6 +23,23 @@ def matplotlib_norm(low: float, high: float):
     return TwoSlopeNorm(vcenter=0.0, vmin=min(low, -1e-3), vmax=max(high, 1e-3))
 
 
+def looks_like_sdm(volume: np.ndarray, grid: Grid) -> tuple[bool, str]:
+    """(whether ``volume`` reads as an SDM, why not): one holds millimetres of distance, negative inside, positive
+    outside, changing by about a millimetre per millimetre (the median gradient between 0.5 and 2). A label map has
+    no negative voxel; a CT in HU changes by hundreds per millimetre; a binary mask by none."""
+    if not (np.issubdtype(volume.dtype, np.floating) or np.issubdtype(volume.dtype, np.signedinteger)):
+        return False, f"holds {volume.dtype} values"
+    if not (volume.min() < 0 < volume.max()):
+        return False, "has no negative voxel" if volume.min() >= 0 else "has no positive voxel"
+    step = volume[:: max(1, volume.shape[0] // 64), :: max(1, volume.shape[1] // 64), :: max(1, volume.shape[2] // 64)]
+    spacing = np.array(grid.spacing) * [max(1, n // 64) for n in volume.shape]
+    gradient = np.linalg.norm(np.stack(np.gradient(step.astype(np.float64), *spacing), -1), axis=-1) if min(step.shape) > 1 else None
+    slope = float(np.median(gradient)) if gradient is not None else 1.0
+    if not 0.5 <= slope <= 2.0:
+        return False, f"changes by {slope:.3g} per mm (an SDM by about 1)"
+    return True, ""
+
+
 def save_slices(path, volume: np.ndarray, grid: Grid, others: dict | None = None, title: str = "", index=None,
                 image_label: str | None = None, offset=(0, 0, 0)):
     """Write a PNG of the three orthogonal slices through ``index`` (voxel; default: the slices that cut the
