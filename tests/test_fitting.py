@@ -363,6 +363,11 @@ def test_a_label_map_of_two_separate_shapes_is_refused_naming_where_they_are():
     with pytest.raises(FitError, match=r"2 separate structures together \d+ mm across, farther than the model's shapes reach"):
         fit(near, Grid(near.shape, grid.spacing, grid.origin, grid.direction), observed_kind="labels", forward="exact",
             pose="rigid")
+    j, k = np.rint(np.argwhere(img > 0).mean(0)[1:]).astype(int)
+    near[:, j, k] = 1  # the two joined by a row of voxels: one structure, wider than any of the model's shapes
+    with pytest.raises(FitError, match=r"the labelled structure is \d+ mm across, farther than any of the model's shapes"):
+        fit(near, Grid(near.shape, grid.spacing, grid.origin, grid.direction), observed_kind="labels", forward="exact",
+            pose="rigid")
     mask = np.zeros(both.shape, bool)  # a mask of the first: fitted
     mask[: n[0]] = True
     r = fit(both, Grid(both.shape, grid.spacing, grid.origin, grid.direction), observed_kind="labels", forward="exact",

@@ -293,6 +293,9 @@ def test_a_dicom_series_folder_reads_with_its_grid_and_a_bad_one_is_one_sentence
     write_dicom_series(tmp_path / "rounded", volume, grid, decimals=2)  # positions as some scanners write them
     rounded = load_volume(tmp_path / "rounded")[1]  # the grid, to what two decimals of its positions hold
     assert np.allclose(rounded.spacing, grid.spacing, atol=1e-3) and np.allclose(rounded.origin, grid.origin, atol=0.01)
+    fine = Grid((4, 4, 40), (0.1, 0.1, 0.1), (1.0, -2.0, 3.0), _rotation([1, 2, 3], 27))  # a cone-beam CT's voxels
+    write_dicom_series(tmp_path / "fine", np.zeros(fine.shape), fine, decimals=2)
+    assert np.allclose(load_volume(tmp_path / "fine")[1].spacing, fine.spacing, atol=1e-3)
     write_dicom_series(tmp_path / "gap", volume, grid, skip=(3,))  # a slice missing
     with pytest.raises(FileError, match="not evenly spaced .* a missing slice"):
         load_volume(tmp_path / "gap")

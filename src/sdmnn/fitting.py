@@ -46,6 +46,7 @@ shape truncated to the prior box.
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from collections.abc import Mapping
@@ -212,7 +213,7 @@ class FitResult:
             raise FileError(f"a fit's volumes are written as {', '.join(WRITTEN_VOLUME_FORMATS)}, got {volume_format!r}")
         earlier = (Path(folder) / "result.json").is_file()
         with atomic_folder(folder) as tmp:
-            written = self._write(tmp, image, target, volume_format)
+            written = self._write(tmp, image, target, volume_format, destination=folder)
         if earlier:
             stale = [f"{name}{suffix}" for name in ("sdm", "labels") for suffix in WRITTEN_VOLUME_FORMATS] + ["overlay.png"]
             for name in set(stale) - set(written):
@@ -220,12 +221,17 @@ class FitResult:
                     (Path(folder) / name).unlink()
         return written
 
-    def _write(self, folder: Path, image: np.ndarray | None, target: str | None, volume_format: str) -> list[str]:
+    def _write(self, folder: Path, image: np.ndarray | None, target: str | None, volume_format: str,
+               destination=None) -> list[str]:
         from .io import atomic_path, save_mesh, save_volume, write_json
         from .viz import save_corner, save_slices
 
-        # the image's absolute path: the viewer opens it from wherever it is started
-        write_json(folder / "result.json", {"target": str(Path(target).resolve()) if target else None, **self.to_dict()})
+        # the image's absolute path (the viewer opens it from wherever it is started), and its path from the results'
+        # folder (for both moved together)
+        where = {"target": str(Path(target).resolve()) if target else None,
+                 "target_from_results": os.path.relpath(Path(target).resolve(), Path(destination).resolve())
+                 if target and destination else None}
+        write_json(folder / "result.json", {**where, **self.to_dict()})
         mesh = self.mesh()
         save_mesh(folder / "mesh.stl", mesh)
         sdm = self.sdm()
@@ -1121,7 +1127,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         if confounded:
             names, many = " and ".join(confounded), len(confounded) > 1
             warnings.warn(f"with the pose free, {names} {'are' if many else 'is'} "
-                          + " and ".join(f"{math.sqrt(v):.0f}x" for v in confounded.values())
+                          + " and ".join(f"{math.sqrt(v):.0f}x" if v < 1e8 else "over 10000x" for v in confounded.values())
                           + f" less certain (standard deviation) than with it known: the {fam.name} family's {names} "
                           f"{'move' if many else 'moves'} the shape much as the pose does, so the image cannot tell "
                           f"them apart and {'their MAPs and intervals say' if many else 'its MAP and interval say'} "
@@ -1197,17 +1203,23 @@ def _one_structure(foreground, idx, grid: Grid, radius) -> None:
 
     lo, hi = idx.min(0), idx.max(0) + 1
     parts, n = ndimage.label(foreground[tuple(slice(a, b) for a, b in zip(lo, hi))] > 0.5, structure=np.ones((3, 3, 3)))
-    if n < 2:
+    if n == 0:
         return
     counts = np.bincount(parts.ravel())[1:]
     big = np.flatnonzero(counts >= 0.1 * counts.max()) + 1
+    reach = 2 * radius + float(np.linalg.norm(grid.spacing))  # a voxel's diagonal beyond the model's extent
     if len(big) < 2:
+        span = _span(grid.to_world(np.argwhere(np.isin(parts, big)) + lo))
+        if span > reach:
+            raise FitError(f"the labelled structure is {span:.0f} mm across, farther than any of the model's shapes reach "
+                           f"({2 * radius:.0f} mm): does it hold more than the shape (a whole labyrinth for a cochlea, "
+                           "say)? Give a mask of the shape (mask=, --mask), or its own label (label=, --label)")
         return
     centres = grid.to_world(np.array(ndimage.center_of_mass(parts > 0, parts, big)) + lo)
     groups = fcluster(linkage(centres, "single"), t=2 * radius, criterion="distance")
     if groups.max() < 2:
         span = _span(grid.to_world(np.argwhere(np.isin(parts, big)) + lo))
-        if span <= 2 * radius + float(np.linalg.norm(grid.spacing)):
+        if span <= reach:
             return
         groups = fcluster(linkage(centres, "single"), t=2, criterion="maxclust")  # the two farthest apart
         apart = f"together {span:.0f} mm across, farther than the model's shapes reach ({2 * radius:.0f} mm)"
@@ -1239,8 +1251,12 @@ def _widest(points: np.ndarray, n: int = 600) -> float:
     i = np.arange(n) + 0.5
     z, phi = 1 - 2 * i / n, np.pi * (1 + 5**0.5) * i
     directions = np.stack([np.sqrt(1 - z * z) * np.cos(phi), np.sqrt(1 - z * z) * np.sin(phi), z], 1)
-    projected = points @ directions.T
-    return float((projected.max(0) - projected.min(0)).max())
+    points = points[:: max(1, len(points) // 100_000)]  # (fewer points: still never over the span)
+    widest = 0.0
+    for chunk in np.array_split(directions, max(1, n // 100)):  # about 40 MB at a time
+        projected = points @ chunk.T
+        widest = max(widest, float((projected.max(0) - projected.min(0)).max()))
+    return widest
 
 
 def _region(foreground, grid: Grid, centre, radius):

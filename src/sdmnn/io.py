@@ -259,6 +259,7 @@ def save_volume(path, volume: np.ndarray, grid: Grid) -> Path:
         return path
     import SimpleITK as sitk
 
+    _check_itk_path(path)
     image = sitk.GetImageFromArray(np.ascontiguousarray(volume.transpose(2, 1, 0)))  # ITK arrays are [k, j, i]
     image.SetSpacing(grid.spacing)
     image.SetOrigin(grid.origin)
@@ -296,6 +297,7 @@ def load_volume(path) -> tuple[np.ndarray, Grid]:
         else:
             import SimpleITK as sitk
 
+            _check_itk_path(path)
             with _for_itk(path, kind) as itk_path:
                 image = sitk.ImageFileReader()  # the header first: geometry, dimension, voxel type
                 image.SetFileName(str(itk_path))
@@ -320,9 +322,9 @@ def load_volume(path) -> tuple[np.ndarray, Grid]:
 #: At most this many folders below a folder holding no DICOM series are looked into for one (a study's or a CD's
 #: series folders, up to SERIES_DEPTH levels down).
 MAX_SERIES_FOLDERS, SERIES_DEPTH = 64, 4
-#: A DICOM series' slices may lie this far (a fraction of its smallest voxel side) from a regular grid: positions
-#: written with two decimals stay within it, a missing slice or a gantry tilt does not.
-SLICE_TOLERANCE = 0.1
+#: A DICOM series' slices may lie this far (a fraction of its smallest voxel side, and at least SLICE_TOLERANCE_MM)
+#: from a regular grid: positions written with two decimals stay within it, a missing slice or a gantry tilt does not.
+SLICE_TOLERANCE, SLICE_TOLERANCE_MM = 0.1, 0.015
 
 
 @contextlib.contextmanager
@@ -338,10 +340,26 @@ def _itk_quiet():
         sitk.ProcessObject.SetGlobalWarningDisplay(before)
 
 
+def _itk_can_open(path: Path) -> bool:
+    """Whether ITK can be given ``path``: its name UTF-8 text (ITK aborts the process on any other)."""
+    try:
+        os.fsencode(path).decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _check_itk_path(path: Path) -> None:
+    if not _itk_can_open(path):
+        raise FileError(f"{os.fsdecode(os.fsencode(path))!r}: its name is not UTF-8 text, which ITK cannot open; rename it")
+
+
 def _dicom_series(folder: Path) -> tuple:
     """The IDs of the DICOM series whose files lie in ``folder`` (none: an empty tuple)."""
     import SimpleITK as sitk
 
+    if not _itk_can_open(folder):
+        return ()
     with _itk_quiet():
         try:
             return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
@@ -352,7 +370,7 @@ def _dicom_series(folder: Path) -> tuple:
 def _series_folders(folder: Path) -> list[str]:
     """The folders below ``folder`` (a study's, a CD's) that hold a DICOM series, relative to it (a few)."""
     found, seen = [], 0
-    for root, dirs, _ in os.walk(folder):
+    for root, dirs, _ in os.walk(folder):  # (folders it cannot read, or ITK open, are passed by)
         depth = len(Path(root).relative_to(folder).parts)
         dirs[:] = sorted(dirs) if depth < SERIES_DEPTH else []
         if depth and _dicom_series(Path(root)):
@@ -384,6 +402,9 @@ def _load_dicom_series(folder: Path) -> tuple[np.ndarray, Grid]:
     missing or duplicated slice, a localizer among them, a gantry tilt): a grid could not say where its voxels lie."""
     import SimpleITK as sitk
 
+    _check_itk_path(folder)
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise FileError(f"{folder}: the folder cannot be read (permissions)")
     series = _dicom_series(folder)
     if not series:
         inside = _series_folders(folder)
@@ -395,6 +416,10 @@ def _load_dicom_series(folder: Path) -> tuple[np.ndarray, Grid]:
                         + "; ".join(_series_label(folder, uid) for uid in series[:4]) + ("; ..." if len(series) > 4 else "")
                         + "); give the folder of one (move each series' files into a folder of its own)")
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
+    unreadable = [f for f in files if not os.access(f, os.R_OK)]
+    if unreadable:
+        raise FileError(f"{folder}: {len(unreadable)} of its DICOM files cannot be read (permissions), such as "
+                        f"{Path(unreadable[0]).name}")
     try:
         with _itk_quiet():
             if len(files) == 1:  # one file: a multi-frame volume, or a lone slice
@@ -407,7 +432,7 @@ def _load_dicom_series(folder: Path) -> tuple[np.ndarray, Grid]:
                 tags = [[[float(v) for v in reader.GetMetaData(i, tag).split("\\")] for i in range(len(files))]
                         for tag in ("0020|0032", "0020|0037")]
                 positions, orientations = map(np.array, tags)
-    except (RuntimeError, ValueError) as e:
+    except (RuntimeError, ValueError, TypeError) as e:  # (TypeError: a file name SimpleITK cannot take)
         raise FileError(f"{folder}: its DICOM series cannot be read as a volume ({_first_line(e)})") from None
     if image.GetDimension() != 3 or image.GetDepth() < 2:
         raise FileError(f"{folder}: its DICOM series has one slice; a volume needs at least two")
@@ -415,17 +440,16 @@ def _load_dicom_series(folder: Path) -> tuple[np.ndarray, Grid]:
         raise FileError(f"{folder}: expected a DICOM series of scalar slices, got {image.GetNumberOfComponentsPerPixel()} "
                         "components per voxel")
     direction, spacing = np.array(image.GetDirection()).reshape(3, 3), np.array(image.GetSpacing())
-    if positions is not None:
-        _check_slices(folder, positions, orientations, direction[:, 2], spacing.min())
-        along = positions @ direction[:, 2]
-        spacing[2] = abs(along[-1] - along[0]) / (len(along) - 1)  # the mean step (ITK's: the first two slices')
+    if positions is not None:  # the step of the line through all slices (ITK's: the first two slices')
+        spacing[2] = _check_slices(folder, positions, orientations, direction[:, 2], spacing.min())
     volume = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
     return volume, Grid(volume.shape, np.round(spacing, 6), np.round(image.GetOrigin(), 6), direction)
 
 
-def _check_slices(folder: Path, positions, orientations, normal, voxel: float) -> None:
+def _check_slices(folder: Path, positions, orientations, normal, voxel: float) -> float:
     """Refuse slices (positions and orientations, in the reader's order) that do not lie on one regular grid within
-    SLICE_TOLERANCE of a voxel: one orientation, no two at one place, evenly spaced, none shifted sideways."""
+    SLICE_TOLERANCE of a voxel (at least SLICE_TOLERANCE_MM): one orientation, no two at one place, evenly spaced
+    along their normal. Returns the step, from the least-squares line through the positions."""
     if np.abs(orientations - orientations[0]).max() > 1e-3:
         raise FileError(f"{folder}: its DICOM slices lie in {len(np.unique(orientations.round(3), axis=0))} orientations "
                         "(a localizer among them?); give a folder of one series' parallel slices")
@@ -435,17 +459,18 @@ def _check_slices(folder: Path, positions, orientations, normal, voxel: float) -
     steps = np.diff(along)
     if not (np.all(steps > 0) or np.all(steps < 0)):  # the reader's order is the volume's
         raise FileError(f"{folder}: its DICOM slices could not be ordered by position")
-    k = np.arange(len(along))
-    off_along = along - (along[0] + k * (along[-1] - along[0]) / (len(along) - 1))
-    sideways = positions - np.outer(along, normal)
-    off_sideways = np.linalg.norm(sideways - sideways[0], axis=1)
-    tolerance = SLICE_TOLERANCE * voxel
-    if np.abs(off_along).max() > tolerance:
+    k = np.arange(len(along)) - (len(along) - 1) / 2
+    step = (k @ positions) / (k @ k)  # (3,) the least-squares line's step, slice to slice
+    off = positions - positions.mean(0) - np.outer(k, step)
+    tolerance = max(SLICE_TOLERANCE * voxel, SLICE_TOLERANCE_MM)
+    if np.linalg.norm(off, axis=1).max() > tolerance:
         raise FileError(f"{folder}: its DICOM slices are not evenly spaced (steps of {np.abs(steps).min():.4g} to "
                         f"{np.abs(steps).max():.4g} mm: a missing slice?); resample the series to a regular grid first")
-    if off_sideways.max() > tolerance:
-        raise FileError(f"{folder}: its DICOM slices are shifted sideways, by up to {off_sideways.max():.3g} mm (a "
-                        "gantry tilt); resample the series to a regular grid first")
+    drift = np.linalg.norm(step - (step @ normal) * normal) * (len(along) - 1)
+    if drift > tolerance:
+        raise FileError(f"{folder}: its DICOM slices are shifted sideways, by {drift:.3g} mm from the first to the last "
+                        "(a gantry tilt); resample the series to a regular grid first")
+    return abs(float(step @ normal))
 
 
 #: The ITK reader of each volume suffix but .npy.

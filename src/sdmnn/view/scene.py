@@ -42,8 +42,16 @@ class FitSummary:
     pose_centre: np.ndarray  # (3,) model-frame point the rotations turn about
     has_pose: bool  # whether the pose was fitted (pose="rigid")
     grid: Grid  # the fitted image's grid
-    target: str | None
+    target: str | None  # the fitted image, where it still is (else None)
     quality: dict
+
+    @staticmethod
+    def _image_of(folder: Path, r: dict) -> str | None:
+        """The fitted image where it still is: at its path, else at its path from the results' folder (both moved)."""
+        for there in (r.get("target"), r.get("target_from_results") and str(folder / r["target_from_results"])):
+            if there and Path(there).exists():
+                return there
+        return None
 
     @classmethod
     def read(cls, folder) -> "FitSummary":
@@ -55,7 +63,7 @@ class FitSummary:
             r = json.loads(path.read_text())
             return cls(folder, r["family"], r.get("family_source") or r["family"], dict(r["map"]), {k: tuple(v) for k, v in r["interval_90"].items()},
                        np.array(r["pose"], float).reshape(4, 4), np.array(r["pose_centre"], float).reshape(3),
-                       "rx" in r["names"], Grid.from_dict(r["grid"]), r.get("target"),
+                       "rx" in r["names"], Grid.from_dict(r["grid"]), cls._image_of(folder, r),
                        {k: v for k, v in r.get("quality", {}).items() if isinstance(v, (int, float, str))})
         except (ValueError, KeyError, TypeError) as e:
             raise FileError(f"{path} cannot be read as a fit's result ({type(e).__name__}: {e})") from None
@@ -311,7 +319,7 @@ def load_scene(family: str | None = None, model=None, image=None, fit=None) -> S
         family = stored_family(read_checkpoint(model)[0], model)
     elif family is None:
         family = "cochlea"
-    if image is None and summary is not None and summary.target and Path(summary.target).exists():
+    if image is None and summary is not None and summary.target:  # (one that is still there)
         image = summary.target
     volume = load_volume(image) if image is not None else None
     return Scene(family, model=model, image=volume, fit=summary)
