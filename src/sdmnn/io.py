@@ -432,6 +432,11 @@ def _load_dicom_series(folder: Path) -> tuple[np.ndarray, Grid]:
                 tags = [[[float(v) for v in reader.GetMetaData(i, tag).split("\\")] for i in range(len(files))]
                         for tag in ("0020|0032", "0020|0037")]
                 positions, orientations = map(np.array, tags)
+                rescales = {tuple(reader.GetMetaData(i, tag).strip() if reader.HasMetaDataKey(i, tag) else ""
+                                  for tag in ("0028|1052", "0028|1053")) for i in range(len(files))}
+                if len(rescales) > 1:  # the voxel type is the first slice's: the others' rescaled values in floats
+                    reader.SetOutputPixelType(sitk.sitkFloat64)
+                    image = reader.Execute()
     except (RuntimeError, ValueError, TypeError) as e:  # (TypeError: a file name SimpleITK cannot take)
         raise FileError(f"{folder}: its DICOM series cannot be read as a volume ({_first_line(e)})") from None
     if image.GetDimension() != 3 or image.GetDepth() < 2:
