@@ -360,12 +360,12 @@ def test_a_label_map_of_two_separate_shapes_is_refused_naming_where_they_are():
     assert np.allclose(found[0], mesh_centre, atol=1.5) and np.allclose(found[1], mesh_centre + far - np.array(grid.origin), atol=1.5)
     near = np.zeros((2 * n[0], n[1], n[2]), np.uint8)  # side by side, centres 15 mm apart: nearer than the model's
     near[: n[0]], near[n[0]:] = img, img  # extent, but together wider than any of its shapes
-    with pytest.raises(FitError, match=r"2 separate structures together \d+ mm across, farther than the model's shapes reach"):
+    with pytest.raises(FitError, match=r"2 separate structures together \d+ mm across, farther than the family's grid reaches"):
         fit(near, Grid(near.shape, grid.spacing, grid.origin, grid.direction), observed_kind="labels", forward="exact",
             pose="rigid")
     j, k = np.rint(np.argwhere(img > 0).mean(0)[1:]).astype(int)
     near[:, j, k] = 1  # the two joined by a row of voxels: one structure, wider than any of the model's shapes
-    with pytest.raises(FitError, match=r"the labelled structure is \d+ mm across, farther than any of the model's shapes"):
+    with pytest.raises(FitError, match=r"the labelled structure is \d+ mm across, farther than the family's grid reaches"):
         fit(near, Grid(near.shape, grid.spacing, grid.origin, grid.direction), observed_kind="labels", forward="exact",
             pose="rigid")
     mask = np.zeros(both.shape, bool)  # a mask of the first: fitted

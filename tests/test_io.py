@@ -296,6 +296,9 @@ def test_a_dicom_series_folder_reads_with_its_grid_and_a_bad_one_is_one_sentence
     fine = Grid((4, 4, 40), (0.1, 0.1, 0.1), (1.0, -2.0, 3.0), _rotation([1, 2, 3], 27))  # a cone-beam CT's voxels
     write_dicom_series(tmp_path / "fine", np.zeros(fine.shape), fine, decimals=2)
     assert np.allclose(load_volume(tmp_path / "fine")[1].spacing, fine.spacing, atol=1e-3)
+    coarse = Grid((4, 4, 12), (0.5, 0.5, 0.625), (1.0, -2.0, 3.0))  # positions with one decimal: 0.6 and 0.7 mm steps
+    write_dicom_series(tmp_path / "one_decimal", np.zeros(coarse.shape), coarse, decimals=1)
+    assert np.allclose(load_volume(tmp_path / "one_decimal")[1].spacing, coarse.spacing, atol=0.01)
     write_dicom_series(tmp_path / "gap", volume, grid, skip=(3,))  # a slice missing
     with pytest.raises(FileError, match="not evenly spaced .* a missing slice"):
         load_volume(tmp_path / "gap")

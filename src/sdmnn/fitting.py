@@ -1211,9 +1211,9 @@ def _one_structure(foreground, idx, grid: Grid, radius) -> None:
     if len(big) < 2:
         span = _span(grid.to_world(np.argwhere(np.isin(parts, big)) + lo))
         if span > reach:
-            raise FitError(f"the labelled structure is {span:.0f} mm across, farther than any of the model's shapes reach "
-                           f"({2 * radius:.0f} mm): does it hold more than the shape (a whole labyrinth for a cochlea, "
-                           "say)? Give a mask of the shape (mask=, --mask), or its own label (label=, --label)")
+            raise FitError(f"the labelled structure is {span:.0f} mm across, farther than the family's grid reaches "
+                           f"({2 * radius:.0f} mm, its diagonal; it holds each of the family's shapes): does it hold more "
+                           "than the shape? Give a mask of the shape (mask=, --mask), or its own label (label=, --label)")
         return
     centres = grid.to_world(np.array(ndimage.center_of_mass(parts > 0, parts, big)) + lo)
     groups = fcluster(linkage(centres, "single"), t=2 * radius, criterion="distance")
@@ -1222,7 +1222,7 @@ def _one_structure(foreground, idx, grid: Grid, radius) -> None:
         if span <= reach:
             return
         groups = fcluster(linkage(centres, "single"), t=2, criterion="maxclust")  # the two farthest apart
-        apart = f"together {span:.0f} mm across, farther than the model's shapes reach ({2 * radius:.0f} mm)"
+        apart = f"together {span:.0f} mm across, farther than the family's grid reaches ({2 * radius:.0f} mm)"
     else:
         apart = f"more than {2 * radius:.0f} mm apart (the model's extent)"
     weights = counts[big - 1]
@@ -1253,7 +1253,7 @@ def _widest(points: np.ndarray, n: int = 600) -> float:
     directions = np.stack([np.sqrt(1 - z * z) * np.cos(phi), np.sqrt(1 - z * z) * np.sin(phi), z], 1)
     points = points[:: max(1, len(points) // 100_000)]  # (fewer points: still never over the span)
     widest = 0.0
-    for chunk in np.array_split(directions, max(1, n // 100)):  # about 40 MB at a time
+    for chunk in np.array_split(directions, max(1, n // 100)):  # at most about 160 MB at a time
         projected = points @ chunk.T
         widest = max(widest, float((projected.max(0) - projected.min(0)).max()))
     return widest

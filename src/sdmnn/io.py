@@ -416,6 +416,8 @@ def _load_dicom_series(folder: Path) -> tuple[np.ndarray, Grid]:
                         + "; ".join(_series_label(folder, uid) for uid in series[:4]) + ("; ..." if len(series) > 4 else "")
                         + "); give the folder of one (move each series' files into a folder of its own)")
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
+    for f in files:
+        _check_itk_path(Path(f))
     unreadable = [f for f in files if not os.access(f, os.R_OK)]
     if unreadable:
         raise FileError(f"{folder}: {len(unreadable)} of its DICOM files cannot be read (permissions), such as "
@@ -423,7 +425,7 @@ def _load_dicom_series(folder: Path) -> tuple[np.ndarray, Grid]:
     try:
         with _itk_quiet():
             if len(files) == 1:  # one file: a multi-frame volume, or a lone slice
-                image, positions, orientations = sitk.ReadImage(files[0]), None, None
+                image, positions, orientations, decimals = sitk.ReadImage(files[0]), None, None, None
             else:
                 reader = sitk.ImageSeriesReader()
                 reader.SetFileNames(files)
@@ -432,11 +434,13 @@ def _load_dicom_series(folder: Path) -> tuple[np.ndarray, Grid]:
                 tags = [[[float(v) for v in reader.GetMetaData(i, tag).split("\\")] for i in range(len(files))]
                         for tag in ("0020|0032", "0020|0037")]
                 positions, orientations = map(np.array, tags)
-                rescales = {tuple(reader.GetMetaData(i, tag).strip() if reader.HasMetaDataKey(i, tag) else ""
+                rescales = {tuple(float(reader.GetMetaData(i, tag)) if reader.HasMetaDataKey(i, tag) else None
                                   for tag in ("0028|1052", "0028|1053")) for i in range(len(files))}
                 if len(rescales) > 1:  # the voxel type is the first slice's: the others' rescaled values in floats
-                    reader.SetOutputPixelType(sitk.sitkFloat64)
+                    reader.SetOutputPixelType(sitk.sitkFloat32)
                     image = reader.Execute()
+                decimals = max(len(v.split(".")[1]) if "." in v else 0
+                               for i in range(len(files)) for v in reader.GetMetaData(i, "0020|0032").split("\\"))
     except (RuntimeError, ValueError, TypeError) as e:  # (TypeError: a file name SimpleITK cannot take)
         raise FileError(f"{folder}: its DICOM series cannot be read as a volume ({_first_line(e)})") from None
     if image.GetDimension() != 3 or image.GetDepth() < 2:
@@ -446,15 +450,16 @@ def _load_dicom_series(folder: Path) -> tuple[np.ndarray, Grid]:
                         "components per voxel")
     direction, spacing = np.array(image.GetDirection()).reshape(3, 3), np.array(image.GetSpacing())
     if positions is not None:  # the step of the line through all slices (ITK's: the first two slices')
-        spacing[2] = _check_slices(folder, positions, orientations, direction[:, 2], spacing.min())
+        spacing[2] = _check_slices(folder, positions, orientations, direction[:, 2], spacing.min(), decimals)
     volume = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
     return volume, Grid(volume.shape, np.round(spacing, 6), np.round(image.GetOrigin(), 6), direction)
 
 
-def _check_slices(folder: Path, positions, orientations, normal, voxel: float) -> float:
+def _check_slices(folder: Path, positions, orientations, normal, voxel: float, decimals: int = 6) -> float:
     """Refuse slices (positions and orientations, in the reader's order) that do not lie on one regular grid within
-    SLICE_TOLERANCE of a voxel (at least SLICE_TOLERANCE_MM): one orientation, no two at one place, evenly spaced
-    along their normal. Returns the step, from the least-squares line through the positions."""
+    SLICE_TOLERANCE of a voxel (at least SLICE_TOLERANCE_MM, and at least what positions written with ``decimals``
+    decimals can be off): one orientation, no two at one place, no step half again the median (a missing slice),
+    evenly spaced along their normal. Returns the step, from the least-squares line through the positions."""
     if np.abs(orientations - orientations[0]).max() > 1e-3:
         raise FileError(f"{folder}: its DICOM slices lie in {len(np.unique(orientations.round(3), axis=0))} orientations "
                         "(a localizer among them?); give a folder of one series' parallel slices")
@@ -467,10 +472,14 @@ def _check_slices(folder: Path, positions, orientations, normal, voxel: float) -
     k = np.arange(len(along)) - (len(along) - 1) / 2
     step = (k @ positions) / (k @ k)  # (3,) the least-squares line's step, slice to slice
     off = positions - positions.mean(0) - np.outer(k, step)
-    tolerance = max(SLICE_TOLERANCE * voxel, SLICE_TOLERANCE_MM)
-    if np.linalg.norm(off, axis=1).max() > tolerance:
+    # each coordinate within half a unit of its last decimal: a position within sqrt(3) / 2 units, twice that off a line
+    tolerance = max(SLICE_TOLERANCE * voxel, SLICE_TOLERANCE_MM, 3**0.5 * 10.0 ** -decimals)
+    gap = np.abs(steps).max() > 1.5 * np.median(np.abs(steps))
+    if gap or np.linalg.norm(off, axis=1).max() > tolerance:
         raise FileError(f"{folder}: its DICOM slices are not evenly spaced (steps of {np.abs(steps).min():.4g} to "
-                        f"{np.abs(steps).max():.4g} mm: a missing slice?); resample the series to a regular grid first")
+                        f"{np.abs(steps).max():.4g} mm: " + ("a missing slice?" if gap else "a missing slice, or "
+                                                               "positions written too coarsely?")
+                        + "); resample the series to a regular grid first")
     drift = np.linalg.norm(step - (step @ normal) * normal) * (len(along) - 1)
     if drift > tolerance:
         raise FileError(f"{folder}: its DICOM slices are shifted sideways, by {drift:.3g} mm from the first to the last "
