@@ -2,7 +2,7 @@
 
 Volumes: NIfTI (.nii, .nii.gz), NRRD (.nrrd; .nhdr read only), MetaImage (.mha; .mhd read only) through
 SimpleITK, with any geometry (flips, oblique directions, anisotropic spacing); ``.npy`` with a sidecar
-``.json`` holding the grid. Every volume comes with its ``Grid`` in **LPS** world millimetres, as ITK,
+``.json`` holding the grid; a DICOM series, read from its folder (GDCM through SimpleITK). Every volume comes with its ``Grid`` in **LPS** world millimetres, as ITK,
 DICOM and 3D Slicer use: x grows to the patient's left, y to posterior, z to superior. NIfTI files store
 the same positions in **RAS** (x to the right, y to anterior): SimpleITK converts on reading and on
 writing, so a NIfTI affine diag(-s, -s, s) (what ITK and Slicer write for an image with identity
