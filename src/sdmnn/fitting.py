@@ -1207,24 +1207,20 @@ def _one_structure(foreground, idx, grid: Grid, radius) -> None:
         return
     counts = np.bincount(parts.ravel())[1:]
     big = np.flatnonzero(counts >= 0.1 * counts.max()) + 1
-    reach = 2 * radius + float(np.linalg.norm(grid.spacing))  # a voxel's diagonal beyond the model's extent
-    if len(big) < 2:
+    if len(big) > 1:
+        centres = grid.to_world(np.array(ndimage.center_of_mass(parts > 0, parts, big)) + lo)
+        groups = fcluster(linkage(centres, "single"), t=2 * radius, criterion="distance")
+        apart = f"more than {2 * radius:.0f} mm apart (the model's extent)"
+    if len(big) == 1 or groups.max() < 2:  # one group: how far it reaches
         span = _span(grid.to_world(np.argwhere(np.isin(parts, big)) + lo))
-        if span > reach:
+        if span <= 2 * radius + float(np.linalg.norm(grid.spacing)):  # a voxel's diagonal beyond the model's extent
+            return
+        if len(big) == 1:
             raise FitError(f"the labelled structure is {span:.0f} mm across, farther than the family's grid reaches "
                            f"({2 * radius:.0f} mm, its diagonal; it holds each of the family's shapes): does it hold more "
                            "than the shape? Give a mask of the shape (mask=, --mask), or its own label (label=, --label)")
-        return
-    centres = grid.to_world(np.array(ndimage.center_of_mass(parts > 0, parts, big)) + lo)
-    groups = fcluster(linkage(centres, "single"), t=2 * radius, criterion="distance")
-    if groups.max() < 2:
-        span = _span(grid.to_world(np.argwhere(np.isin(parts, big)) + lo))
-        if span <= reach:
-            return
         groups = fcluster(linkage(centres, "single"), t=2, criterion="maxclust")  # the two farthest apart
         apart = f"together {span:.0f} mm across, farther than the family's grid reaches ({2 * radius:.0f} mm)"
-    else:
-        apart = f"more than {2 * radius:.0f} mm apart (the model's extent)"
     weights = counts[big - 1]
     where = [np.average(centres[groups == k], axis=0, weights=weights[groups == k]) for k in range(1, groups.max() + 1)]
     raise FitError(f"the image holds {len(where)} separate structures {apart}, "
