@@ -2,11 +2,12 @@
 
 Volumes: NIfTI (.nii, .nii.gz), NRRD (.nrrd; .nhdr read only), MetaImage (.mha; .mhd read only) through
 SimpleITK, with any geometry (flips, oblique directions, anisotropic spacing); ``.npy`` with a sidecar
-``.json`` holding the grid; a DICOM series, read from its folder (GDCM through SimpleITK). Every volume comes with its ``Grid`` in **LPS** world millimetres, as ITK,
-DICOM and 3D Slicer use: x grows to the patient's left, y to posterior, z to superior. NIfTI files store
-the same positions in **RAS** (x to the right, y to anterior): SimpleITK converts on reading and on
-writing, so a NIfTI affine diag(-s, -s, s) (what ITK and Slicer write for an image with identity
-direction) reads as a grid with identity direction, and a grid written and read back is the same grid.
+``.json`` holding the grid; a DICOM series, read from its folder (GDCM through SimpleITK). Every volume
+comes with its ``Grid`` in **LPS** world millimetres, as ITK, DICOM and 3D Slicer use: x grows to the
+patient's left, y to posterior, z to superior. NIfTI files store the same positions in **RAS** (x to the
+right, y to anterior): SimpleITK converts on reading and on writing, so a NIfTI affine diag(-s, -s, s)
+(what ITK and Slicer write for an image with identity direction) reads as a grid with identity direction,
+and a grid written and read back is the same grid.
 Meshes: STL, PLY, OBJ, OFF, GLB through trimesh, in the same world millimetres.
 """
 from __future__ import annotations
@@ -46,10 +47,11 @@ def _matching_suffix(path: Path, suffixes) -> str | None:
 def _suffix(path: Path, accepted) -> str:
     suffix = _matching_suffix(path, accepted)
     if suffix is None:
-        if set(accepted) == set(VOLUME_SUFFIXES) and _is_dicom(path):
+        volume = set(accepted) == set(VOLUME_SUFFIXES)  # (where a DICOM series' folder is read too)
+        if volume and _is_dicom(path):
             raise FileError(f"{path}: a DICOM file; give the folder of its series")
         raise FileError(f"{path}: unsupported file type; accepted: {', '.join(accepted)}"
-                        + (", or a DICOM series' folder" if set(accepted) == set(VOLUME_SUFFIXES) else "")
+                        + (", or a DICOM series' folder" if volume else "")
                         + ("" if path.exists() or not path.parent.is_dir() or path.suffix else
                            f" (there is no {path.name} in {path.parent})"))
     return suffix
@@ -309,9 +311,7 @@ def load_volume(path) -> tuple[np.ndarray, Grid]:
                 volume = _nifti_floats(itk_path, image) if kind in (".nii", ".nii.gz") else None
                 if volume is None:
                     volume = sitk.GetArrayFromImage(image.Execute()).transpose(2, 1, 0)
-            direction = np.array(image.GetDirection()).reshape(3, 3)
-            # files store float32 geometry: 1e-6 mm keeps every digit they hold and none of the noise
-            grid = Grid(volume.shape, np.round(image.GetSpacing(), 6), np.round(image.GetOrigin(), 6), direction)
+            grid = _grid_of(image, volume.shape)
     except (GridError, FileError):
         raise
     except Exception as e:  # SimpleITK, numpy and json each raise their own kinds on a damaged file
@@ -448,11 +448,21 @@ def _load_dicom_series(folder: Path) -> tuple[np.ndarray, Grid]:
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise FileError(f"{folder}: expected a DICOM series of scalar slices, got {image.GetNumberOfComponentsPerPixel()} "
                         "components per voxel")
-    direction, spacing = np.array(image.GetDirection()).reshape(3, 3), np.array(image.GetSpacing())
-    if positions is not None:  # the step of the line through all slices (ITK's: the first two slices')
-        spacing[2] = _check_slices(folder, positions, orientations, direction[:, 2], spacing.min(), decimals)
     volume = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
-    return volume, Grid(volume.shape, np.round(spacing, 6), np.round(image.GetOrigin(), 6), direction)
+    grid = _grid_of(image, volume.shape)
+    if positions is not None:  # the step of the line through all slices (ITK's: the first two slices')
+        step = _check_slices(folder, positions, orientations, np.array(grid.direction)[:, 2], min(grid.spacing), decimals)
+        grid = _grid_of(image, volume.shape, z_spacing=step)
+    return volume, grid
+
+
+def _grid_of(image, shape, z_spacing: float | None = None) -> Grid:
+    """The grid of an ITK image (its spacing along k replaced by ``z_spacing`` if given). Files store float32
+    geometry: 1e-6 mm keeps every digit they hold and none of the noise."""
+    spacing = np.array(image.GetSpacing())
+    if z_spacing is not None:
+        spacing[2] = z_spacing
+    return Grid(shape, np.round(spacing, 6), np.round(image.GetOrigin(), 6), np.array(image.GetDirection()).reshape(3, 3))
 
 
 def _check_slices(folder: Path, positions, orientations, normal, voxel: float, decimals: int = 6) -> float:
