@@ -557,7 +557,7 @@ def phantom(family: str = FamilyArg,
             seed: int = typer.Option(0, help="Seed of the noise."),
             output: Path = typer.Option(..., "-o", "--output", help="Image file (.nii.gz, .nrrd, .mha...); the truth goes to NAME.truth.json.")):
     """A test image from a 4x finer mesh, posed, with partial volume (and blur and noise for ct), plus its truth."""
-    from .io import VOLUME_SUFFIXES, check_output, save_volume, volume_stem, write_json
+    from .io import VOLUME_SUFFIXES, check_output, save_volume, volume_files, volume_stem, write_json
     from .phantom import KINDS, make_phantom
     from .shapes import get_family
 
@@ -579,8 +579,7 @@ def phantom(family: str = FamilyArg,
     try:
         write_json(truth_path, truth)
     except BaseException:
-        # an image without its truth is no phantom (an .npy image also has its grid beside it)
-        for written in (output, output.with_suffix(".json")) if output.suffix.lower() == ".npy" else (output,):
+        for written in volume_files(output):  # an image without its truth is no phantom
             with contextlib.suppress(OSError):
                 written.unlink()
         raise

@@ -115,6 +115,12 @@ def _sidecar(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
+def volume_files(path) -> tuple[Path, ...]:
+    """The files ``save_volume`` writes for ``path``: the volume, and for an .npy its grid beside it."""
+    path = _path(path)
+    return (path, _sidecar(path)) if _matching_suffix(path, (".npy",)) else (path,)
+
+
 def _check_sidecar(path: Path) -> None:
     """Refuse an .npy volume whose grid file could not be written, or would replace a .json that is no grid's."""
     sidecar = _sidecar(path)
