@@ -327,12 +327,14 @@ def _execute(path, tasks, workers, scheduler):
         # spawn, not fork: numba's thread pool must not be inherited half-initialised
         import signal
 
+        from .runtime import can_handle_signals
+
         context = mp.get_context("spawn")
         stop = context.Event()
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(stop,)) as pool:
             # the workers start ignoring Ctrl-C (inherited, before they import anything); this process's Ctrl-C waits
             # until every task is submitted, so that an interrupt finds them all to cancel
-            before = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+            before = signal.signal(signal.SIGINT, signal.SIG_IGN) if can_handle_signals() else None
             try:
                 futures = [pool.submit(run_task, path, s, e, 1) for s, e in tasks]
             finally:
@@ -346,11 +348,6 @@ def _execute(path, tasks, workers, scheduler):
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
 
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def dataset_info(path) -> dict:

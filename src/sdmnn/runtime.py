@@ -50,6 +50,11 @@ def keep_freed_memory() -> bool:
         return False
 
 
+def can_handle_signals() -> bool:
+    """Whether this thread may set signal handlers (Python lets the main thread alone)."""
+    return threading.current_thread() is threading.main_thread()
+
+
 def set_threads(n: int | None) -> None:
     """Use ``n`` threads for the SDM kernels (default: all cores)."""
     import numba

@@ -463,7 +463,9 @@ class _Interrupt:
     def __enter__(self):
         import signal
 
-        if threading.current_thread() is threading.main_thread():
+        from ..runtime import can_handle_signals
+
+        if can_handle_signals():
             self._before = {name: signal.signal(getattr(signal, name), self._ask) for name in self.SIGNALS}
         return self
 
