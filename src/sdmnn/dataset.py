@@ -349,7 +349,6 @@ def _execute(path, tasks, workers, scheduler):
                 raise
 
 
-
 def dataset_info(path) -> dict:
     """The store's metadata plus how many samples are written."""
     group, meta = _open_group(path)
