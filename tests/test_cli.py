@@ -193,7 +193,7 @@ def test_fit_cli_writes_a_table_json_samples_and_pngs(tmp_path):
     (["fit", "seg.nii.gz", "--label", "3", "--forward", "exact", "-o", "res"], "no voxel of label 3"),
     (["fit", "seg.nii.gz", "--mask", "small.nii.gz", "--forward", "exact", "-o", "res"], "not on the image's grid"),
     (["fit", "missing.nrrd", "-o", "res"], "no such file"),
-    (["fit", "seg.nii.gz", "--observed", "intensity", "--window", "5", "-o", "res"], "--window takes 2 comma-separated numbers"),
+    (["fit", "seg.nii.gz", "--observed", "intensity", "--window", "5", "-o", "res"], "--window takes LOW,HIGH (two numbers), auto or none"),
     (["fit", "seg.nii.gz", "--observed", "intensity", "--window", "3,1", "-o", "res"], "window (--window) is two intensities LOW < HIGH"),
     (["fit", "seg.nii.gz", "--window", "0,1", "-o", "res"], "a label map or an SDM has none"),
     (["fit", "seg.txt", "-o", "res"], "unsupported file type"),
@@ -243,6 +243,29 @@ def test_fit_cli_reads_a_dicom_series_folder_and_writes_on_its_grid(tmp_path):
     sdm, sdm_grid = sdmnn.load_volume(tmp_path / "res" / "sdm.nii.gz")  # NIfTI for a DICOM series, on its grid
     assert sdm_grid == grid
     d = surface_distances(sdmnn.load_mesh(tmp_path / "res" / "mesh.stl"), truth_mesh(truth))
+    assert d.mean() < 0.05, d.mean()
+
+
+def test_fit_cli_leaves_out_the_air_of_a_ct_by_default_and_says_so(tmp_path):
+    """A CT-like series in HU (as a scanner writes it: flipped to LPS in a NIfTI file) with the middle ear's air beside
+    the cochlea: the default window leaves the air out, the output and result.json say how much."""
+    import json
+
+    from sdmnn.phantom import make_phantom, surface_distances, truth_mesh
+
+    image, grid, truth = make_phantom("cochlea", {"a": 3.5, "alpha": 0.6, "b": 0.12, "phi": 0.2}, kind="ct",
+                                      rotate=(20, -35, 50), spacing=(0.4, 0.4, 0.5), seed=1)
+    mesh = truth_mesh(truth)
+    air = grid.points().reshape(*grid.shape, 3)[..., 0] > mesh.vertices[:, 0].max() + 0.5
+    image[air] = -1000 + 100 * np.random.default_rng(2).standard_normal(air.sum())
+    sdmnn.save_volume(tmp_path / "ct.nii.gz", image.astype(np.float32), grid)
+    r = run("fit", "ct.nii.gz", "--observed", "intensity", "--pose", "rigid", "--forward", "exact", "-o", "res",
+            cwd=tmp_path)
+    said = " ".join(r.stdout.split())
+    assert "voxels air (below -400, as in HU) and near it (--window none keeps them)" in said
+    window = json.loads((tmp_path / "res" / "result.json").read_text())["window"]
+    assert window["auto"] and window["low"] == -400 and window["left_out_voxels"] >= air.sum()
+    d = surface_distances(sdmnn.load_mesh(tmp_path / "res" / "mesh.stl"), mesh)
     assert d.mean() < 0.05, d.mean()
 
 
@@ -343,11 +366,13 @@ def test_the_fit_help_states_the_searchs_reach_as_the_fit_has_it():
     import typer
 
     from sdmnn.cli import app
-    from sdmnn.fitting import AUTO_ALL_R2, SEARCH_SHIFT_MM, SEARCH_TURNS
+    from sdmnn.fitting import AUTO_ALL_R2, AUTO_ALL_VOLUME, SEARCH_SHIFT_MM, SEARCH_TURNS
 
     params = {p.name: p for p in typer.main.get_command(app).commands["fit"].params}
     assert f"{SEARCH_SHIFT_MM:g} mm of --centre" in params["pose"].help
     assert f"all ({SEARCH_TURNS} spread" in params["turns"].help and f"R^2 is below {AUTO_ALL_R2:g}" in params["turns"].help
+    for option in ("pose", "turns"):
+        assert f"correlated over more than {AUTO_ALL_VOLUME:g} voxels" in " ".join(params[option].help.split())
 
 
 def test_a_mesh_that_encloses_nothing_gets_an_unsigned_map_and_says_so(tmp_path):

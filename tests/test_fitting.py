@@ -1,3 +1,4 @@
+import math
 import warnings
 
 import numpy as np
@@ -392,20 +393,50 @@ def test_one_shape_whose_label_map_breaks_into_pieces_is_not_refused():
 
 def test_a_window_leaves_out_air_beside_the_bone():
     """A CT-like image with an air cell (-1000, a 3 mm ball) 1 mm from the cochlea: two tissues cannot explain a third
-    (`python bench/air_probe.py` fits it without a window too). The window of the
-    two tissues' intensities leaves the air and its border out, and the fit finds the shape."""
+    (`python bench/air_probe.py`). The default window (auto) finds the air and leaves it and its border out, as a
+    window of the two tissues' intensities does, and the fit finds the shape."""
     img, grid, truth = make_phantom("cochlea", TRUTH, kind="ct", rotate=(15, -25, 35), spacing=(0.35,) * 3, margin=8)
     mesh = truth_mesh(truth)
     centre = np.array([mesh.bounds[1][0] + 4.0, *mesh.vertices[:, 1:].mean(0)])
     air = np.linalg.norm(grid.points().reshape(*grid.shape, 3) - centre, axis=-1) < 3.0
     img[air] = -1000 + 100 * np.random.default_rng(3).standard_normal(air.sum())
-    r = fit(img, grid, observed_kind="intensity", forward="exact", pose="rigid", window=(-400, 3000))
-    assert np.mean(surface_distances(r.mesh(), mesh)) < 0.05
-    assert abs(r.noise["appearance"]["inside"]) < 200  # the fluid's, not an extrapolation
+    for window in ("auto", (-400, 3000)):
+        r = fit(img, grid, observed_kind="intensity", forward="exact", pose="rigid", window=window)
+        assert np.mean(surface_distances(r.mesh(), mesh)) < 0.05
+        assert abs(r.noise["appearance"]["inside"]) < 200  # the fluid's, not an extrapolation
+        assert r.window["auto"] == (window == "auto") and r.window["left_out_voxels"] > air.sum()
     with pytest.raises(FitError, match=r"window \(--window\) leaves out a third tissue of an intensity image"):
         fit(img > 500, grid, observed_kind="labels", forward="exact", window=(0, 1))
     with pytest.warns(FitWarning, match=r"^the fit explains the image poorly"):  # a window without the fluid
-        fit(img, grid, observed_kind="intensity", forward="exact", pose="rigid", window=(500, 3000))
+        fit(img, grid, observed_kind="intensity", forward="exact", pose="rigid", window=(700, 3000))
+
+
+def test_the_default_window_finds_air_only_where_the_image_holds_some():
+    """What "auto" leaves out: nothing of a CT-like image without air (its noise alone reaches below -400 in single
+    voxels), nor of an image in other units; air (-1000) and a margin of 1 mm along each axis about it, a single voxel
+    of air too."""
+    from sdmnn.fitting import _within_window
+
+    grid = Grid((40, 40, 40), (0.25, 0.25, 0.5))
+    rng = np.random.default_rng(0)
+    tissue = 1000.0 * (np.arange(40)[:, None, None] >= 20) + 150 * rng.standard_normal(grid.shape)
+    assert (tissue < -400).sum() > 10  # single voxels of noise
+    assert _within_window(tissue, grid, "auto", "intensity") == (None, None, None)
+    with pytest.raises(FitError, match=r"leaves fewer than 8 voxels .* --window none keeps every voxel"):
+        _within_window(tissue - 3000, grid, "auto", "intensity")  # other units, all "air"
+    assert _within_window(tissue / 1000 - 0.5, grid, "auto", "intensity") == (None, None, None)
+    withair = tissue.copy()
+    withair[:, :, 30:] = -1000 + 100 * rng.standard_normal((40, 40, 10))
+    kept, beyond, what = _within_window(withair, grid, "auto", "intensity")
+    assert what == {"low": -400.0, "high": math.inf, "auto": True, "left_out_voxels": int((~kept).sum())}
+    assert not kept[:, :, 29:].any() and kept[:, :, :27].all()  # the air from 30 and 1 mm (2 slices) about it
+    assert beyond[:, :, 31:].all() and not beyond[:, :, :29].any() and not (beyond & kept).any()
+    assert _within_window(withair, grid, "auto", "labels") == (None, None, None)
+    assert _within_window(withair, grid, None, "intensity") == (None, None, None)
+    one = np.zeros(grid.shape)
+    one[10, 10, 10] = one[:, :, 38:] = -1000
+    kept, beyond, what = _within_window(one, grid, "auto", "intensity")
+    assert not kept[6:15, 6:15, 8:13].any() and kept[:, :, 13:35].all() and what["left_out_voxels"] == 9 * 9 * 5 + 40 * 40 * 4
 
 
 def test_the_labels_a_shape_makes_on_thick_slices_are_its_voxels_more_than_half_inside():

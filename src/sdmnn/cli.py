@@ -459,20 +459,24 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
         pose: str = typer.Option("none", metavar="[none|rigid]", help="rigid: fit a rotation and a shift too, at any orientation: anywhere in a label map or an SDM; in an "
                                   "intensity image within 5 mm of --centre, by default of where a coarse search of the "
                                   "whole image puts the shape (near the model's orientation first, then all where that "
-                                  "fit's R^2 is below 0.6 and its residuals more than the image's noise). "
+                                  "fit's R^2 is below 0.6 and its residuals more than the image's noise, or its residuals are "
+                                  "correlated over more than 12 voxels). "
                                   "none: the model's frame is the world's."),
         turns: str = typer.Option("auto", metavar="[auto|near|all]",
                                   help="With --observed intensity --pose rigid: the rotations searched: near the model's "
                                        "orientation (within about 30 degrees), all (360 spread over every orientation; "
                                        "slower), or auto: near, then all where that fit's R^2 is below 0.6 and its residuals are "
-                                       "more than the image's noise (the better fit is kept)."),
+                                       "more than the image's noise, or its residuals are correlated over more than 12 voxels "
+                                       "(the better fit is kept)."),
         label: Optional[int] = typer.Option(None, help="The shape's value in a multi-label map (needed where the map holds more than one non-zero value)."),
         centre: Optional[str] = typer.Option(None, help="X,Y,Z: where the shape is about, world mm (LPS); default: the labels' centre (an SDM's inside's); "
                                                   "in an intensity image, where a coarse search of it puts the shape."),
         mask: Optional[Path] = typer.Option(None, help="A volume on the image's grid, non-zero where voxels may be used."),
-        window: Optional[str] = typer.Option(None, help="LOW,HIGH: for an intensity image, the voxels outside these intensities, "
-                                                  "and those within 1 mm (or a voxel's largest side) of them, are not used: a third tissue near the shape, "
-                                                  "such as air beside the bone of a CT (e.g. --window -400,3000 in HU)."),
+        window: str = typer.Option("auto", help="LOW,HIGH: for an intensity image, the voxels outside these intensities (smoothed by half a voxel), "
+                                                "and those within 1 mm (or a voxel's largest side) of them along each axis, are not used: a third "
+                                                "tissue near the shape, such as air beside the bone of a CT (e.g. --window -400,3000 in HU). "
+                                                "auto: air (below -400) in an image holding it as a CT in HU does (some voxels near -1000), "
+                                                "else none; none: every voxel."),
         model: Optional[Path] = typer.Option(None, help="Model folder for sdmnn/hybrid/deepsdf (default: the shipped one)."),
         seed: int = typer.Option(0),
         tau: Optional[float] = typer.Option(None, help="Label softness or blur length in mm, > 0 (default: estimated)."),
@@ -517,7 +521,12 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
         net = load_model(model, device=device)
     if family is None:
         family = net.family.ref if net is not None else "cochlea"
-    window = _numbers(window, "--window", 2) if window is not None else None
+    window = {"auto": "auto", "none": None}.get(window.strip().lower(), window)
+    if window not in ("auto", None):
+        try:
+            window = _numbers(window, "--window", 2)
+        except SdmnnError:
+            raise SdmnnError(f"--window takes LOW,HIGH (two numbers), auto or none, got {window!r}") from None
     shown = net.family.name if net is not None and family == net.family.ref else family
     with err.status(f"fitting the {shown} family to {target.name}") as status:
         try:
@@ -536,6 +545,10 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
     quality = ", ".join(f"{k} {v:.4g}" for k, v in r.quality.items() if isinstance(v, float))
     console.print(f"{r.seconds:.1f} s; forward evaluations: " + ", ".join(f"{k} {v}" for k, v in r.evaluations.items() if v)
                   + f"; quality: {quality}")
+    if r.window and r.window["left_out_voxels"]:
+        what = "air (below -400, as in HU)" if r.window["auto"] else f"outside {r.window['low']:g}..{r.window['high']:g}"
+        console.print(f"left out {r.window['left_out_voxels']} voxels {what} and near it"
+                      + (" (--window none keeps them)" if r.window["auto"] else ""))
     if pose == "rigid":
         console.print("rx, ry, rz (rad, about the world axes) and tx, ty, tz (mm): the pose's posterior about the fitted "
                       "pose below, where they are 0")

@@ -21,7 +21,8 @@ h the voxel size: the logistic whose spread matches a surface known only to with
 Pose: a rigid map from the model frame (where the family builds its mesh) to the world, about the model
 shape's centre ``c``: x_world = R (x_model - c) + p. It starts from the image itself (the principal axes of
 a label map or of an SDM's inside; for an intensity image, rotations near the model's orientation, and where that
-fit's R^2 is below AUTO_ALL_R2 and its residuals more than noise, 360 spread over all of them, each at every shift within 5 mm of a ``centre`` hint or
+fit's R^2 is below AUTO_ALL_R2 and its residuals more than noise, or they are correlated over more than AUTO_ALL_VOLUME
+voxels, 360 spread over all of them, each at every shift within 5 mm of a ``centre`` hint or
 of where a coarse search of the whole image puts the shape), with a screen of shapes, then is fitted jointly with the
 shape. Its posterior is over small
 rotations about the world axes at the MAP (``rx, ry, rz``, radians) and shifts (``tx, ty, tz``, mm).
@@ -89,6 +90,10 @@ CONFOUNDED_WITH_POSE = 50.0
 #: mm of them (at least a voxel's largest side): a third tissue (air beside the bone of a CT) and the partial-volume
 #: voxels of its border.
 WINDOW_MARGIN_MM = 1.0
+#: An intensity fit's default window ("auto") leaves out air where the image holds it as a CT in Hounsfield units does:
+#: the voxels below AIR_HU (smoothed by half a voxel), in an image where some smoothed voxel is below AIR_SURE_HU (air
+#: reads -1000 HU; fat, the lowest of the body's tissues, about -100; no image without such voxels is windowed).
+AIR_HU, AIR_SURE_HU = -400.0, -900.0
 #: The labels a fitted shape makes (its voxels more than half inside: the written labels volume, and the Dice of a label
 #: map's fit) are read from at most about this many sub-voxels over the shape's box (fewer to a voxel on larger boxes).
 LABEL_SUBVOXELS = 2_000_000
@@ -124,8 +129,11 @@ SCREEN_AGAIN_ROTATIONS, SCREEN_AGAIN_SHAPES = 3, 24
 #: a low R^2 too (0.54 and 0.59 in the fit study, where the second search doubled the time); on 19 CT-like phantoms
 #: fitted right the residuals' correlation volume was 1.6-2.7 voxels and their sigma 0.97-1.01 times the noise, on
 #: 5 turned more than 70 degrees and fitted 169-180 degrees off with R^2 0.37-0.59, 14-105 voxels and 1.04-1.28 times
-#: (``python bench/turns_probe.py``).
-AUTO_ALL_R2, NOISE_VOLUME, NOISE_RATIO = 0.6, 4.0, 1.02
+#: (``python bench/turns_probe.py``). It searches them too where the residuals are correlated over more than
+#: AUTO_ALL_VOLUME voxels, whatever the R^2: with air beside the cochlea (left out by the window), a phantom turned
+#: far from the model's orientation was fitted wrong with R^2 0.71 (0.87 right) and residuals correlated over 65
+#: voxels (1.8 right; ``python bench/air_probe.py hybrid 20``, case 6).
+AUTO_ALL_R2, NOISE_VOLUME, NOISE_RATIO, AUTO_ALL_VOLUME = 0.6, 4.0, 1.02, 12.0
 #: Levenberg-Marquardt (``_levenberg_marquardt``) ends a phase where the Gauss-Newton step predicts a gain under
 #: LM_STOP_NATS (the negative log-likelihood's units; along the flattest direction of a label map's fit, phi, about
 #: 0.1 % of its range), and a phase before the last hands over after LM_HANDOVER_TRIES rejected steps in a row: each
@@ -141,8 +149,8 @@ BEYOND_RANGE = 0.3
 #: What a poor intensity fit is told, with where the search reaches.
 _INTENSITY_HINT = (f"the search of an intensity image reaches {SEARCH_SHIFT_MM:g} mm from its centre (centre, --centre; "
                    "default: where a coarse search of the whole image puts the shape), and a window of the two tissues' "
-                   "intensities (window, --window LOW,HIGH) can leave out a third tissue near the shape (air beside the "
-                   "bone of a CT)")
+                   "intensities (window, --window LOW,HIGH) can leave out a third tissue near the shape (by default, air in "
+                   "an image in Hounsfield units)")
 
 
 def check_forward(forward: str) -> str:
@@ -182,6 +190,9 @@ class FitResult:
     family_source: str | None = None
     #: The network's folder and its weights' SHA-256 ({"path": ..., "weights_sha256": ...}), None for an exact fit.
     model: dict | None = None
+    #: The intensities the fit kept ({"low", "high", "auto", "left_out_voxels"}: auto where the default window found
+    #: air), None where it used every voxel.
+    window: dict | None = None
 
     def interval(self, level: float = 0.9) -> dict:
         """Central posterior interval of each parameter (shape and pose) from the samples."""
@@ -257,7 +268,7 @@ class FitResult:
     def to_dict(self) -> dict:
         return {
             "family": self.family, "family_source": self.family_source, "forward": self.forward, "model": self.model,
-            "observed": self.observed_kind, "map": self.params,
+            "observed": self.observed_kind, "window": self.window, "map": self.params,
             "pose": self.pose.tolist(), "pose_centre": self.pose_centre.tolist(), "mean": self.mean, "std": self.std,
             "interval_90": {k: list(v) for k, v in self.interval(0.9).items()}, "quality": self.quality,
             "noise": self.noise, "seconds": self.seconds, "evaluations": self.evaluations,
@@ -354,19 +365,21 @@ class _Observation:
     sub: tuple[int, int, int] = (1, 1, 1)
     model_grid: Grid = None
     points: np.ndarray = None  # (model_grid.size, 3) world positions (mm) of the model grid
+    beyond: np.ndarray = None  # (N,) float64, 1 where a window puts the voxel outside the shape's tissues (not used)
 
     @classmethod
-    def of(cls, kind, image, mask, grid: Grid, lo, hi):
+    def of(cls, kind, image, mask, grid: Grid, lo, hi, beyond=None):
         crop_grid = crop(grid, lo, hi)
         lo = np.clip(np.asarray(lo, int), 0, np.array(grid.shape) - 1)
         sl = tuple(slice(a, a + n) for a, n in zip(lo, crop_grid.shape))
         y = image[sl].astype(np.float64).ravel()
         m = np.ones_like(y) if mask is None else mask[sl].astype(np.float64).ravel()
+        q = np.zeros_like(y) if beyond is None else beyond[sl].astype(np.float64).ravel()
         h = np.array(crop_grid.spacing)
         # at most 4 sub-voxels along an axis: the forward model's cost grows with their number
         sub = tuple(int(k) for k in np.clip(np.round(h / h.min()), 1, 4)) if kind == "intensity" else (1, 1, 1)
         model_grid = crop_grid if sub == (1, 1, 1) else crop_grid.split(sub)
-        return cls(kind, crop_grid, y, m, float(np.prod(h)) ** (1 / 3), lo, sub, model_grid, model_grid.points())
+        return cls(kind, crop_grid, y, m, float(np.prod(h)) ** (1 / 3), lo, sub, model_grid, model_grid.points(), q)
 
     def coarse(self, v) -> np.ndarray:
         """Values on the model grid (model_grid.size,) averaged over each voxel's sub-voxels: (N,)."""
@@ -585,7 +598,7 @@ class _Likelihood:
         elif self.kind == "sdm":
             v = 0.5 * np.sum(m * (d - y) ** 2, axis=-1) / s**2 + m.sum() * math.log(s)
         else:
-            _, _, sigma = _appearance(self.blended(d, s), y, m)
+            _, _, sigma = _appearance(self.blended(d, s), y, m, self.obs.beyond[::every])
             v = m.sum() * np.log(sigma)
         return float(v) if np.ndim(v) == 0 else v
 
@@ -605,7 +618,7 @@ class _Likelihood:
                 r = minimize_scalar(lambda s: self.nll(d, s), method="bounded", bounds=(0.0, max(4 * self.obs.h, 2.0)))
                 self.scale = float(r.x)
         if self.kind == "intensity":
-            self.appearance = _appearance(self.blended(d), self.obs.y, self.obs.mask)
+            self.appearance = _appearance(self.blended(d), self.obs.y, self.obs.mask, self.obs.beyond)
 
     def gauss_newton(self, d, J, scores: bool = False):
         """(gradient (k,), Gauss-Newton (Fisher) Hessian (k, k)) of the NLL for SDM Jacobian J (N, k) on the whole
@@ -620,21 +633,23 @@ class _Likelihood:
             g_d, w = m * (d - y) / s**2, m / s**2
         else:
             Jr, r, sigma = self._intensity_jacobian(d, J)
-            out = Jr.T @ (m * r) / sigma**2, Jr.T @ (m[:, None] * Jr) / sigma**2
-            return (*out, Jr * (m * r / sigma**2)[:, None]) if scores else out
+            w = m + self.obs.beyond
+            out = Jr.T @ (w * r) / sigma**2, Jr.T @ (w[:, None] * Jr) / sigma**2
+            return (*out, Jr * (w * r / sigma**2)[:, None]) if scores else out
         out = J.T @ g_d, J.T @ (w[:, None] * J)
         return (*out, J * g_d[:, None]) if scores else out
 
     def _intensity_jacobian(self, d, J):
         """(residual Jacobian (N, k), residuals r (N,), sigma) of an intensity image: r = y - b - (a - b) B with
-        B = coarse(blur(Phi(-d' / spread))), linear in d' and d' linear in d."""
+        B = coarse(blur(Phi(-d' / spread))), linear in d' and d' linear in d (and y = b where a window left out a
+        third tissue: ``_appearance``)."""
         B = self.blended(d)
-        a, b, sigma = _appearance(B, self.obs.y, self.obs.mask)
+        a, b, sigma = _appearance(B, self.obs.y, self.obs.mask, self.obs.beyond)
         t = self.terms(d)
         z = -t.shifted(d) / t.spread
         dB = (np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi) / t.spread)[:, None] * t.linear(J)
         Jr = (a - b) * np.stack([self.obs.coarse(_blur(dB[:, j], self.obs.model_grid, self.scale)) for j in range(J.shape[1])], 1)
-        return Jr, self.obs.y - b - (a - b) * B, sigma
+        return Jr, np.where(self.obs.beyond > 0, b, self.obs.y) - b - (a - b) * B, sigma
 
     def error_sensitivity(self, d, J) -> np.ndarray:
         """(N, k): how each voxel's gradient of the NLL moves when the SDM moves by one mm there (an error of
@@ -647,7 +662,7 @@ class _Likelihood:
         if self.kind == "sdm":
             return J * (m / self.scale**2)[:, None]
         Jr, _, sigma = self._intensity_jacobian(d, np.concatenate([J, np.ones((len(J), 1))], 1))
-        return Jr[:, :-1] * (m * Jr[:, -1] / sigma**2)[:, None]
+        return Jr[:, :-1] * ((m + self.obs.beyond) * Jr[:, -1] / sigma**2)[:, None]
 
     def residuals(self, d) -> np.ndarray:
         """Standardised residuals per voxel (0 where unused), for the correlation volume."""
@@ -664,11 +679,15 @@ class _Likelihood:
         return m * (y - b - (a - b) * p) / sigma
 
 
-def _appearance(p, y, m):
+def _appearance(p, y, m, q=None):
     """Weighted least-squares intensities inside (a) and outside (b), and the noise sigma, for
-    y ~ b + (a - b) p over the voxels where m > 0; p (N,) or (B, N) gives scalars or (B,) arrays."""
+    y ~ b + (a - b) p over the voxels where m > 0; p (N,) or (B, N) gives scalars or (B,) arrays. The voxels where
+    q > 0 (a third tissue a window left out) count as observed at the outside tissue's intensity b: the shape's
+    inside there costs ((a - b) p)^2 each, in the sum of squares, not in the count of voxels sigma divides."""
     n, sy, syy = m.sum(), np.sum(m * y), np.sum(m * y * y)
     sp, spp, spy = np.sum(m * p, -1), np.sum(m * p * p, -1), np.sum(m * p * y, -1)
+    if q is not None:
+        spp = spp + np.sum(q * p * p, -1)
     det = np.maximum(spp * n - sp * sp, 1e-12 * n * n)
     slope = (spy * n - sp * sy) / det  # a - b
     b = (sy - slope * sp) / n
@@ -696,9 +715,11 @@ def _image_noise(obs: _Observation) -> float | None:
 
 def _explains_poorly(quality: dict, temper: float) -> bool:
     """Whether a fit near the model's orientation calls for the search over all of them (turns "auto"): a warning,
-    or an R^2 below AUTO_ALL_R2 with residuals that are more than the image's noise alone (see NOISE_VOLUME)."""
+    an R^2 below AUTO_ALL_R2 with residuals that are more than the image's noise alone (see NOISE_VOLUME), or
+    residuals correlated over more than AUTO_ALL_VOLUME voxels."""
     noise_alone = temper <= NOISE_VOLUME and quality.get("sigma_over_image_noise", math.inf) <= NOISE_RATIO
-    return bool(quality.get("warning")) or not (quality.get("r2", 1.0) >= AUTO_ALL_R2 or noise_alone)
+    return (bool(quality.get("warning")) or not (quality.get("r2", 1.0) >= AUTO_ALL_R2 or noise_alone)
+            or temper > AUTO_ALL_VOLUME)
 
 
 def correlation_volume(residuals: np.ndarray, shape, max_lag: int = 6) -> float:
@@ -873,7 +894,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         pose: str = "none", seed: int = 0, model=None, prior: dict | None = None, tau: float | None = None,
         sigma: float | None = None, band: float | None = None, label: int | None = None, mask=None, centre=None,
         n_shapes: int = 8, n_starts: int = 3, n_samples: int = 4000, max_exact: int = 40, threads: int | None = None,
-        device: str = "auto", progress=None, turns: str = "auto", window=None) -> FitResult:
+        device: str = "auto", progress=None, turns: str = "auto", window="auto") -> FitResult:
     """Posterior over a family's shape parameters (and, with ``pose="rigid"``, a rigid pose) given an image.
 
     Parameters
@@ -911,11 +932,16 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         The rotations the pose's search tries in an intensity image (a label map's or an SDM's come from its
         inside's axes): "near" the model's orientation (within about 30 degrees), "all" of them (SEARCH_TURNS spread
         evenly), or "auto": near, then all where that fit's R^2 is below AUTO_ALL_R2 and its residuals are more than
-        the image's noise (NOISE_VOLUME; the better of the two is kept).
-    window : (low, high), optional
-        Intensity images: leave out the voxels outside these intensities and those within WINDOW_MARGIN_MM (or a
-        voxel's largest side) of them, a third tissue near the shape (air beside the bone of a CT) and its
-        partial-volume border, which the model's two tissues cannot explain.
+        the image's noise (NOISE_VOLUME), or they are correlated over more than AUTO_ALL_VOLUME voxels (the better of
+        the two is kept).
+    window : (low, high), "auto" or None
+        Intensity images: leave out the voxels outside these intensities (judged on the image smoothed by half a
+        voxel) and
+        those within WINDOW_MARGIN_MM (or a voxel's largest side) of them along each axis: a third tissue near the
+        shape (air beside the bone of a CT) and its partial-volume border, which the model's two tissues cannot
+        explain. "auto" (the default): in an image holding air as a CT in Hounsfield units does, the voxels below
+        AIR_HU (the window AIR_HU..inf); in any other, none. None: every voxel. The result's ``window`` says what
+        was left out.
     """
     call = dict(locals())  # the arguments, for the search over all rotations of turns="auto"
     t0 = time.perf_counter()
@@ -961,11 +987,13 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
     if band is not None and observed_kind == "sdm":
         near = np.abs(y_full) <= band
         mask_full = near if mask_full is None else mask_full & near
-    if window is not None:
-        kept = _within_window(y_full, grid, window, observed_kind)
-        mask_full = kept if mask_full is None else mask_full & kept
-    low, high = _prior_box(fam, prior)
     say = progress or (lambda text: None)
+    kept, beyond, windowed = _within_window(y_full, grid, window, observed_kind)
+    if kept is not None:
+        mask_full = kept if mask_full is None else mask_full & kept
+        say(f"left out {windowed['left_out_voxels']} voxels outside the window {windowed['low']:g}..{windowed['high']:g} "
+            f"and near them")
+    low, high = _prior_box(fam, prior)
     network = "deepsdf" if forward == "deepsdf" else "sdmnn"
     evals = {network: 0, "exact": 0} if forward != "exact" else {"exact": 0}
     net = None
@@ -1005,7 +1033,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
                 raise FitError(f"with pose none the shape stays where the model's frame puts it (its centre at "
                                f"{np.round(centre_model, 1).tolist()} mm), outside the part of the image it would be fitted "
                                f"to (about {np.round(anchor, 1).tolist()} mm): fit its pose too (pose rigid, --pose rigid)")
-        obs = _Observation.of(observed_kind, y_full, mask_full, grid, lo, hi)
+        obs = _Observation.of(observed_kind, y_full, mask_full, grid, lo, hi, beyond)
         if obs.mask.sum() < 8:
             raise FitError("the mask (and window) leave fewer than 8 voxels of the image to fit")
         if pose == "rigid":
@@ -1025,7 +1053,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
                             more_shapes=more)[:n_starts]
             # the starts' local optimisation needs only the voxels near them, far fewer than the search's crop (on an
             # intensity image, the model's reach about the image's centre)
-            like.obs = _recrop(obs, y_full, mask_full, grid, fam, [(v, p) for _, p, v in picks], like)
+            like.obs = _recrop(obs, y_full, mask_full, grid, fam, [(v, p) for _, p, v in picks], like, beyond)
             vector, best_pose = _best_of(_Network(net, like.obs, evals), like, picks, low, high, pose == "rigid")
         else:
             say(f"searching {len(rotations)} rotations x {n_shapes} shapes" + (" x shifts" if search_shift else "")
@@ -1034,7 +1062,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
             _, best_pose, vector = picks[0]
 
         # 3. re-crop the search's crop around the found shape (the polish needs only the voxels near its surface)
-        obs = _recrop(obs, y_full, mask_full, grid, fam, [(vector, best_pose)], like)
+        obs = _recrop(obs, y_full, mask_full, grid, fam, [(vector, best_pose)], like, beyond)
         exact = _Exact(fam, obs, evals)
         like.obs = obs
 
@@ -1089,7 +1117,7 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         names = tuple(fam.names) + (POSE_NAMES if free_pose else ())
         result = FitResult(
             family=fam.name, family_source=fam.source, names=names, params=dict(zip(fam.names, map(float, vector))),
-            model=_model_record(net),
+            model=_model_record(net), window=windowed,
             pose=best_pose.matrix(),
             pose_centre=np.asarray(best_pose.centre, float),
             mean=dict(zip(names, map(float, samples.mean(0)))), std=dict(zip(names, map(float, samples.std(0)))),
@@ -1156,29 +1184,59 @@ def fitted_labels(mesh, grid: Grid) -> np.ndarray:
     return labels
 
 
-def _within_window(image, grid: Grid, window, kind: str) -> np.ndarray:
-    """The voxels of an intensity image a fit may use given ``window`` (low, high): those farther than WINDOW_MARGIN_MM
-    from any voxel outside it (a third tissue, such as air beside the bone in a CT, and its partial-volume border)."""
-    from scipy.ndimage import distance_transform_edt
+def _within_window(image, grid: Grid, window, kind: str):
+    """The voxels of an image a fit may use given ``window`` ((low, high), "auto" or None), and what was left out:
+    (kept, beyond, record): kept and beyond bool (the image's shape) or None, record {"low", "high", "auto",
+    "left_out_voxels"} or None. A voxel is outside the window (``beyond``) where the image smoothed by half a voxel
+    (``_smoothed``) is; those outside and those within WINDOW_MARGIN_MM (at least a voxel's largest side) of one along
+    each axis are left out (not ``kept``): a third tissue (air beside the bone of a CT) and the partial-volume voxels
+    of its border. The window holds the shape's two tissues, so a voxel beyond it is not the shape's inside: the fit
+    counts it as observed at the outside tissue's intensity (``_appearance``), and a shape that reaches into air
+    pays for it. "auto": of an intensity image holding air as a CT in Hounsfield units does (smoothed, below
+    AIR_SURE_HU), the voxels below AIR_HU; of any other image, none."""
+    from scipy.ndimage import maximum_filter1d
 
+    auto = isinstance(window, str) and window == "auto"
+    if window is None or auto and kind != "intensity":
+        return None, None, None
     if kind != "intensity":
         raise FitError("window (--window) leaves out a third tissue of an intensity image; a label map or an SDM has none")
-    try:
-        low, high = np.asarray(window, float).reshape(2)
-    except (TypeError, ValueError):
-        low = high = math.nan
-    if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        raise FitError(f"window (--window) is two intensities LOW < HIGH, got {window!r}")
-    outside = (image < low) | (image > high)
+    if auto:
+        low, high = AIR_HU, math.inf
+    else:
+        try:
+            low, high = np.asarray(window, float).reshape(2)
+        except (TypeError, ValueError):
+            low = high = math.nan
+        if not (low < high and not math.isnan(low) and not math.isnan(high)):
+            raise FitError(f"window (--window) is two intensities LOW < HIGH, or auto, got {window!r}")
+    grid.check_memory(bytes_per_voxel=16, what=f"the window (--window) of {grid.shape[0]}x{grid.shape[1]}x{grid.shape[2]} "
+                                               f"voxels needs", advice="crop the image, or raise SDMNN_MAX_BYTES")
+    if auto and np.min(image) >= AIR_SURE_HU:  # nor will its smoothed voxels be below
+        return None, None, None
+    smooth = _smoothed(image)
+    if auto and not (smooth < AIR_SURE_HU).any():
+        return None, None, None
+    beyond = outside = (smooth < low) | (smooth > high)
     if not outside.any():
-        return np.ones(image.shape, bool)
-    grid.check_memory(bytes_per_voxel=48, what=f"leaving out the voxels near those outside the window (--window) of "
-                                               f"{grid.shape[0]}x{grid.shape[1]}x{grid.shape[2]} voxels needs",
-                      advice="crop the image, or raise SDMNN_MAX_BYTES")
-    kept = distance_transform_edt(~outside, sampling=grid.spacing) > max(WINDOW_MARGIN_MM, max(grid.spacing))
+        return None, None, {"low": float(low), "high": float(high), "auto": auto, "left_out_voxels": 0}
+    reach = np.floor(max(WINDOW_MARGIN_MM, max(grid.spacing)) / np.array(grid.spacing) + 1e-9).astype(int)
+    for axis, r in enumerate(reach):  # within the margin along each axis: a box about each voxel outside
+        outside = maximum_filter1d(outside, 2 * r + 1, axis=axis)
+    kept = ~outside
     if kept.sum() < 8:
-        raise FitError(f"the window {low:g}..{high:g} (--window) leaves fewer than 8 voxels of the image to fit")
-    return kept
+        hint = " (an image of air alone? --window none keeps every voxel)" if auto else ""
+        raise FitError(f"the window {low:g}..{high:g} (--window) leaves fewer than 8 voxels of the image to fit{hint}")
+    return kept, beyond, {"low": float(low), "high": float(high), "auto": auto, "left_out_voxels": int(outside.sum())}
+
+
+def _smoothed(image) -> np.ndarray:
+    """``image`` smoothed by a Gaussian of half a voxel (weights 0.11, 0.79, 0.11 along each axis), float32: its noise
+    halved (a voxel of noise 100 alone does not reach -400 from 0), while a single voxel of air (-1000) in tissue (0)
+    still reads -490, a sheet of one voxel -790."""
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(np.asarray(image, np.float32), 0.5, truncate=2.0, mode="nearest")
 
 
 def _model_frame(fam):
@@ -1411,11 +1469,12 @@ def _shift_screen(table, like, vols, rotations, position, centre_model, shapes, 
     half = lambda v: block_mean(v, (factor,) * 3)  # noqa: E731
     coarse = Grid(tuple(int(n) for n in n2), tuple(np.array(g.spacing) * factor),
                   tuple(g.to_world(np.full(3, (factor - 1) / 2))), g.direction)
-    I, M = half(image), half(mask)
+    I, M, A = half(image), half(mask), half(obs.beyond.reshape(g.shape))
     centre = coarse.to_world((n2 - 1) / 2)
     n, SI, SII = M.sum(), (M * I).sum(), (M * I * I).sum()
     axes = (0, 1, 2)
     F_MI, F_M = np.fft.rfftn(M * I, n2, axes), np.fft.rfftn(M, n2, axes)
+    F_A = np.fft.rfftn(A, n2, axes) if A.any() else None  # a third tissue: observed at the outside's intensity
     reach = np.floor(max_shift / np.array(coarse.spacing)).astype(int)
     shifts = np.stack(np.meshgrid(*(np.arange(-r, r + 1) for r in reach), indexing="ij"), -1).reshape(-1, 3)
     at = tuple((shifts % n2).T)  # circular indices of the shifts
@@ -1430,6 +1489,8 @@ def _shift_screen(table, like, vols, rotations, position, centre_model, shapes, 
                 SpI = np.fft.irfftn(F_MI * np.conj(FP), n2, axes)[at]  # sum over x of M I p(x - shift)
                 Sp = np.fft.irfftn(F_M * np.conj(FP), n2, axes)[at]
                 Spp = np.fft.irfftn(F_M * np.conj(FPP), n2, axes)[at]
+                if F_A is not None:
+                    Spp = Spp + np.fft.irfftn(F_A * np.conj(FPP), n2, axes)[at]
                 det = np.maximum(n * Spp - Sp * Sp, 1e-12 * n * n)
                 rss = np.maximum(SII - (Spp * SI**2 - 2 * Sp * SI * SpI + n * SpI**2) / det, 1e-12 * SII)
                 k = int(np.argmin(rss))
@@ -1486,9 +1547,9 @@ def _exact_table(fam, obs, evals) -> _Network:
     return _Network(ExactVolumes(fam, fam.grid), obs, evals)
 
 
-def _recrop(obs, y_full, mask_full, grid, fam, found, like):
+def _recrop(obs, y_full, mask_full, grid, fam, found, like, beyond=None):
     """The observation re-cropped, within its crop, to the box of the ``found`` shapes ([(vector, Pose)], posed)
-    plus a margin (4 tau and 2 voxels, at least 1.5 mm)."""
+    plus a margin (4 tau and 2 voxels, at least 1.5 mm); ``beyond``: the voxels outside a window (``_within_window``)."""
     world = np.concatenate([pose.to_world(fam.mesh(vector).vertices) for vector, pose in found])
     margin = max(1.5, 4 * like.scale + 2 * max(grid.spacing))
     lo, hi = _index_box(grid, world.min(0), world.max(0), margin)
@@ -1496,7 +1557,7 @@ def _recrop(obs, y_full, mask_full, grid, fam, found, like):
     hi = np.minimum(hi, obs.offset + np.array(obs.grid.shape) - 1)
     if np.any(hi - lo < 2):  # fewer than 3 voxels along an axis: the posed shapes left the searched part of the image
         raise FitError("the shape found lies outside the part of the image searched: give where it is (centre, --centre)")
-    return _Observation.of(obs.kind, y_full, mask_full, grid, lo, hi)
+    return _Observation.of(obs.kind, y_full, mask_full, grid, lo, hi, beyond)
 
 
 def _levenberg_marquardt(forward, phases, like: _Likelihood, vector, pose: Pose, low, high, budget: int, free_pose: bool):
