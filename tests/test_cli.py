@@ -262,7 +262,7 @@ def test_fit_cli_leaves_out_the_air_of_a_ct_by_default_and_says_so(tmp_path):
     r = run("fit", "ct.nii.gz", "--observed", "intensity", "--pose", "rigid", "--forward", "exact", "-o", "res",
             cwd=tmp_path)
     said = " ".join(r.stdout.split())
-    assert "voxels air (below -400, as in HU) and near it (--window none keeps them)" in said
+    assert "voxels of the image: air (below -400, as in HU) and those within 1 mm of it (--window none keeps them)" in said
     window = json.loads((tmp_path / "res" / "result.json").read_text())["window"]
     assert window["auto"] and window["low"] == -400 and window["left_out_voxels"] >= air.sum()
     d = surface_distances(sdmnn.load_mesh(tmp_path / "res" / "mesh.stl"), mesh)

@@ -1,4 +1,3 @@
-import math
 import warnings
 
 import numpy as np
@@ -428,7 +427,7 @@ def test_the_default_window_finds_air_only_where_the_image_holds_some():
     withair = tissue.copy()
     withair[:, :, 30:] = -1000 + 100 * rng.standard_normal((40, 40, 10))
     kept, beyond, what = _within_window(withair, grid, "auto", "intensity")
-    assert what == {"low": -400.0, "high": math.inf, "auto": True, "left_out_voxels": int((~kept).sum())}
+    assert what == {"low": -400.0, "high": None, "auto": True, "left_out_voxels": int((~kept).sum())}
     assert not kept[:, :, 29:].any() and kept[:, :, :27].all()  # the air from 30 and 1 mm (2 slices) about it
     assert beyond[:, :, 31:].all() and not beyond[:, :, :29].any() and not (beyond & kept).any()
     assert _within_window(withair, grid, "auto", "labels") == (None, None, None)
@@ -437,6 +436,37 @@ def test_the_default_window_finds_air_only_where_the_image_holds_some():
     one[10, 10, 10] = one[:, :, 38:] = -1000
     kept, beyond, what = _within_window(one, grid, "auto", "intensity")
     assert not kept[6:15, 6:15, 8:13].any() and kept[:, :, 13:35].all() and what["left_out_voxels"] == 9 * 9 * 5 + 40 * 40 * 4
+
+
+def test_voxels_beyond_a_window_count_as_the_outside_tissue_in_every_term():
+    """Voxels beyond a window are observed at the outside tissue's profiled intensity b: the closed-form intensities
+    minimise sum m (y - b - (a - b) p)^2 + sum q ((a - b) p)^2 (checked against a general minimiser), and the
+    Gauss-Newton gradient is that of the negative log-likelihood (central differences), on anisotropic voxels."""
+    from scipy.optimize import minimize
+
+    from sdmnn.fitting import _appearance, _Likelihood, _Observation
+
+    rng = np.random.default_rng(4)
+    grid = Grid((14, 12, 8), (0.3, 0.3, 0.6))
+    x = grid.points().reshape(-1, 3)
+    image = (1000 * (np.linalg.norm(x - x.mean(0), axis=1) > 1.2) + 80 * rng.standard_normal(len(x))).reshape(grid.shape)
+    beyond = (x[:, 0] > x[:, 0].mean() + 0.5).reshape(grid.shape)  # a third tissue over part of the ball
+    mask = ~beyond
+    obs = _Observation.of("intensity", image, mask, grid, (0, 0, 0), np.array(grid.shape) - 1, beyond)
+    assert obs.beyond.sum() == beyond.sum() and not (obs.beyond * obs.mask).any()
+    like = _Likelihood(obs, 0.2)
+    d = np.linalg.norm(obs.points - x.mean(0), axis=1) - 1.0  # a smaller ball than the image's, on the sub-voxels
+    p = like.blended(d)
+    a, b, sigma = _appearance(p, obs.y, obs.mask, obs.beyond)
+    cost = lambda v: np.sum(obs.mask * (obs.y - v[1] - (v[0] - v[1]) * p) ** 2) + np.sum(obs.beyond * ((v[0] - v[1]) * p) ** 2)  # noqa: E731
+    best = minimize(cost, [a + 50, b - 50], method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 4000}).x
+    assert np.allclose([a, b], best, atol=0.01) and np.isclose(sigma**2, cost([a, b]) / obs.mask.sum())
+    J = np.stack([np.ones_like(d), obs.points[:, 0] - x[:, 0].mean()], 1)  # grow the ball; move it along x
+    grad, _ = like.gauss_newton(d, J)
+    for j in range(2):
+        step = 1e-4 * J[:, j]
+        numeric = (like.nll(d + step) - like.nll(d - step)) / 2e-4
+        assert np.isclose(grad[j], numeric, rtol=1e-3), (j, grad[j], numeric)
 
 
 def test_the_labels_a_shape_makes_on_thick_slices_are_its_voxels_more_than_half_inside():

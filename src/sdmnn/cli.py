@@ -472,11 +472,11 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
         centre: Optional[str] = typer.Option(None, help="X,Y,Z: where the shape is about, world mm (LPS); default: the labels' centre (an SDM's inside's); "
                                                   "in an intensity image, where a coarse search of it puts the shape."),
         mask: Optional[Path] = typer.Option(None, help="A volume on the image's grid, non-zero where voxels may be used."),
-        window: str = typer.Option("auto", help="LOW,HIGH: for an intensity image, the voxels outside these intensities (smoothed by half a voxel), "
-                                                "and those within 1 mm (or a voxel's largest side) of them along each axis, are not used: a third "
-                                                "tissue near the shape, such as air beside the bone of a CT (e.g. --window -400,3000 in HU). "
-                                                "auto: air (below -400) in an image holding it as a CT in HU does (some voxels near -1000), "
-                                                "else none; none: every voxel."),
+        window: str = typer.Option("auto", help="LOW,HIGH: for an intensity image, a third tissue near the shape, such as air beside the bone of a CT "
+                                                "(e.g. --window -400,3000 in HU): the voxels outside these intensities (smoothed by half a voxel) "
+                                                "count as outside the shape, and they and those within 1 mm (or a voxel's largest side) of them "
+                                                "along each axis are not fitted. auto: air (below -400) in an image holding it as a CT in HU does "
+                                                "(some voxels near -1000), else none; none: every voxel is fitted (a shape whose own tissue is air)."),
         model: Optional[Path] = typer.Option(None, help="Model folder for sdmnn/hybrid/deepsdf (default: the shipped one)."),
         seed: int = typer.Option(0),
         tau: Optional[float] = typer.Option(None, help="Label softness or blur length in mm, > 0 (default: estimated)."),
@@ -546,9 +546,11 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
     console.print(f"{r.seconds:.1f} s; forward evaluations: " + ", ".join(f"{k} {v}" for k, v in r.evaluations.items() if v)
                   + f"; quality: {quality}")
     if r.window and r.window["left_out_voxels"]:
-        what = "air (below -400, as in HU)" if r.window["auto"] else f"outside {r.window['low']:g}..{r.window['high']:g}"
-        console.print(f"left out {r.window['left_out_voxels']} voxels {what} and near it"
-                      + (" (--window none keeps them)" if r.window["auto"] else ""))
+        low, high = r.window["low"], r.window["high"]
+        what = (f"air (below {low:g}, as in HU) and those within 1 mm of it (--window none keeps them)" if r.window["auto"]
+                else f"those outside {low:g}..{high:g} and within 1 mm of them" if high is not None
+                else f"those below {low:g} and within 1 mm of them")
+        console.print(f"left out {r.window['left_out_voxels']} voxels of the image: {what}")
     if pose == "rigid":
         console.print("rx, ry, rz (rad, about the world axes) and tx, ty, tz (mm): the pose's posterior about the fitted "
                       "pose below, where they are 0")

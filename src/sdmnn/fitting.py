@@ -87,8 +87,8 @@ OUTSIDE_WARNING = 0.01
 #: and CT-like images at 0.3 mm, three each; at most 4.3 on six maps of 0.3x0.3x0.6 to 0.4x0.4x0.8 and 1.0 mm slices).
 CONFOUNDED_WITH_POSE = 50.0
 #: With a window (intensities LOW..HIGH), an intensity fit leaves out the voxels outside it and those within this many
-#: mm of them (at least a voxel's largest side): a third tissue (air beside the bone of a CT) and the partial-volume
-#: voxels of its border.
+#: mm of them along each axis (a box; at least a voxel's largest side): a third tissue (air beside the bone of a CT)
+#: and the partial-volume voxels of its border.
 WINDOW_MARGIN_MM = 1.0
 #: An intensity fit's default window ("auto") leaves out air where the image holds it as a CT in Hounsfield units does:
 #: the voxels below AIR_HU (smoothed by half a voxel), in an image where some smoothed voxel is below AIR_SURE_HU (air
@@ -131,8 +131,9 @@ SCREEN_AGAIN_ROTATIONS, SCREEN_AGAIN_SHAPES = 3, 24
 #: 5 turned more than 70 degrees and fitted 169-180 degrees off with R^2 0.37-0.59, 14-105 voxels and 1.04-1.28 times
 #: (``python bench/turns_probe.py``). It searches them too where the residuals are correlated over more than
 #: AUTO_ALL_VOLUME voxels, whatever the R^2: with air beside the cochlea (left out by the window), a phantom turned
-#: far from the model's orientation was fitted wrong with R^2 0.71 (0.87 right) and residuals correlated over 65
-#: voxels (1.8 right; ``python bench/air_probe.py hybrid 20``, case 6).
+#: far from the model's orientation was fitted wrong with R^2 0.71 (0.87 right) and residuals correlated over 69
+#: voxels (2.5 right; case 6 of ``python bench/air_probe.py hybrid 20`` fitted with turns "near" and "all"). The fit
+#: study's CT-like fits have at most 2.5.
 AUTO_ALL_R2, NOISE_VOLUME, NOISE_RATIO, AUTO_ALL_VOLUME = 0.6, 4.0, 1.02, 12.0
 #: Levenberg-Marquardt (``_levenberg_marquardt``) ends a phase where the Gauss-Newton step predicts a gain under
 #: LM_STOP_NATS (the negative log-likelihood's units; along the flattest direction of a label map's fit, phi, about
@@ -150,7 +151,7 @@ BEYOND_RANGE = 0.3
 _INTENSITY_HINT = (f"the search of an intensity image reaches {SEARCH_SHIFT_MM:g} mm from its centre (centre, --centre; "
                    "default: where a coarse search of the whole image puts the shape), and a window of the two tissues' "
                    "intensities (window, --window LOW,HIGH) can leave out a third tissue near the shape (by default, air in "
-                   "an image in Hounsfield units)")
+                   "an image in Hounsfield units; for a shape whose own tissue is air, keep it: window None, --window none)")
 
 
 def check_forward(forward: str) -> str:
@@ -190,8 +191,9 @@ class FitResult:
     family_source: str | None = None
     #: The network's folder and its weights' SHA-256 ({"path": ..., "weights_sha256": ...}), None for an exact fit.
     model: dict | None = None
-    #: The intensities the fit kept ({"low", "high", "auto", "left_out_voxels"}: auto where the default window found
-    #: air), None where it used every voxel.
+    #: The window the fit applied ({"low", "high" (None: no upper bound), "auto", "left_out_voxels" in the whole
+    #: image}: auto where the default window found air), None where it applied none (window None, or "auto" on an
+    #: image without air, or not an intensity image).
     window: dict | None = None
 
     def interval(self, level: float = 0.9) -> dict:
@@ -365,7 +367,8 @@ class _Observation:
     sub: tuple[int, int, int] = (1, 1, 1)
     model_grid: Grid = None
     points: np.ndarray = None  # (model_grid.size, 3) world positions (mm) of the model grid
-    beyond: np.ndarray = None  # (N,) float64, 1 where a window puts the voxel outside the shape's tissues (not used)
+    beyond: np.ndarray = None  # (N,) float64, 1 where a window puts the voxel outside the shape's tissues (mask 0 there;
+    # the likelihood counts it as the outside tissue: ``_appearance``)
 
     @classmethod
     def of(cls, kind, image, mask, grid: Grid, lo, hi, beyond=None):
@@ -674,9 +677,9 @@ class _Likelihood:
             return np.where(near & (m > 0), (y - p) / np.sqrt(np.maximum(var, 1e-12)), 0.0)
         if self.kind == "sdm":
             return m * (d - y) / s
-        p = self.blended(d)
-        a, b, sigma = _appearance(p, y, m)
-        return m * (y - b - (a - b) * p) / sigma
+        p, q = self.blended(d), self.obs.beyond
+        a, b, sigma = _appearance(p, y, m, q)
+        return (m * (y - b - (a - b) * p) - q * (a - b) * p) / sigma  # beyond a window: observed at b
 
 
 def _appearance(p, y, m, q=None):
@@ -989,10 +992,13 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         mask_full = near if mask_full is None else mask_full & near
     say = progress or (lambda text: None)
     kept, beyond, windowed = _within_window(y_full, grid, window, observed_kind)
+    if beyond is not None and user_mask is not None:
+        beyond = beyond & user_mask  # no voxel outside the mask is used
     if kept is not None:
         mask_full = kept if mask_full is None else mask_full & kept
-        say(f"left out {windowed['left_out_voxels']} voxels outside the window {windowed['low']:g}..{windowed['high']:g} "
-            f"and near them")
+        high = windowed["high"]
+        say(f"left out {windowed['left_out_voxels']} voxels outside the window {windowed['low']:g}.."
+            f"{'' if high is None else f'{high:g}'} and near them")
     low, high = _prior_box(fam, prior)
     network = "deepsdf" if forward == "deepsdf" else "sdmnn"
     evals = {network: 0, "exact": 0} if forward != "exact" else {"exact": 0}
@@ -1131,7 +1137,8 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
             quality=quality, grid=grid, log_posterior=-like.nll(d) / temper, covariance=cov,
         )
         if _explains_poorly(quality, temper) and turns == "auto" and image_axes is None and pose == "rigid":
-            why = "a warning" if quality.get("warning") else "its residuals more than the image's noise"
+            why = ("a warning" if quality.get("warning") else f"its residuals correlated over {temper:.0f} voxels"
+                   if temper > AUTO_ALL_VOLUME else "its residuals more than the image's noise")
             say(f"the fit explains the image poorly (R^2 {quality.get('r2', 0.0):.2f}, {why}): searching all orientations "
                 f"({SEARCH_TURNS})")
             again = {**call, "turns": "all", "model": net, "threads": torch.get_num_threads() if net is not None else threads}
@@ -1210,16 +1217,18 @@ def _within_window(image, grid: Grid, window, kind: str):
             low = high = math.nan
         if not (low < high and not math.isnan(low) and not math.isnan(high)):
             raise FitError(f"window (--window) is two intensities LOW < HIGH, or auto, got {window!r}")
-    grid.check_memory(bytes_per_voxel=16, what=f"the window (--window) of {grid.shape[0]}x{grid.shape[1]}x{grid.shape[2]} "
-                                               f"voxels needs", advice="crop the image, or raise SDMNN_MAX_BYTES")
     if auto and np.min(image) >= AIR_SURE_HU:  # nor will its smoothed voxels be below
         return None, None, None
+    grid.check_memory(bytes_per_voxel=16, what=f"the window (--window) of {grid.shape[0]}x{grid.shape[1]}x{grid.shape[2]} "
+                                               f"voxels needs", advice="crop the image, or raise SDMNN_MAX_BYTES"
+                                                                       + (", or keep every voxel (--window none)" if auto else ""))
     smooth = _smoothed(image)
     if auto and not (smooth < AIR_SURE_HU).any():
         return None, None, None
     beyond = outside = (smooth < low) | (smooth > high)
+    record = {"low": float(low), "high": float(high) if math.isfinite(high) else None, "auto": auto}  # JSON: no inf
     if not outside.any():
-        return None, None, {"low": float(low), "high": float(high), "auto": auto, "left_out_voxels": 0}
+        return None, None, {**record, "left_out_voxels": 0}
     reach = np.floor(max(WINDOW_MARGIN_MM, max(grid.spacing)) / np.array(grid.spacing) + 1e-9).astype(int)
     for axis, r in enumerate(reach):  # within the margin along each axis: a box about each voxel outside
         outside = maximum_filter1d(outside, 2 * r + 1, axis=axis)
@@ -1227,7 +1236,7 @@ def _within_window(image, grid: Grid, window, kind: str):
     if kept.sum() < 8:
         hint = " (an image of air alone? --window none keeps every voxel)" if auto else ""
         raise FitError(f"the window {low:g}..{high:g} (--window) leaves fewer than 8 voxels of the image to fit{hint}")
-    return kept, beyond, {"low": float(low), "high": float(high), "auto": auto, "left_out_voxels": int(outside.sum())}
+    return kept, beyond, {**record, "left_out_voxels": int(outside.sum())}
 
 
 def _smoothed(image) -> np.ndarray:
