@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 
 import sdmnn
-from sdmnn.fitting import AUTO_ALL_R2, NOISE_RATIO, NOISE_VOLUME, _explains_poorly, fit
+from sdmnn.fitting import AUTO_ALL_R2, NOISE_RATIO, NOISE_VOLUME, _explains_poorly, _pinned, fit
 from sdmnn.phantom import make_phantom
 
 from fit_bench import _random_rotation, cases, phantoms, pose_error
@@ -36,7 +36,8 @@ def main():
         r = fit(image, grid, observed_kind="intensity", forward="hybrid", pose="rigid", model=model, seed=0, turns="near")
         omega, _ = pose_error(r, info)
         q, temper = r.quality, r.noise["correlation_volume"]
-        again = _explains_poorly(q, temper)
+        fam = sdmnn.get_family("cochlea")
+        again = _explains_poorly(q, temper, _pinned([r.params[k] for k in fam.names], fam.space.low, fam.space.high))
         print(f"{name} | {np.degrees(np.linalg.norm(omega)):.1f} | {q['r2']:.3f} | {temper:.2f} | "
               f"{q['sigma_over_image_noise']:.3f} | {'yes' if again else 'no'}", flush=True)
 

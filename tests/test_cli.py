@@ -366,13 +366,13 @@ def test_the_fit_help_states_the_searchs_reach_as_the_fit_has_it():
     import typer
 
     from sdmnn.cli import app
-    from sdmnn.fitting import AUTO_ALL_R2, AUTO_ALL_VOLUME, SEARCH_SHIFT_MM, SEARCH_TURNS
+    from sdmnn.fitting import AUTO_ALL_PINNED, AUTO_ALL_R2, SEARCH_SHIFT_MM, SEARCH_TURNS
 
     params = {p.name: p for p in typer.main.get_command(app).commands["fit"].params}
     assert f"{SEARCH_SHIFT_MM:g} mm of --centre" in params["pose"].help
     assert f"all ({SEARCH_TURNS} spread" in params["turns"].help and f"R^2 is below {AUTO_ALL_R2:g}" in params["turns"].help
     for option in ("pose", "turns"):
-        assert f"correlated over more than {AUTO_ALL_VOLUME:g} voxels" in " ".join(params[option].help.split())
+        assert f"or {AUTO_ALL_PINNED} of its parameters lie at their range's ends" in " ".join(params[option].help.split())
 
 
 def test_a_mesh_that_encloses_nothing_gets_an_unsigned_map_and_says_so(tmp_path):

@@ -630,6 +630,22 @@ def test_a_noisy_ct_fitted_right_does_not_search_all_orientations_again():
     assert surface_distances(r.mesh(), truth_mesh(info)).mean() < 0.03
 
 
+def test_a_fit_with_parameters_at_their_ranges_ends_calls_for_all_orientations():
+    """A fit near the model's orientation that explains the image well enough (R^2 0.71, residuals no warning) but asks
+    for a shape the box does not hold, 2 or more parameters at their ranges' ends, calls for the search over all
+    orientations (a wrong turn of a phantom with air beside it had a, alpha and b there); one parameter there does not."""
+    from sdmnn.fitting import _explains_poorly, _pinned
+
+    fam = sdmnn.get_family("cochlea")
+    low, high = fam.space.low, fam.space.high
+    good = {"r2": 0.71, "sigma_over_image_noise": 1.15}
+    assert _pinned(low + 0.5 * (high - low), low, high) == 0
+    one, three = low + [0.5, 0.5, 0.5, 0.999] * (high - low), low + [0.998, 0.0, 1.0, 0.5] * (high - low)
+    assert _pinned(one, low, high) == 1 and _pinned(three, low, high) == 3
+    assert not _explains_poorly(good, 60.0, _pinned(one, low, high))  # correlated residuals alone: no second search
+    assert _explains_poorly(good, 2.0, _pinned(three, low, high))
+
+
 def _on_thick_slices():
     """(family, TRUTH's vector, an observation of 0.3 x 0.3 x 1.0 mm voxels about the shape, a pose near it): the pose
     Jacobians' tests."""

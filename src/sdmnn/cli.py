@@ -459,14 +459,14 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
         pose: str = typer.Option("none", metavar="[none|rigid]", help="rigid: fit a rotation and a shift too, at any orientation: anywhere in a label map or an SDM; in an "
                                   "intensity image within 5 mm of --centre, by default of where a coarse search of the "
                                   "whole image puts the shape (near the model's orientation first, then all where that "
-                                  "fit's R^2 is below 0.6 and its residuals more than the image's noise, or its residuals are "
-                                  "correlated over more than 12 voxels). "
+                                  "fit's R^2 is below 0.6 and its residuals more than the image's noise, or 2 of its "
+                                  "parameters lie at their range's ends). "
                                   "none: the model's frame is the world's."),
         turns: str = typer.Option("auto", metavar="[auto|near|all]",
                                   help="With --observed intensity --pose rigid: the rotations searched: near the model's "
                                        "orientation (within about 30 degrees), all (360 spread over every orientation; "
                                        "slower), or auto: near, then all where that fit's R^2 is below 0.6 and its residuals are "
-                                       "more than the image's noise, or its residuals are correlated over more than 12 voxels "
+                                       "more than the image's noise, or 2 of its parameters lie at their range's ends "
                                        "(the better fit is kept)."),
         label: Optional[int] = typer.Option(None, help="The shape's value in a multi-label map (needed where the map holds more than one non-zero value)."),
         centre: Optional[str] = typer.Option(None, help="X,Y,Z: where the shape is about, world mm (LPS); default: the labels' centre (an SDM's inside's); "

@@ -21,8 +21,8 @@ h the voxel size: the logistic whose spread matches a surface known only to with
 Pose: a rigid map from the model frame (where the family builds its mesh) to the world, about the model
 shape's centre ``c``: x_world = R (x_model - c) + p. It starts from the image itself (the principal axes of
 a label map or of an SDM's inside; for an intensity image, rotations near the model's orientation, and where that
-fit's R^2 is below AUTO_ALL_R2 and its residuals more than noise, or they are correlated over more than AUTO_ALL_VOLUME
-voxels, 360 spread over all of them, each at every shift within 5 mm of a ``centre`` hint or
+fit's R^2 is below AUTO_ALL_R2 and its residuals more than noise, or AUTO_ALL_PINNED of its parameters lie at their
+range's ends, 360 spread over all of them, each at every shift within 5 mm of a ``centre`` hint or
 of where a coarse search of the whole image puts the shape), with a screen of shapes, then is fitted jointly with the
 shape. Its posterior is over small
 rotations about the world axes at the MAP (``rx, ry, rz``, radians) and shifts (``tx, ty, tz``, mm).
@@ -129,12 +129,13 @@ SCREEN_AGAIN_ROTATIONS, SCREEN_AGAIN_SHAPES = 3, 24
 #: a low R^2 too (0.54 and 0.59 in the fit study, where the second search doubled the time); on 19 CT-like phantoms
 #: fitted right the residuals' correlation volume was 1.6-2.7 voxels and their sigma 0.97-1.01 times the noise, on
 #: 5 turned more than 70 degrees and fitted 169-180 degrees off with R^2 0.37-0.59, 14-105 voxels and 1.04-1.28 times
-#: (``python bench/turns_probe.py``). It searches them too where the residuals are correlated over more than
-#: AUTO_ALL_VOLUME voxels, whatever the R^2: with air beside the cochlea (left out by the window), a phantom turned
-#: far from the model's orientation was fitted wrong with R^2 0.71 (0.87 right) and residuals correlated over 69
-#: voxels (2.5 right; case 6 of ``python bench/air_probe.py hybrid 20`` fitted with turns "near" and "all"). The fit
-#: study's CT-like fits have at most 2.5.
-AUTO_ALL_R2, NOISE_VOLUME, NOISE_RATIO, AUTO_ALL_VOLUME = 0.6, 4.0, 1.02, 12.0
+#: (``python bench/turns_probe.py``). It searches them too where AUTO_ALL_PINNED or more shape parameters of the
+#: MAP lie within PINNED_EDGE of their range's ends (the likelihood asks for a shape the box does not hold), whatever
+#: the R^2: with air beside the cochlea, a phantom turned far from the model's orientation was fitted wrong with R^2
+#: 0.71 (0.87 right), a, alpha and b at their ends (case 6 of ``python bench/air_probe.py hybrid 20``, fitted with
+#: turns "near" and "all"); no MAP of the fit study has any. Not the residuals' correlation alone: it told that fit
+#: (69 voxels, 2.5 right), but noise correlated as a scanner's reads 36-87 voxels on fits that are right.
+AUTO_ALL_R2, NOISE_VOLUME, NOISE_RATIO, AUTO_ALL_PINNED, PINNED_EDGE = 0.6, 4.0, 1.02, 2, 0.005
 #: Levenberg-Marquardt (``_levenberg_marquardt``) ends a phase where the Gauss-Newton step predicts a gain under
 #: LM_STOP_NATS (the negative log-likelihood's units; along the flattest direction of a label map's fit, phi, about
 #: 0.1 % of its range), and a phase before the last hands over after LM_HANDOVER_TRIES rejected steps in a row: each
@@ -716,13 +717,19 @@ def _image_noise(obs: _Observation) -> float | None:
     return best if math.isfinite(best) else None
 
 
-def _explains_poorly(quality: dict, temper: float) -> bool:
+def _explains_poorly(quality: dict, temper: float, pinned: int = 0) -> bool:
     """Whether a fit near the model's orientation calls for the search over all of them (turns "auto"): a warning,
     an R^2 below AUTO_ALL_R2 with residuals that are more than the image's noise alone (see NOISE_VOLUME), or
-    residuals correlated over more than AUTO_ALL_VOLUME voxels."""
+    ``pinned`` (``_pinned``) at least AUTO_ALL_PINNED."""
     noise_alone = temper <= NOISE_VOLUME and quality.get("sigma_over_image_noise", math.inf) <= NOISE_RATIO
     return (bool(quality.get("warning")) or not (quality.get("r2", 1.0) >= AUTO_ALL_R2 or noise_alone)
-            or temper > AUTO_ALL_VOLUME)
+            or pinned >= AUTO_ALL_PINNED)
+
+
+def _pinned(vector, low, high) -> int:
+    """How many of the shape parameters ``vector`` lie within PINNED_EDGE of their range's ends (low, high)."""
+    u = (np.asarray(vector, float) - low) / (high - low)
+    return int(np.sum((u < PINNED_EDGE) | (u > 1 - PINNED_EDGE)))
 
 
 def correlation_volume(residuals: np.ndarray, shape, max_lag: int = 6) -> float:
@@ -935,8 +942,8 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         The rotations the pose's search tries in an intensity image (a label map's or an SDM's come from its
         inside's axes): "near" the model's orientation (within about 30 degrees), "all" of them (SEARCH_TURNS spread
         evenly), or "auto": near, then all where that fit's R^2 is below AUTO_ALL_R2 and its residuals are more than
-        the image's noise (NOISE_VOLUME), or they are correlated over more than AUTO_ALL_VOLUME voxels (the better of
-        the two is kept).
+        the image's noise (NOISE_VOLUME), or AUTO_ALL_PINNED of its shape parameters lie at their range's ends (the
+        better of the two is kept).
     window : (low, high), "auto" or None
         Intensity images: leave out the voxels outside these intensities (judged on the image smoothed by half a
         voxel) and
@@ -1136,9 +1143,10 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
                    "correlation_volume": temper},
             quality=quality, grid=grid, log_posterior=-like.nll(d) / temper, covariance=cov,
         )
-        if _explains_poorly(quality, temper) and turns == "auto" and image_axes is None and pose == "rigid":
-            why = ("a warning" if quality.get("warning") else f"its residuals correlated over {temper:.0f} voxels"
-                   if temper > AUTO_ALL_VOLUME else "its residuals more than the image's noise")
+        pinned = _pinned(vector, low, high)
+        if _explains_poorly(quality, temper, pinned) and turns == "auto" and image_axes is None and pose == "rigid":
+            why = ("a warning" if quality.get("warning") else f"{pinned} parameters at their range's ends"
+                   if pinned >= AUTO_ALL_PINNED else "its residuals more than the image's noise")
             say(f"the fit explains the image poorly (R^2 {quality.get('r2', 0.0):.2f}, {why}): searching all orientations "
                 f"({SEARCH_TURNS})")
             again = {**call, "turns": "all", "model": net, "threads": torch.get_num_threads() if net is not None else threads}
