@@ -550,7 +550,7 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
         what = (f"air (below {low:g}, as in HU) and those within 1 mm of it (--window none keeps them)" if r.window["auto"]
                 else f"those outside {low:g}..{high:g} and within 1 mm of them" if high is not None
                 else f"those below {low:g} and within 1 mm of them")
-        console.print(f"left out {r.window['left_out_voxels']} voxels of the image: {what}")
+        console.print(f"left out {r.window['left_out_voxels']} voxels of the part of the image fitted: {what}")
     if pose == "rigid":
         console.print("rx, ry, rz (rad, about the world axes) and tx, ty, tz (mm): the pose's posterior about the fitted "
                       "pose below, where they are 0")

@@ -152,7 +152,9 @@ BEYOND_RANGE = 0.3
 _INTENSITY_HINT = (f"the search of an intensity image reaches {SEARCH_SHIFT_MM:g} mm from its centre (centre, --centre; "
                    "default: where a coarse search of the whole image puts the shape), and a window of the two tissues' "
                    "intensities (window, --window LOW,HIGH) can leave out a third tissue near the shape (by default, air in "
-                   "an image in Hounsfield units; for a shape whose own tissue is air, keep it: window None, --window none)")
+                   "an image in Hounsfield units; for a shape whose own tissue is air, keep it: window None, --window none); "
+                   "where other tissues lie within its reach (a whole head), a mask of the region about the shape (mask, "
+                   "--mask) keeps them out")
 
 
 def check_forward(forward: str) -> str:
@@ -192,9 +194,9 @@ class FitResult:
     family_source: str | None = None
     #: The network's folder and its weights' SHA-256 ({"path": ..., "weights_sha256": ...}), None for an exact fit.
     model: dict | None = None
-    #: The window the fit applied ({"low", "high" (None: no upper bound), "auto", "left_out_voxels" in the whole
-    #: image}: auto where the default window found air), None where it applied none (window None, or "auto" on an
-    #: image without air, or not an intensity image).
+    #: The window the fit applied ({"low", "high" (None: no upper bound), "auto", "left_out_voxels" of the part of the
+    #: image fitted}: auto where the default window found air), None where it applied none (window None, or "auto" on
+    #: an image without air, or not an intensity image).
     window: dict | None = None
 
     def interval(self, level: float = 0.9) -> dict:
@@ -1076,6 +1078,9 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
 
         # 3. re-crop the search's crop around the found shape (the polish needs only the voxels near its surface)
         obs = _recrop(obs, y_full, mask_full, grid, fam, [(vector, best_pose)], like, beyond)
+        if kept is not None:  # what the window left out of the part of the image fitted, not of the whole image
+            fitted_part = tuple(slice(a, a + n) for a, n in zip(obs.offset, obs.grid.shape))
+            windowed = {**windowed, "left_out_voxels": int(np.sum(~kept[fitted_part]))}
         exact = _Exact(fam, obs, evals)
         like.obs = obs
 
