@@ -193,6 +193,7 @@ def test_fit_cli_writes_a_table_json_samples_and_pngs(tmp_path):
     (["fit", "seg.nii.gz", "--label", "3", "--forward", "exact", "-o", "res"], "no voxel of label 3"),
     (["fit", "seg.nii.gz", "--mask", "small.nii.gz", "--forward", "exact", "-o", "res"], "not on the image's grid"),
     (["fit", "missing.nrrd", "-o", "res"], "no such file"),
+    (["fit", "seg.nii.gz", "--observed", "intensity", "--radius", "5", "-o", "res"], "radius (--radius) is the reach about centre (--centre)"),
     (["fit", "seg.nii.gz", "--observed", "intensity", "--window", "5", "-o", "res"], "--window takes LOW,HIGH (two numbers), auto or none"),
     (["fit", "seg.nii.gz", "--observed", "intensity", "--window", "3,1", "-o", "res"], "window (--window) is two intensities LOW < HIGH"),
     (["fit", "seg.nii.gz", "--window", "0,1", "-o", "res"], "a label map or an SDM has none"),

@@ -630,6 +630,22 @@ def test_a_noisy_ct_fitted_right_does_not_search_all_orientations_again():
     assert surface_distances(r.mesh(), truth_mesh(info)).mean() < 0.03
 
 
+def test_radius_keeps_the_voxels_within_it_of_the_centre_on_an_oblique_grid():
+    from scipy.spatial.transform import Rotation
+
+    from sdmnn.fitting import _ball
+
+    grid = Grid((30, 25, 20), (0.3, 0.4, 0.7), (-3.0, 2.0, -1.0), Rotation.from_rotvec([0.3, -0.5, 0.8]).as_matrix())
+    centre = grid.to_world(np.array([12.3, 9.0, 7.5]))
+    ball = _ball(grid, centre, 2.5)
+    dist = np.linalg.norm(grid.points().reshape(*grid.shape, 3) - centre, axis=-1)
+    assert np.array_equal(ball, dist <= 2.5) and 100 < ball.sum() < grid.size / 4
+    with pytest.raises(FitError, match=r"radius \(--radius\) is the reach about centre"):
+        fit(np.zeros(grid.shape), grid, observed_kind="intensity", radius=3.0)
+    with pytest.raises(FitError, match=r"no voxel of the image lies within 1 mm"):
+        fit(np.arange(grid.size, dtype=float).reshape(grid.shape), grid, observed_kind="intensity", centre=[100.0, 0, 0], radius=1.0)
+
+
 def test_a_fit_with_parameters_at_their_ranges_ends_calls_for_all_orientations():
     """A fit near the model's orientation that explains the image well enough (R^2 0.71, residuals no warning) but asks
     for a shape the box does not hold, 2 or more parameters at their ranges' ends, calls for the search over all

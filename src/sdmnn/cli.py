@@ -472,6 +472,8 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
         centre: Optional[str] = typer.Option(None, help="X,Y,Z: where the shape is about, world mm (LPS); default: the labels' centre (an SDM's inside's); "
                                                   "in an intensity image, where a coarse search of it puts the shape."),
         mask: Optional[Path] = typer.Option(None, help="A volume on the image's grid, non-zero where voxels may be used."),
+        radius: Optional[float] = typer.Option(None, help="With --centre: fit only the voxels within this many mm of it (a ball mask; "
+                                                     "with --mask, both): keeps the other tissues of a whole head out (e.g. 7)."),
         window: str = typer.Option("auto", help="LOW,HIGH: for an intensity image, a third tissue near the shape, such as air beside the bone of a CT "
                                                 "(e.g. --window -400,3000 in HU): the voxels outside these intensities (smoothed by half a voxel) "
                                                 "count as outside the shape, and they and those within 1 mm (or a voxel's largest side) of them "
@@ -532,7 +534,7 @@ def fit(target: Path = typer.Argument(..., help="The image: a label map, an SDM 
         try:
             r = run_fit(volume, grid, family=family, observed_kind=observed, forward=forward, pose=pose, seed=seed,
                         model=net, tau=tau, sigma=sigma, band=band, label=label, mask=mask_volume, centre=where,
-                        threads=threads, device=device, turns=turns, window=window,
+                        threads=threads, device=device, turns=turns, window=window, radius=radius,
                         progress=lambda text: status.update(f"fitting {target.name}: {text}"))
         except ImageError as e:  # what is wrong with the image itself, named
             raise ImageError(f"{target}: {e}") from None
