@@ -655,7 +655,11 @@ class _Likelihood:
         z = -t.shifted(d) / t.spread
         dB = (np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi) / t.spread)[:, None] * t.linear(J)
         Jr = (a - b) * np.stack([self.obs.coarse(_blur(dB[:, j], self.obs.model_grid, self.scale)) for j in range(J.shape[1])], 1)
-        return Jr, np.where(self.obs.beyond > 0, b, self.obs.y) - b - (a - b) * B, sigma
+        return Jr, self._intensity_residuals(B, a, b), sigma
+
+    def _intensity_residuals(self, B, a, b) -> np.ndarray:
+        """y - b - (a - b) B at every voxel of the crop, with y = b where a window left out a third tissue."""
+        return np.where(self.obs.beyond > 0, b, self.obs.y) - b - (a - b) * B
 
     def error_sensitivity(self, d, J) -> np.ndarray:
         """(N, k): how each voxel's gradient of the NLL moves when the SDM moves by one mm there (an error of
@@ -682,7 +686,7 @@ class _Likelihood:
             return m * (d - y) / s
         p, q = self.blended(d), self.obs.beyond
         a, b, sigma = _appearance(p, y, m, q)
-        return (m * (y - b - (a - b) * p) - q * (a - b) * p) / sigma  # beyond a window: observed at b
+        return (m + q) * self._intensity_residuals(p, a, b) / sigma
 
 
 def _appearance(p, y, m, q=None):
@@ -951,10 +955,9 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         better of the two is kept).
     window : (low, high), "auto" or None
         Intensity images: leave out the voxels outside these intensities (judged on the image smoothed by half a
-        voxel) and
-        those within WINDOW_MARGIN_MM (or a voxel's largest side) of them along each axis: a third tissue near the
-        shape (air beside the bone of a CT) and its partial-volume border, which the model's two tissues cannot
-        explain. "auto" (the default): in an image holding air as a CT in Hounsfield units does, the voxels below
+        voxel) and those within WINDOW_MARGIN_MM (or a voxel's largest side) of them along each axis: a third tissue
+        near the shape (air beside the bone of a CT) and its partial-volume border, which the model's two tissues
+        cannot explain; those outside count as the outside tissue (``_appearance``). "auto" (the default): in an image holding air as a CT in Hounsfield units does, the voxels below
         AIR_HU (the window AIR_HU..inf); in any other, none. None: every voxel. The result's ``window`` says what
         was left out.
     """
@@ -1018,9 +1021,9 @@ def fit(observed, grid: Grid, family: str = "cochlea", observed_kind: str = "lab
         beyond = beyond & user_mask  # no voxel outside the mask is used
     if kept is not None:
         mask_full = kept if mask_full is None else mask_full & kept
-        high = windowed["high"]
+        top = windowed["high"]
         say(f"left out {windowed['left_out_voxels']} voxels outside the window {windowed['low']:g}.."
-            f"{'' if high is None else f'{high:g}'} and near them")
+            f"{'' if top is None else f'{top:g}'} and near them")
     low, high = _prior_box(fam, prior)
     network = "deepsdf" if forward == "deepsdf" else "sdmnn"
     evals = {network: 0, "exact": 0} if forward != "exact" else {"exact": 0}
